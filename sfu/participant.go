@@ -1,0 +1,487 @@
+package sfu
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+)
+
+// ErrGlare is returned for a client offer that crossed an offer of ours.
+// The server is the impolite side of perfect negotiation: it keeps its own
+// offer, and the client rolls its back and offers again after answering.
+var ErrGlare = errors.New("offer collided with a pending server offer")
+
+const maxPendingCandidates = 64
+
+// Participant is one member of a room with one PeerConnection.
+type Participant struct {
+	room     *Room
+	identity string
+	role     Role
+	sink     Sink
+	log      *slog.Logger
+	pc       *webrtc.PeerConnection
+	streamID string // msid stream of camera and microphone
+
+	// negMu serializes every negotiation step and transceiver change.
+	negMu          sync.Mutex
+	awaitingAnswer bool // our offer is out, no answer yet
+	needOffer      bool // something changed while awaiting an answer
+	pendingICE     []webrtc.ICECandidateInit
+
+	mu      sync.Mutex // guards what follows
+	sources map[string]Source     // mid -> declared source of a client offer
+	ups     map[string]*UpTrack   // published, by track id
+	downs   map[string]*DownTrack // forwarded to us, by up-track id
+	closed  bool
+	done    chan struct{}
+	left    sync.WaitGroup // up-track readers and RTCP readers
+}
+
+func randomID(prefix string) string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+func newParticipant(r *Room, cfg JoinConfig) (*Participant, error) {
+	pc, err := r.sfu.api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, fmt.Errorf("sfu: new peer connection: %w", err)
+	}
+	p := &Participant{
+		room: r, identity: cfg.Identity, role: cfg.Role, sink: cfg.Sink,
+		log:      r.log.With("participant", cfg.Identity),
+		pc:       pc,
+		streamID: randomID("ST"),
+		sources:  map[string]Source{},
+		ups:      map[string]*UpTrack{},
+		downs:    map[string]*DownTrack{},
+		done:     make(chan struct{}),
+	}
+	pc.OnTrack(p.onTrack)
+	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+		p.log.Debug("connection state", "state", s.String())
+		if s == webrtc.PeerConnectionStateFailed {
+			go p.Leave(ReasonFailed)
+		}
+	})
+	return p, nil
+}
+
+// Identity is the participant's identity.
+func (p *Participant) Identity() string { return p.identity }
+
+// Role is the participant's role.
+func (p *Participant) Role() Role { return p.role }
+
+// Room is the participant's room.
+func (p *Participant) Room() *Room { return p.room }
+
+// Done is closed when the participant has left.
+func (p *Participant) Done() <-chan struct{} { return p.done }
+
+// ConnectionState is the state of the participant's PeerConnection.
+func (p *Participant) ConnectionState() webrtc.PeerConnectionState {
+	return p.pc.ConnectionState()
+}
+
+func (p *Participant) info() ParticipantInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	info := ParticipantInfo{Identity: p.identity, Role: p.role, Tracks: []TrackInfo{}}
+	for _, u := range p.ups {
+		info.Tracks = append(info.Tracks, u.info)
+	}
+	return info
+}
+
+func (p *Participant) upTracks() []*UpTrack {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*UpTrack, 0, len(p.ups))
+	for _, u := range p.ups {
+		out = append(out, u)
+	}
+	return out
+}
+
+// HandleOffer applies a client offer. sources declares, for each mid the
+// client sends on, what it carries; every sending m-line must be declared
+// and allowed to the participant's role, or the offer is refused whole
+// with ErrForbidden and nothing changes. The answer is delivered as an
+// AnswerEvent.
+func (p *Participant) HandleOffer(offer string, sources map[string]Source) error {
+	parsed := &sdp.SessionDescription{}
+	if err := parsed.UnmarshalString(offer); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
+	}
+	if err := p.checkOffer(parsed, sources); err != nil {
+		return err
+	}
+
+	p.negMu.Lock()
+	defer p.negMu.Unlock()
+	if p.isClosed() {
+		return ErrClosed
+	}
+	if p.awaitingAnswer {
+		return ErrGlare
+	}
+	p.mu.Lock()
+	for mid, src := range sources {
+		p.sources[mid] = src
+	}
+	p.mu.Unlock()
+	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
+	}
+	p.flushICELocked()
+	answer, err := p.pc.CreateAnswer(nil)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
+	}
+	sdpText, err := p.setLocalLocked(answer)
+	if err != nil {
+		return err
+	}
+	p.sink.Deliver(AnswerEvent{SDP: sdpText, Tracks: p.trackMapLocked()})
+	if p.needOffer {
+		p.needOffer = false
+		p.negotiateLocked()
+	}
+	return nil
+}
+
+// checkOffer enforces the publish policy on a client offer before any of
+// it is applied.
+func (p *Participant) checkOffer(d *sdp.SessionDescription, sources map[string]Source) error {
+	for _, m := range d.MediaDescriptions {
+		kind := m.MediaName.Media
+		if kind != "audio" && kind != "video" {
+			continue
+		}
+		if m.MediaName.Port.Value == 0 {
+			continue // rejected or stopped m-line
+		}
+		dir := "sendrecv"
+		for _, a := range m.Attributes {
+			switch a.Key {
+			case "sendrecv", "sendonly", "recvonly", "inactive":
+				dir = a.Key
+			}
+		}
+		if dir != "sendrecv" && dir != "sendonly" {
+			continue
+		}
+		mid, _ := m.Attribute("mid")
+		src, ok := sources[mid]
+		if !ok {
+			return fmt.Errorf("%w: m-line %q sends %s without a declared source", ErrForbidden, mid, kind)
+		}
+		if !src.Valid() || src.Audio() != (kind == "audio") {
+			return fmt.Errorf("%w: m-line %q is %s, not %q", ErrForbidden, mid, kind, src)
+		}
+		if !CanPublish(p.room.kind, p.role, src) {
+			return fmt.Errorf("%w: a %s may not publish %s in a %s room", ErrForbidden, p.role, src, p.room.kind)
+		}
+	}
+	return nil
+}
+
+// HandleAnswer applies the client's answer to our pending offer.
+func (p *Participant) HandleAnswer(answer string) error {
+	p.negMu.Lock()
+	defer p.negMu.Unlock()
+	if p.isClosed() {
+		return ErrClosed
+	}
+	if !p.awaitingAnswer {
+		return fmt.Errorf("%w: no offer is pending", ErrInvalidState)
+	}
+	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
+	}
+	p.awaitingAnswer = false
+	p.flushICELocked()
+	if p.needOffer {
+		p.needOffer = false
+		p.negotiateLocked()
+	}
+	return nil
+}
+
+// AddICECandidate adds a trickled remote candidate; before a remote
+// description exists it is kept (up to a bound) and added after.
+func (p *Participant) AddICECandidate(c webrtc.ICECandidateInit) error {
+	p.negMu.Lock()
+	defer p.negMu.Unlock()
+	if p.isClosed() {
+		return ErrClosed
+	}
+	if p.pc.RemoteDescription() == nil {
+		if len(p.pendingICE) >= maxPendingCandidates {
+			return fmt.Errorf("%w: too many candidates before a description", ErrInvalidState)
+		}
+		p.pendingICE = append(p.pendingICE, c)
+		return nil
+	}
+	if err := p.pc.AddICECandidate(c); err != nil {
+		return fmt.Errorf("%w: candidate: %v", ErrInvalidSDP, err)
+	}
+	return nil
+}
+
+func (p *Participant) flushICELocked() {
+	for _, c := range p.pendingICE {
+		if err := p.pc.AddICECandidate(c); err != nil {
+			p.log.Debug("dropping candidate", "err", err)
+		}
+	}
+	p.pendingICE = nil
+}
+
+// setLocalLocked sets a local description and waits for gathering, so
+// that the description carries our candidates (no server-side trickle).
+func (p *Participant) setLocalLocked(d webrtc.SessionDescription) (string, error) {
+	gathered := webrtc.GatheringCompletePromise(p.pc)
+	if err := p.pc.SetLocalDescription(d); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrInvalidSDP, err)
+	}
+	select {
+	case <-gathered:
+	case <-time.After(5 * time.Second):
+		p.log.Warn("ICE gathering did not complete in 5s")
+	}
+	return p.pc.LocalDescription().SDP, nil
+}
+
+// negotiateLocked sends a new offer, or marks one as needed when an
+// exchange is under way. negMu must be held.
+func (p *Participant) negotiateLocked() {
+	if p.isClosed() {
+		return
+	}
+	if p.awaitingAnswer || p.pc.SignalingState() != webrtc.SignalingStateStable {
+		p.needOffer = true
+		return
+	}
+	offer, err := p.pc.CreateOffer(nil)
+	if err != nil {
+		p.log.Warn("create offer", "err", err)
+		p.sink.Deliver(ErrorEvent{Code: "negotiation_failed", Message: err.Error()})
+		return
+	}
+	sdpText, err := p.setLocalLocked(offer)
+	if err != nil {
+		p.log.Warn("set local offer", "err", err)
+		p.sink.Deliver(ErrorEvent{Code: "negotiation_failed", Message: err.Error()})
+		return
+	}
+	p.awaitingAnswer = true
+	p.sink.Deliver(OfferEvent{SDP: sdpText, Tracks: p.trackMapLocked()})
+}
+
+// trackMapLocked maps each mid that forwards a track to that track.
+func (p *Participant) trackMapLocked() map[string]TrackInfo {
+	m := map[string]TrackInfo{}
+	for _, t := range p.pc.GetTransceivers() {
+		if t.Sender() == nil || t.Mid() == "" {
+			continue
+		}
+		if dt, ok := t.Sender().Track().(*DownTrack); ok {
+			m[t.Mid()] = dt.up.info
+		}
+	}
+	return m
+}
+
+// addDownTracks subscribes the participant to ups, then renegotiates once.
+func (p *Participant) addDownTracks(ups []*UpTrack) {
+	if len(ups) == 0 {
+		return
+	}
+	p.negMu.Lock()
+	defer p.negMu.Unlock()
+	added := false
+	for _, up := range ups {
+		p.mu.Lock()
+		_, dup := p.downs[up.info.ID]
+		closed := p.closed
+		p.mu.Unlock()
+		if dup || closed {
+			continue
+		}
+		dt := newDownTrack(up, p)
+		tr, err := p.pc.AddTransceiverFromTrack(dt, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
+		if err != nil {
+			p.log.Warn("add down-track", "track", up.info.ID, "err", err)
+			continue
+		}
+		dt.sender = tr.Sender()
+		if !up.addDown(dt) { // unpublished meanwhile
+			_ = p.pc.RemoveTrack(dt.sender)
+			continue
+		}
+		p.mu.Lock()
+		if p.closed { // leaving: its connection closes every sender
+			p.mu.Unlock()
+			up.removeDown(dt)
+			continue
+		}
+		p.downs[up.info.ID] = dt
+		p.left.Add(1)
+		p.mu.Unlock()
+		go dt.readRTCP(&p.left)
+		added = true
+	}
+	if added {
+		p.negotiateLocked()
+	}
+}
+
+// removeDownTrack stops forwarding dt to p and renegotiates.
+func (p *Participant) removeDownTrack(dt *DownTrack) {
+	p.negMu.Lock()
+	defer p.negMu.Unlock()
+	p.mu.Lock()
+	if p.downs[dt.up.info.ID] != dt || p.closed {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.downs, dt.up.info.ID)
+	p.mu.Unlock()
+	if err := p.pc.RemoveTrack(dt.sender); err != nil {
+		p.log.Debug("remove down-track", "err", err)
+		return
+	}
+	p.negotiateLocked()
+}
+
+// onTrack publishes a track the client sends, if its mid was declared
+// with a source the role may publish.
+func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
+	mid := ""
+	for _, t := range p.pc.GetTransceivers() {
+		if t.Receiver() == recv {
+			mid = t.Mid()
+			break
+		}
+	}
+	p.mu.Lock()
+	src, declared := p.sources[mid]
+	p.mu.Unlock()
+	kindOK := src.Audio() == (track.Kind() == webrtc.RTPCodecTypeAudio)
+	if !declared || !kindOK || !CanPublish(p.room.kind, p.role, src) {
+		p.log.Warn("ignoring undeclared or forbidden track", "mid", mid, "source", src)
+		return
+	}
+	if track.RID() != "" {
+		// Simulcast layers are not forwarded yet: keep the first one.
+		p.mu.Lock()
+		for _, u := range p.ups {
+			if u.source == src {
+				p.mu.Unlock()
+				return
+			}
+		}
+		p.mu.Unlock()
+	}
+	codec := track.Codec()
+	stream := p.streamID
+	if src == SourceScreen {
+		stream += "-screen"
+	}
+	up := &UpTrack{
+		publisher: p, track: track, source: src, streamID: stream,
+		codec: codec.RTPCodecCapability,
+		info: TrackInfo{
+			ID: randomID("TR"), Identity: p.identity, Source: src,
+			Kind: track.Kind().String(), Codec: strings.ToLower(strings.TrimPrefix(strings.TrimPrefix(codec.MimeType, "video/"), "audio/")),
+		},
+		done: make(chan struct{}),
+	}
+	up.downs.Store(&[]*DownTrack{})
+	var replaced []*UpTrack
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	for id, u := range p.ups {
+		if u.source == src {
+			replaced = append(replaced, u)
+			delete(p.ups, id)
+		}
+	}
+	p.ups[up.info.ID] = up
+	p.left.Add(1)
+	p.mu.Unlock()
+	for _, u := range replaced {
+		u.stop()
+	}
+	p.log.Info("track published", "track", up.info.ID, "source", src, "codec", codec.MimeType)
+	go up.run(&p.left)
+	p.room.publish(up)
+}
+
+func (p *Participant) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// Leave removes the participant from its room: its tracks are unpublished
+// everywhere, its subscriptions dropped, its connection closed, and its
+// sink gets a LeftEvent with reason. It returns when every goroutine of
+// the participant has ended. Calling it again does nothing.
+func (p *Participant) Leave(reason string) { p.leave(reason, true) }
+
+func (p *Participant) leave(reason string, fromRoom bool) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	ups := make([]*UpTrack, 0, len(p.ups))
+	for _, u := range p.ups {
+		ups = append(ups, u)
+	}
+	p.ups = map[string]*UpTrack{}
+	downs := make([]*DownTrack, 0, len(p.downs))
+	for _, d := range p.downs {
+		downs = append(downs, d)
+	}
+	p.downs = map[string]*DownTrack{}
+	p.mu.Unlock()
+
+	if fromRoom {
+		p.room.remove(p, reason)
+	}
+	for _, d := range downs {
+		d.up.removeDown(d)
+	}
+	for _, u := range ups {
+		u.stop()
+	}
+	p.closePC()
+	p.left.Wait()
+	close(p.done)
+	p.sink.Deliver(LeftEvent{Reason: reason})
+	p.log.Info("participant left", "reason", reason)
+}
+
+func (p *Participant) closePC() {
+	if err := p.pc.Close(); err != nil {
+		p.log.Debug("close peer connection", "err", err)
+	}
+}

@@ -1,0 +1,224 @@
+package sfu
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+)
+
+// Room is a set of participants whose media is forwarded to each other as
+// the room kind's policy allows.
+type Room struct {
+	sfu  *SFU
+	name string
+	kind Kind
+	opts RoomOptions
+	log  *slog.Logger
+
+	mu           sync.Mutex
+	participants map[string]*Participant // by identity
+	closed       bool
+}
+
+func newRoom(s *SFU, name string, kind Kind, opts RoomOptions) *Room {
+	return &Room{
+		sfu: s, name: name, kind: kind, opts: opts,
+		log:          s.log.With("room", name),
+		participants: map[string]*Participant{},
+	}
+}
+
+// Name is the room's name.
+func (r *Room) Name() string { return r.name }
+
+// Kind is the room's kind.
+func (r *Room) Kind() Kind { return r.kind }
+
+// Options are the room's settings.
+func (r *Room) Options() RoomOptions { return r.opts }
+
+// Participants describes everyone in the room.
+func (r *Room) Participants() []ParticipantInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]ParticipantInfo, 0, len(r.participants))
+	for _, p := range r.participants {
+		out = append(out, p.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Identity < out[j].Identity })
+	return out
+}
+
+// JoinConfig is who joins.
+type JoinConfig struct {
+	Identity string
+	Role     Role
+	// Sink receives the participant's events, the JoinedEvent first.
+	Sink Sink
+}
+
+// Join adds a participant. An identity already in the room is replaced:
+// the older participant leaves with ReasonReplaced.
+func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
+	if !ValidName(cfg.Identity) {
+		return nil, fmt.Errorf("%w: identity %q", ErrInvalidName, cfg.Identity)
+	}
+	if !ValidRole(r.kind, cfg.Role) {
+		return nil, fmt.Errorf("%w: %q in a %s room", ErrInvalidRole, cfg.Role, r.kind)
+	}
+	p, err := newParticipant(r, cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	r.mu.Lock()
+	old := r.participants[cfg.Identity]
+	switch {
+	case r.closed:
+		err = ErrRoomClosed
+	case old == nil && r.opts.MaxParticipants > 0 && len(r.participants) >= r.opts.MaxParticipants:
+		err = ErrRoomFull
+	}
+	if err != nil {
+		r.mu.Unlock()
+		p.closePC()
+		return nil, err
+	}
+	if old != nil {
+		// The old one leaves the roster now; its connection is closed
+		// below, outside the lock.
+		delete(r.participants, cfg.Identity)
+		r.notifyLeftLocked(old, ReasonReplaced)
+	}
+	r.participants[cfg.Identity] = p
+	roster := []ParticipantInfo{}
+	var receive []*UpTrack
+	for _, o := range r.participants {
+		if o == p {
+			continue
+		}
+		if CanSee(r.kind, p.role, o.role) {
+			roster = append(roster, o.info())
+		}
+		if CanSee(r.kind, o.role, p.role) {
+			o.sink.Deliver(ParticipantJoinedEvent{Participant: p.info()})
+		}
+		if CanReceive(r.kind, p.role, o.role) {
+			receive = append(receive, o.upTracks()...)
+		}
+	}
+	sort.Slice(roster, func(i, j int) bool { return roster[i].Identity < roster[j].Identity })
+	p.sink.Deliver(JoinedEvent{
+		Room: r.name, Kind: r.kind, Identity: p.identity, Role: p.role,
+		Permissions:  Permissions{Publish: nonNil(Publishable(r.kind, p.role)), Subscribe: len(policies[r.kind][p.role].receivesFrom) > 0},
+		ICEServers:   r.sfu.cfg.ICEServers,
+		Participants: roster,
+	})
+	r.mu.Unlock()
+
+	if old != nil {
+		old.leave(ReasonReplaced, false)
+	}
+	r.log.Info("participant joined", "participant", p.identity, "role", p.role)
+	p.addDownTracks(receive)
+	return p, nil
+}
+
+func nonNil(s []Source) []Source {
+	if s == nil {
+		return []Source{}
+	}
+	return s
+}
+
+// Participant returns the participant with that identity, or nil.
+func (r *Room) Participant(identity string) *Participant {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.participants[identity]
+}
+
+// notifyLeftLocked tells everyone who could see p that it left.
+func (r *Room) notifyLeftLocked(p *Participant, reason string) {
+	for _, o := range r.participants {
+		if o != p && CanSee(r.kind, o.role, p.role) {
+			o.sink.Deliver(ParticipantLeftEvent{Identity: p.identity, Reason: reason})
+		}
+	}
+}
+
+// remove takes p out of the room, if it is still there.
+func (r *Room) remove(p *Participant, reason string) {
+	r.mu.Lock()
+	if r.participants[p.identity] == p {
+		delete(r.participants, p.identity)
+		r.notifyLeftLocked(p, reason)
+	}
+	r.mu.Unlock()
+}
+
+// publish forwards a new up-track to everyone allowed to receive it.
+func (r *Room) publish(up *UpTrack) {
+	pub := up.publisher
+	r.mu.Lock()
+	if r.participants[pub.identity] != pub {
+		r.mu.Unlock()
+		return
+	}
+	var subs []*Participant
+	for _, o := range r.participants {
+		if o == pub {
+			continue
+		}
+		if CanSee(r.kind, o.role, pub.role) {
+			o.sink.Deliver(TrackPublishedEvent{Track: up.info})
+		}
+		if CanReceive(r.kind, o.role, pub.role) {
+			subs = append(subs, o)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range subs {
+		s.addDownTracks([]*UpTrack{up})
+	}
+}
+
+// unpublished tells those who could see the publisher that a track ended.
+// The down-tracks themselves are removed by the up-track.
+func (r *Room) unpublished(up *UpTrack) {
+	pub := up.publisher
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.participants {
+		if o != pub && CanSee(r.kind, o.role, pub.role) {
+			o.sink.Deliver(TrackUnpublishedEvent{Track: up.info})
+		}
+	}
+}
+
+// Close ends the room: every participant leaves with reason.
+func (r *Room) Close(reason string) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.closed = true
+	ps := make([]*Participant, 0, len(r.participants))
+	for _, p := range r.participants {
+		ps = append(ps, p)
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.Leave(reason)
+		}()
+	}
+	wg.Wait()
+	r.sfu.removeRoom(r)
+	r.log.Info("room closed", "reason", reason)
+}
