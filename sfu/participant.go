@@ -37,7 +37,7 @@ type Participant struct {
 	needOffer      bool // something changed while awaiting an answer
 	pendingICE     []webrtc.ICECandidateInit
 
-	mu      sync.Mutex // guards what follows
+	mu      sync.Mutex            // guards what follows
 	sources map[string]Source     // mid -> declared source of a client offer
 	ups     map[string]*UpTrack   // published, by track id
 	downs   map[string]*DownTrack // forwarded to us, by up-track id

@@ -44,7 +44,6 @@ type peer struct {
 
 	mu       sync.Mutex
 	received map[string][]uint16 // track kind -> sequence numbers
-	tracks   map[string]TrackInfo
 	byMid    map[string]TrackInfo
 	wg       sync.WaitGroup
 	stop     chan struct{}

@@ -81,7 +81,15 @@ func New(cfg Config) (*SFU, error) {
 	// AEAD-AES-GCM costs a sixth of AES-CM+HMAC per packet (FIELD.md).
 	se.SetSRTPProtectionProfiles(dtls.SRTP_AEAD_AES_128_GCM, dtls.SRTP_AES128_CM_HMAC_SHA1_80)
 	if len(cfg.PublicIPs) > 0 {
-		se.SetNAT1To1IPs(cfg.PublicIPs, webrtc.ICECandidateTypeHost)
+		// Append, not replace: the public address is offered beside the
+		// local ones, so clients on this machine or network still connect.
+		err := se.SetICEAddressRewriteRules(webrtc.ICEAddressRewriteRule{
+			External: cfg.PublicIPs, AsCandidateType: webrtc.ICECandidateTypeHost, Mode: webrtc.ICEAddressRewriteAppend,
+		})
+		if err != nil {
+			_ = conn.Close()
+			return nil, fmt.Errorf("sfu: public IPs: %w", err)
+		}
 	}
 	if cfg.DisconnectTimeout > 0 || cfg.FailedTimeout > 0 {
 		d, f := cfg.DisconnectTimeout, cfg.FailedTimeout

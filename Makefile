@@ -1,0 +1,40 @@
+# Vigil: `make run` starts the server, `make test` installs what the tests
+# need and runs all of them (Go with -race, and the browser tests).
+
+GO       ?= go
+BIN      := bin
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: run build test test-go deps lint vet fmt-check clean
+
+run: build
+	$(BIN)/vigil
+
+build:
+	$(GO) build -o $(BIN)/vigil ./cmd/vigil
+
+# deps installs what the tests need on a fresh Debian machine: Chromium
+# (browser tests) and ffmpeg (recording checks). Skipped when present.
+deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then \
+		echo "installing chromium and ffmpeg"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ffmpeg >/dev/null; \
+	fi
+
+lint: vet fmt-check
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+test-go:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+test: deps lint test-go
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,90 @@
+package signaling
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/patterns"
+	"github.com/vigil-media/vigil/sfu"
+)
+
+// Errors of the signaling layer. Each maps to one HTTP status and one
+// stable code in codeFor, the only place that mapping is made.
+var (
+	ErrUnauthorized    = errors.New("missing or wrong admin key")
+	ErrInvalidToken    = errors.New("invalid join token")
+	ErrTokenExpired    = errors.New("join token expired")
+	ErrForbidden       = errors.New("forbidden")
+	ErrInvalidRequest  = errors.New("invalid request")
+	ErrBodyTooLarge    = errors.New("request body too large")
+	ErrSessionNotFound = errors.New("session not found")
+	ErrNotFound        = errors.New("no such route")
+	ErrShuttingDown    = errors.New("server is shutting down")
+	ErrUnknownType     = errors.New("unknown message type")
+	ErrInvalidMessage  = errors.New("invalid message")
+	ErrInvalidCursor   = errors.New("invalid cursor")
+)
+
+// errorBody is the JSON shape of every error reply.
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// codeFor maps an error to its HTTP status and stable code.
+func codeFor(err error) (int, string) {
+	table := []struct {
+		target error
+		status int
+		code   string
+	}{
+		{ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
+		{ErrTokenExpired, http.StatusUnauthorized, "token_expired"},
+		{ErrInvalidToken, http.StatusUnauthorized, "invalid_token"},
+		{ErrForbidden, http.StatusForbidden, "forbidden"},
+		{sfu.ErrForbidden, http.StatusForbidden, "forbidden"},
+		{ErrBodyTooLarge, http.StatusRequestEntityTooLarge, "body_too_large"},
+		{ErrInvalidRequest, http.StatusBadRequest, "invalid_request"},
+		{sfu.ErrInvalidName, http.StatusBadRequest, "invalid_request"},
+		{sfu.ErrInvalidKind, http.StatusBadRequest, "invalid_request"},
+		{sfu.ErrInvalidRole, http.StatusBadRequest, "invalid_request"},
+		{sfu.ErrRoomNotFound, http.StatusNotFound, "room_not_found"},
+		{ErrSessionNotFound, http.StatusNotFound, "session_not_found"},
+		{ErrNotFound, http.StatusNotFound, "not_found"},
+		{sfu.ErrRoomExists, http.StatusConflict, "room_exists"},
+		{sfu.ErrRoomFull, http.StatusConflict, "room_full"},
+		{sfu.ErrRoomClosed, http.StatusGone, "room_closed"},
+		{ErrShuttingDown, http.StatusServiceUnavailable, "shutting_down"},
+		{sfu.ErrServerClosed, http.StatusServiceUnavailable, "shutting_down"},
+		// Socket-level codes; the status only matters if one reaches HTTP.
+		{ErrInvalidMessage, http.StatusBadRequest, "invalid_message"},
+		{ErrUnknownType, http.StatusBadRequest, "unknown_type"},
+		{ErrInvalidCursor, http.StatusBadRequest, "invalid_cursor"},
+		{patterns.ErrCursorTooOld, http.StatusGone, "cursor_too_old"},
+		{sfu.ErrInvalidSDP, http.StatusBadRequest, "invalid_sdp"},
+		{sfu.ErrGlare, http.StatusConflict, "glare"},
+		{sfu.ErrInvalidState, http.StatusConflict, "invalid_state"},
+		{sfu.ErrClosed, http.StatusGone, "session_ended"},
+	}
+	for _, e := range table {
+		if errors.Is(err, e.target) {
+			return e.status, e.code
+		}
+	}
+	return http.StatusInternalServerError, "internal"
+}
+
+// writeError replies with the JSON error for err.
+func writeError(c *gin.Context, err error) {
+	status, code := codeFor(err)
+	msg := err.Error()
+	if status == http.StatusInternalServerError {
+		msg = "internal error"
+	}
+	c.AbortWithStatusJSON(status, errorBody{Error: errorDetail{Code: code, Message: msg}})
+}

@@ -1,0 +1,206 @@
+// Package signaling is Vigil's HTTP face: the admin REST API, join tokens,
+// sessions with their sequenced outbox, and one adapter per transport
+// (WebSocket so far) that drains that outbox. It also serves the web
+// client.
+package signaling
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/sfu"
+	"github.com/vigil-media/vigil/web"
+)
+
+// Config configures the signaling server.
+type Config struct {
+	SFU      *sfu.SFU
+	AdminKey string
+	Logger   *slog.Logger
+	// GracePeriod is how long a session lives with no transport attached;
+	// 0 means 15s.
+	GracePeriod time.Duration
+	// MaxBodyBytes caps a JSON request body; 0 means 64 KiB.
+	MaxBodyBytes int64
+	// Now is the clock for tokens; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server serves the API, the transports and the web client.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	sfu    *sfu.SFU
+	tokens *Tokens
+	engine *gin.Engine
+	admin  [32]byte // SHA-256 of the admin key, compared in constant time
+
+	mu       sync.Mutex
+	sessions map[string]*Session
+	closing  bool
+	conns    sync.WaitGroup // attached transports
+}
+
+// New builds the server. cfg.SFU and cfg.AdminKey are required.
+func New(cfg Config) (*Server, error) {
+	if cfg.SFU == nil || cfg.AdminKey == "" {
+		return nil, errors.New("signaling: SFU and AdminKey are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.GracePeriod <= 0 {
+		cfg.GracePeriod = 15 * time.Second
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 64 << 10
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
+		tokens:   NewTokens(cfg.AdminKey, cfg.Now),
+		admin:    sha256.Sum256([]byte(cfg.AdminKey)),
+		sessions: map[string]*Session{},
+	}
+	s.engine = s.routes()
+	return s, nil
+}
+
+// Handler is the HTTP handler of everything Vigil serves.
+func (s *Server) Handler() http.Handler { return s.engine }
+
+// Tokens mints and verifies join tokens.
+func (s *Server) Tokens() *Tokens { return s.tokens }
+
+func (s *Server) routes() *gin.Engine {
+	e := gin.New()
+	e.Use(s.logRequests, gin.CustomRecovery(func(c *gin.Context, v any) {
+		s.log.Error("panic in handler", "path", c.Request.URL.Path, "panic", v)
+		writeError(c, errors.New("panic"))
+	}))
+	e.HandleMethodNotAllowed = true
+	e.NoRoute(func(c *gin.Context) { writeError(c, ErrNotFound) })
+	e.NoMethod(func(c *gin.Context) {
+		c.AbortWithStatusJSON(http.StatusMethodNotAllowed, errorBody{Error: errorDetail{Code: "method_not_allowed", Message: "method not allowed"}})
+	})
+
+	v1 := e.Group("/v1")
+	admin := v1.Group("", s.requireAdmin)
+	admin.POST("/rooms", s.createRoom)
+	admin.GET("/rooms", s.listRooms)
+	admin.GET("/rooms/:room", s.getRoom)
+	admin.POST("/rooms/:room/tokens", s.mintToken)
+	v1.POST("/rooms/:room/sessions", s.openSession)
+	v1.DELETE("/sessions/:session", s.closeSession)
+	v1.GET("/sessions/:session/ws", s.serveWS)
+
+	static := web.FS()
+	page := func(name string) gin.HandlerFunc {
+		return func(c *gin.Context) {
+			b, err := fs.ReadFile(static, name)
+			if err != nil {
+				writeError(c, ErrNotFound)
+				return
+			}
+			c.Header("Cache-Control", "no-cache")
+			c.Data(http.StatusOK, "text/html; charset=utf-8", b)
+		}
+	}
+	e.GET("/", page("index.html"))
+	e.GET("/room/:room", page("room.html"))
+	e.StaticFS("/static", http.FS(static))
+	return e
+}
+
+// logRequests logs each request without its query string, which may
+// carry a cursor or other client state but never belongs in logs.
+func (s *Server) logRequests(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	s.log.Debug("http", "method", c.Request.Method, "path", c.Request.URL.Path,
+		"status", c.Writer.Status(), "duration", time.Since(start))
+}
+
+// requireAdmin checks the bearer admin key in constant time.
+func (s *Server) requireAdmin(c *gin.Context) {
+	key, ok := bearer(c.Request)
+	sum := sha256.Sum256([]byte(key))
+	if !ok || subtle.ConstantTimeCompare(sum[:], s.admin[:]) != 1 {
+		writeError(c, ErrUnauthorized)
+		return
+	}
+	c.Next()
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
+
+// bindJSON decodes a size-limited JSON body into v, refusing unknown
+// fields and trailing data.
+func (s *Server) bindJSON(c *gin.Context, v any) error {
+	body := http.MaxBytesReader(c.Writer, c.Request.Body, s.cfg.MaxBodyBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return ErrBodyTooLarge
+		}
+		if errors.Is(err, io.EOF) {
+			return errors.Join(ErrInvalidRequest, errors.New("empty body"))
+		}
+		return errors.Join(ErrInvalidRequest, err)
+	}
+	if dec.More() {
+		return errors.Join(ErrInvalidRequest, errors.New("trailing data after the JSON object"))
+	}
+	return nil
+}
+
+// Close refuses new sessions, ends every room (each participant told
+// why) and waits up to timeout for transports to deliver the last events.
+func (s *Server) Close(timeout time.Duration) {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	if err := s.sfu.Close(); err != nil {
+		s.log.Debug("close sfu", "err", err)
+	}
+	s.mu.Lock()
+	sessions := make([]*Session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		ss.end(sfu.ReasonShutdown)
+	}
+	done := make(chan struct{})
+	go func() {
+		s.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.log.Warn("transports still open after shutdown timeout")
+	}
+	for _, ss := range sessions {
+		ss.release()
+	}
+}

@@ -1,0 +1,211 @@
+package signaling
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/vigil-media/vigil/patterns"
+	"github.com/vigil-media/vigil/sfu"
+)
+
+// Session is one participant's signaling state: its outbox (a sequenced
+// event log every transport drains from a cursor), its inbox of client
+// messages, and one loop that applies them in order.
+type Session struct {
+	srv  *Server
+	id   string
+	log  *slog.Logger
+	out  *patterns.Log
+	p    *sfu.Participant
+	stop chan struct{} // closed by release
+
+	inbox chan clientMessage
+
+	mu      sync.Mutex
+	gen     uint64 // attach generation
+	kick    func() // closes the attached transport
+	expiry  *time.Timer
+	ended   bool // the participant has left
+	release func()
+}
+
+const inboxSize = 32
+
+func newSessionID() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// newSession joins room with the token's identity and role, and registers
+// the session.
+func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
+	ss := &Session{
+		srv: s, id: newSessionID(),
+		log:   s.log.With("room", room.Name(), "participant", claims.Subject),
+		out:   patterns.NewLog(patterns.LogConfig{Capacity: 1024}),
+		stop:  make(chan struct{}),
+		inbox: make(chan clientMessage, inboxSize),
+	}
+	var once sync.Once
+	ss.release = func() { once.Do(ss.doRelease) }
+
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, ErrShuttingDown
+	}
+	s.sessions[ss.id] = ss
+	s.mu.Unlock()
+
+	p, err := room.Join(sfu.JoinConfig{Identity: claims.Subject, Role: sfu.Role(claims.Role), Sink: ss})
+	if err != nil {
+		ss.release()
+		return nil, err
+	}
+	ss.mu.Lock()
+	ss.p = p
+	ss.armLocked()
+	ss.mu.Unlock()
+	go ss.loop()
+	return ss, nil
+}
+
+// Deliver implements sfu.Sink: it only appends to the outbox.
+func (ss *Session) Deliver(ev sfu.Event) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		ss.log.Error("encode event", "type", ev.Type(), "err", err)
+		return
+	}
+	if _, err := ss.out.Append(ev.Type(), data); err != nil {
+		return // closed: the session has ended
+	}
+	if _, ok := ev.(sfu.LeftEvent); ok {
+		ss.out.Close()
+		ss.mu.Lock()
+		ss.ended = true
+		ss.armLocked() // keep the last events readable for a grace period
+		ss.mu.Unlock()
+	}
+}
+
+// armLocked (re)starts the expiry timer: a session with no transport ends
+// after the grace period, and an ended one is forgotten after it.
+func (ss *Session) armLocked() {
+	if ss.expiry != nil {
+		ss.expiry.Stop()
+	}
+	ss.expiry = time.AfterFunc(ss.srv.cfg.GracePeriod, ss.expire)
+}
+
+func (ss *Session) expire() {
+	ss.mu.Lock()
+	ended, attached := ss.ended, ss.kick != nil
+	ss.mu.Unlock()
+	switch {
+	case ended:
+		ss.release()
+	case !attached:
+		ss.log.Info("no transport within the grace period")
+		ss.end(sfu.ReasonTimeout)
+	}
+}
+
+// attach makes kick the session's one transport, closing any older one.
+func (ss *Session) attach(kick func()) uint64 {
+	ss.mu.Lock()
+	ss.gen++
+	old := ss.kick
+	ss.kick = kick
+	if ss.expiry != nil && !ss.ended {
+		ss.expiry.Stop()
+	}
+	gen := ss.gen
+	ss.mu.Unlock()
+	if old != nil {
+		old()
+	}
+	return gen
+}
+
+// detach forgets the transport of generation gen, if it is still the
+// current one, and starts the grace period.
+func (ss *Session) detach(gen uint64) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if gen != ss.gen {
+		return
+	}
+	ss.kick = nil
+	if !ss.ended {
+		ss.armLocked()
+	}
+}
+
+// enqueue hands a client message to the session loop; it blocks while the
+// inbox is full, which pushes back on the transport.
+func (ss *Session) enqueue(m clientMessage) bool {
+	select {
+	case ss.inbox <- m:
+		return true
+	case <-ss.stop:
+		return false
+	}
+}
+
+// loop applies client messages one at a time.
+func (ss *Session) loop() {
+	for {
+		select {
+		case <-ss.stop:
+			return
+		case m := <-ss.inbox:
+			if err := dispatch(ss.p, m); err != nil {
+				ss.replyError(m.id, err)
+			}
+		}
+	}
+}
+
+// replyError appends an error event about message ref to the outbox.
+func (ss *Session) replyError(ref string, err error) {
+	_, code := codeFor(err)
+	if code == "internal" {
+		ss.log.Error("client message failed", "err", err)
+	}
+	ss.Deliver(ErrorReply{Code: code, Message: err.Error(), Ref: ref})
+}
+
+// end makes the participant leave; its LeftEvent closes the outbox.
+func (ss *Session) end(reason string) {
+	ss.mu.Lock()
+	p := ss.p
+	ss.mu.Unlock()
+	if p != nil {
+		p.Leave(reason)
+	}
+}
+
+func (ss *Session) doRelease() {
+	ss.srv.mu.Lock()
+	if ss.srv.sessions[ss.id] == ss {
+		delete(ss.srv.sessions, ss.id)
+	}
+	ss.srv.mu.Unlock()
+	ss.mu.Lock()
+	if ss.expiry != nil {
+		ss.expiry.Stop()
+	}
+	kick := ss.kick
+	ss.mu.Unlock()
+	close(ss.stop)
+	ss.out.Close()
+	if kick != nil {
+		kick()
+	}
+}

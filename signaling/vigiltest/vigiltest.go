@@ -1,0 +1,158 @@
+// Package vigiltest starts a whole Vigil server in-process for tests: the
+// media core on a loopback UDP port and the HTTP API on a loopback TCP
+// port, closed when the test ends.
+package vigiltest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/sfu"
+	"github.com/vigil-media/vigil/signaling"
+)
+
+// Server is a running test server.
+type Server struct {
+	URL      string
+	AdminKey string
+	SFU      *sfu.SFU
+	Sig      *signaling.Server
+	HTTP     *httptest.Server
+}
+
+// Options tune a test server.
+type Options struct {
+	GracePeriod time.Duration
+	Now         func() time.Time
+}
+
+// Start runs a server with default options.
+func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
+
+// StartWith runs a server with opts. Set VIGIL_TEST_LOG=1 to see its logs.
+func StartWith(t testing.TB, opts Options) *Server {
+	t.Helper()
+	gin.SetMode(gin.ReleaseMode)
+	logger := slog.New(slog.DiscardHandler)
+	if os.Getenv("VIGIL_TEST_LOG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	media, err := sfu.New(sfu.Config{UDPAddr: "127.0.0.1:0", IncludeLoopback: true, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const key = "test-admin-key"
+	sig, err := signaling.New(signaling.Config{SFU: media, AdminKey: key, Logger: logger, GracePeriod: opts.GracePeriod, Now: opts.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sig.Handler())
+	s := &Server{URL: hs.URL, AdminKey: key, SFU: media, Sig: sig, HTTP: hs}
+	t.Cleanup(func() {
+		sig.Close(5 * time.Second)
+		hs.Close()
+	})
+	return s
+}
+
+// Do sends a JSON request with an optional bearer and returns the status
+// and body.
+func (s *Server) Do(t testing.TB, method, path, bearer string, body any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = bytes.NewBufferString(b)
+	default:
+		buf, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(buf)
+	}
+	req, err := http.NewRequest(method, s.URL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, out
+}
+
+// CreateRoom creates a room or fails the test.
+func (s *Server) CreateRoom(t testing.TB, name, kind string) {
+	t.Helper()
+	status, body := s.Do(t, http.MethodPost, "/v1/rooms", s.AdminKey, map[string]any{"name": name, "kind": kind})
+	if status != http.StatusCreated {
+		t.Fatalf("create room %s: %d %s", name, status, body)
+	}
+}
+
+type tokenReply struct {
+	Token   string `json:"token"`
+	JoinURL string `json:"join_url"`
+}
+
+func (s *Server) mint(t testing.TB, room, identity, role string) tokenReply {
+	t.Helper()
+	status, body := s.Do(t, http.MethodPost, "/v1/rooms/"+room+"/tokens", s.AdminKey,
+		map[string]any{"identity": identity, "role": role, "ttl_seconds": 600})
+	if status != http.StatusCreated {
+		t.Fatalf("mint token: %d %s", status, body)
+	}
+	var r tokenReply
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Token mints a join token or fails the test.
+func (s *Server) Token(t testing.TB, room, identity, role string) string {
+	t.Helper()
+	return s.mint(t, room, identity, role).Token
+}
+
+// JoinURL is the absolute URL of the room page for a fresh token.
+func (s *Server) JoinURL(t testing.TB, room, identity, role string) string {
+	t.Helper()
+	return s.URL + s.mint(t, room, identity, role).JoinURL
+}
+
+// OpenSession opens a session with token and returns its id, or the
+// status and body on failure.
+func (s *Server) OpenSession(t testing.TB, room, token string) (string, error) {
+	t.Helper()
+	status, body := s.Do(t, http.MethodPost, "/v1/rooms/"+room+"/sessions", token, nil)
+	if status != http.StatusCreated {
+		return "", fmt.Errorf("open session: %d %s", status, body)
+	}
+	var r struct {
+		SessionID string `json:"session_id"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return "", err
+	}
+	return r.SessionID, nil
+}

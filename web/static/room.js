@@ -1,0 +1,637 @@
+// room.js — the room page, /room/{room}#token=<join token>.
+//
+// Joins with the token (signaling.js), then keeps ONE RTCPeerConnection to
+// the server. It publishes camera and microphone when the role may, with
+// sendonly transceivers, declaring each mid's source in its offers. It
+// negotiates with the W3C "perfect negotiation" pattern as the POLITE
+// peer: a server offer that crosses ours wins, ours is rolled back and
+// offered again once the server's is answered (the server refuses a
+// crossing offer with a `glare` error). Events are applied strictly one
+// after another through a promise chain. Each remote track is shown in a
+// <video>/<audio> element labelled with data-identity and data-source,
+// from the mid -> track map that offers and answers carry.
+//
+// window.vigil is a debug handle for tests: pc, state, identity, role,
+// events and stats().
+
+import { Session } from './signaling.js';
+import { ApiError, describe } from './api.js';
+
+const $ = (id) => document.getElementById(id);
+
+const LEFT_REASONS = {
+  left: 'You left the room.',
+  replaced: 'You joined from another tab or device; this page was replaced.',
+  connection_failed: 'The media connection failed.',
+  room_closed: 'The room was closed.',
+  server_shutdown: 'The server shut down.',
+  timeout: 'You were disconnected for too long.',
+};
+
+const JOIN_ERRORS = {
+  token_expired: 'This join link has expired. Ask for a new one.',
+  invalid_token: 'This join link is not valid.',
+  forbidden: 'This join link is not for this room.',
+  room_not_found: 'This room does not exist (any more).',
+  room_full: 'The room is full.',
+  unauthorized: 'This join link is not valid.',
+};
+
+// Page state. Everything that belongs to one session is reset by
+// resetSession(); gen tells stale async work from the current session's.
+const page = {
+  room: roomFromPath(),
+  token: new URLSearchParams(location.hash.slice(1)).get('token'),
+  state: 'joining',
+  identity: null,
+  role: null,
+  kind: null,
+  events: [],
+  session: null,
+};
+
+let gen = 0;
+let pc = null;
+let chain = Promise.resolve();
+let makingOffer = false;
+let publishRefused = false; // the server refused what we publish: stop offering
+let lastOfferId = null;
+let offeredMids = new Set(); // the mids our last offer sent on
+let refused = new WeakSet(); // transceivers the server answered without receiving
+let localStream = null;
+const localSources = new Map(); // MediaStreamTrack -> 'camera' | 'microphone'
+const trackMap = new Map(); // mid -> {id, identity, source, kind, codec}
+const media = new Map(); // mid -> {el, tile, track}
+const roster = new Map(); // identity -> {identity, role, tracks}
+
+window.vigil = {
+  get pc() { return pc; },
+  get state() { return page.state; },
+  get identity() { return page.identity; },
+  get role() { return page.role; },
+  get room() { return page.room; },
+  events: page.events,
+  stats,
+};
+
+function roomFromPath() {
+  const parts = location.pathname.split('/').filter(Boolean);
+  return parts[0] === 'room' && parts[1] ? decodeURIComponent(parts[1]) : '';
+}
+
+// ---------------------------------------------------------------- status
+
+function setStatus(text) {
+  $('status').textContent = text;
+}
+
+function showError(text) {
+  const el = $('error');
+  el.textContent = text;
+  el.hidden = false;
+}
+
+function clearError() {
+  $('error').hidden = true;
+  $('error').textContent = '';
+}
+
+function fail(text) {
+  page.state = 'error';
+  showError(text);
+  setStatus('Not connected.');
+  $('leave').disabled = true;
+  teardown();
+  if (page.session) page.session.close();
+}
+
+function joinError(err) {
+  if (err instanceof ApiError) {
+    const plain = JOIN_ERRORS[err.code] || 'The server refused to let you join.';
+    return `${plain} (${err.code}: ${err.message})`;
+  }
+  return describe(err);
+}
+
+function connectionStatus() {
+  if (page.state !== 'joined') return;
+  const where = `${page.identity} (${page.role}) in ${page.room}`;
+  const conn = pc ? pc.connectionState : 'new';
+  const note = {
+    new: 'waiting for media',
+    connecting: 'connecting media…',
+    connected: 'media connected',
+    disconnected: 'media interrupted…',
+    failed: 'media connection failed',
+    closed: 'media closed',
+  }[conn] || conn;
+  setStatus(`Joined as ${where} — ${note}.`);
+}
+
+// ---------------------------------------------------------------- events
+
+// enqueue runs fn after every event queued before it; work queued for an
+// older session is skipped.
+function enqueue(fn) {
+  const mine = gen;
+  chain = chain
+    .then(() => (mine === gen ? fn() : undefined))
+    .catch((err) => {
+      if (mine !== gen) return;
+      console.error('vigil:', err);
+      showError(describe(err));
+    });
+  return chain;
+}
+
+function onEvent(ev) {
+  page.events.push(ev.type);
+  enqueue(() => handle(ev));
+}
+
+async function handle(ev) {
+  const data = ev.data || {};
+  switch (ev.type) {
+    case 'joined': return onJoined(data);
+    case 'offer': return onOffer(data);
+    case 'answer': return onAnswer(data);
+    case 'participant_joined': return rosterAdd(data.participant);
+    case 'participant_left': return onParticipantLeft(data);
+    case 'track_published': return rosterTrack(data.track, true);
+    case 'track_unpublished': return onTrackUnpublished(data.track);
+    case 'error': return onServerError(data);
+    case 'left': return onLeft(data);
+    default: return undefined; // newer server: ignore what we do not know
+  }
+}
+
+async function onJoined(data) {
+  page.state = 'joined';
+  page.identity = data.identity;
+  page.role = data.role;
+  page.kind = data.kind;
+  clearError();
+  $('room-name').textContent = data.room || page.room;
+  $('who').textContent = `${data.identity} · ${data.role} · ${data.kind} room`;
+  document.title = `${data.room || page.room} — Vigil`;
+  $('leave').disabled = false;
+
+  roster.clear();
+  for (const p of data.participants || []) rosterAdd(p, false);
+  if (!roster.has(data.identity)) {
+    rosterAdd({ identity: data.identity, role: data.role, tracks: [] }, false);
+  }
+  renderRoster();
+
+  pc = new RTCPeerConnection({ iceServers: iceServers(data.ice_servers) });
+  const mine = gen;
+  const current = pc;
+  pc.onicecandidate = ({ candidate }) => {
+    if (mine !== gen || !candidate || !candidate.candidate) return;
+    page.session.send({ type: 'candidate', data: candidate.toJSON() });
+  };
+  pc.onnegotiationneeded = () => {
+    if (mine === gen) enqueue(negotiate);
+  };
+  pc.ontrack = (ev) => {
+    if (mine === gen) onTrack(ev);
+  };
+  pc.onconnectionstatechange = () => {
+    if (mine === gen && current === pc) connectionStatus();
+  };
+  connectionStatus();
+
+  const publish = ((data.permissions && data.permissions.publish) || [])
+    .filter((s) => s === 'camera' || s === 'microphone');
+  if (publish.length > 0) await startPublishing(publish, mine);
+}
+
+function iceServers(list) {
+  return (list || []).map((s) => {
+    const out = { urls: s.urls };
+    if (s.username) out.username = s.username;
+    if (s.credential) out.credential = s.credential;
+    return out;
+  });
+}
+
+// startPublishing captures what the role may publish and adds it to the
+// connection; negotiationneeded then makes the offer.
+async function startPublishing(sources, mine) {
+  const wantVideo = sources.includes('camera');
+  const wantAudio = sources.includes('microphone');
+  let stream = null;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: wantVideo, audio: wantAudio });
+  } catch (err) {
+    // Try each device alone: a missing microphone should not cost the camera.
+    const parts = [];
+    for (const c of [wantVideo && { video: true }, wantAudio && { audio: true }]) {
+      if (!c) continue;
+      try {
+        parts.push(await navigator.mediaDevices.getUserMedia(c));
+      } catch { /* reported below if nothing works */ }
+    }
+    if (parts.length === 0) {
+      showError(`Cannot use your camera or microphone: ${describe(err)}. You can still watch and listen.`);
+      return;
+    }
+    stream = new MediaStream(parts.flatMap((s) => s.getTracks()));
+  }
+  if (mine !== gen || !pc) {
+    stream.getTracks().forEach((t) => t.stop());
+    return;
+  }
+  localStream = stream;
+  for (const track of stream.getTracks()) {
+    localSources.set(track, track.kind === 'video' ? 'camera' : 'microphone');
+    pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+  }
+  if (stream.getVideoTracks().length > 0) {
+    $('local-video').srcObject = new MediaStream(stream.getVideoTracks());
+    $('local-caption').textContent = `${page.identity} (you)`;
+    $('local-section').hidden = false;
+  }
+}
+
+// needsOffer reports whether something we send is not negotiated yet.
+function needsOffer() {
+  if (!pc || publishRefused) return false;
+  return pc.getTransceivers().some((t) => {
+    if (t.currentDirection === 'stopped' || !t.sender.track || refused.has(t)) return false;
+    if (!(t.direction === 'sendonly' || t.direction === 'sendrecv')) return false;
+    const cur = t.currentDirection;
+    return cur !== 'sendonly' && cur !== 'sendrecv';
+  });
+}
+
+// negotiate sends an offer if something we send is not negotiated yet and
+// the connection is stable. It runs after every applied offer, answer and
+// glare, so an offer that was rolled back or refused is made again.
+async function negotiate() {
+  if (!pc || pc.signalingState === 'closed' || !needsOffer()) return;
+  // Not now: the exchange under way calls negotiate again when it ends.
+  if (makingOffer || pc.signalingState !== 'stable') return;
+  makingOffer = true;
+  try {
+    await pc.setLocalDescription();
+    const sources = {};
+    for (const t of pc.getTransceivers()) {
+      const src = t.sender.track && localSources.get(t.sender.track);
+      if (t.mid != null && src && (t.direction === 'sendonly' || t.direction === 'sendrecv')) {
+        sources[t.mid] = src;
+      }
+    }
+    offeredMids = new Set(Object.keys(sources));
+    lastOfferId = page.session.send({
+      type: 'offer',
+      data: { sdp: pc.localDescription.sdp, sources },
+    });
+  } finally {
+    makingOffer = false;
+  }
+}
+
+function setTrackMap(tracks) {
+  trackMap.clear();
+  for (const [mid, info] of Object.entries(tracks || {})) trackMap.set(mid, info);
+}
+
+async function onOffer(data) {
+  if (!pc) return;
+  // Set before applying the offer: ontrack fires inside
+  // setRemoteDescription and labels what it gets from this map.
+  setTrackMap(data.tracks);
+  const collision = makingOffer || pc.signalingState !== 'stable';
+  if (collision) {
+    // We are polite: drop our offer, answer theirs, offer again after.
+    if (pc.signalingState === 'have-local-offer') {
+      await pc.setLocalDescription({ type: 'rollback' });
+    }
+  }
+  await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
+  await pc.setLocalDescription();
+  page.session.send({ type: 'answer', data: { sdp: pc.localDescription.sdp } });
+  pruneMedia();
+  // Offer what is still unsent: a rolled-back offer, or transceivers
+  // added while this exchange was under way.
+  await negotiate();
+}
+
+async function onAnswer(data) {
+  if (!pc || pc.signalingState !== 'have-local-offer') return;
+  if (data.tracks) setTrackMap(data.tracks);
+  await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
+  // A sending m-line the server answered without receiving is not offered
+  // again (that would loop); say so.
+  for (const t of pc.getTransceivers()) {
+    const cur = t.currentDirection;
+    if (offeredMids.has(t.mid) && cur !== 'sendonly' && cur !== 'sendrecv') {
+      refused.add(t);
+      showError(`The server did not accept your ${localSources.get(t.sender.track) || 'media'}.`);
+    }
+  }
+  pruneMedia();
+  await negotiate();
+}
+
+async function onServerError(data) {
+  const code = data.code || 'error';
+  if (code === 'glare') {
+    // The server refused our crossing offer; its own offer came first and
+    // has been answered. Offer again if something is still not sent.
+    await negotiate();
+    return;
+  }
+  const aboutOffer = data.ref && data.ref === lastOfferId;
+  if (aboutOffer && pc && pc.signalingState === 'have-local-offer') {
+    await pc.setLocalDescription({ type: 'rollback' });
+    if (code === 'forbidden' || code === 'invalid_sdp') publishRefused = true;
+  }
+  showError(`The server refused a request: ${data.message || code} (${code})`);
+}
+
+function onLeft(data) {
+  const reason = data.reason || 'left';
+  page.state = 'left';
+  teardown();
+  $('leave').disabled = true;
+  setStatus(LEFT_REASONS[reason] || `You are no longer in the room (${reason}).`);
+  for (const li of $('roster').children) li.classList.add('gone');
+}
+
+// ---------------------------------------------------------------- media
+
+function onTrack(ev) {
+  const mid = ev.transceiver && ev.transceiver.mid;
+  if (mid == null) return;
+  const track = ev.track;
+  const info = trackMap.get(mid) || {
+    identity: 'unknown',
+    source: track.kind === 'audio' ? 'microphone' : 'camera',
+  };
+  removeMedia(mid);
+  let el;
+  let tile = null;
+  if (track.kind === 'video') {
+    el = document.createElement('video');
+    el.autoplay = true;
+    el.playsInline = true;
+    el.muted = true; // sound comes through the <audio> element
+    el.setAttribute('playsinline', '');
+    tile = document.createElement('figure');
+    tile.className = 'tile';
+    tile.dataset.mid = mid;
+    const caption = document.createElement('figcaption');
+    caption.textContent = info.source === 'camera' ? info.identity : `${info.identity} · ${info.source}`;
+    tile.append(el, caption);
+    $('tiles').append(tile);
+  } else {
+    el = document.createElement('audio');
+    el.autoplay = true;
+    $('audio').append(el);
+  }
+  el.dataset.identity = info.identity;
+  el.dataset.source = info.source;
+  el.dataset.mid = mid;
+  el.srcObject = new MediaStream([track]);
+  const played = el.play();
+  if (played && track.kind === 'audio') {
+    played.catch(() => { $('sound').hidden = false; });
+  } else if (played) {
+    played.catch(() => {});
+  }
+  media.set(mid, { el, tile, track });
+  track.addEventListener('ended', () => {
+    const m = media.get(mid);
+    if (m && m.track === track) removeMedia(mid);
+  });
+  updateEmpty();
+}
+
+function removeMedia(mid) {
+  const m = media.get(mid);
+  if (!m) return;
+  media.delete(mid);
+  m.el.srcObject = null;
+  (m.tile || m.el).remove();
+  updateEmpty();
+}
+
+// pruneMedia removes what the server no longer sends after a description
+// is applied: a mid gone from the track map, or an m-line that does not
+// receive any more.
+function pruneMedia() {
+  if (!pc) return;
+  const receiving = new Set();
+  for (const t of pc.getTransceivers()) {
+    const cur = t.currentDirection;
+    if (t.mid != null && (cur === 'recvonly' || cur === 'sendrecv')) receiving.add(t.mid);
+  }
+  for (const mid of [...media.keys()]) {
+    if (!trackMap.has(mid) || !receiving.has(mid)) removeMedia(mid);
+  }
+}
+
+function onTrackUnpublished(track) {
+  if (!track) return;
+  for (const [mid, info] of trackMap) {
+    if (info.id === track.id) {
+      removeMedia(mid);
+      trackMap.delete(mid);
+    }
+  }
+  rosterTrack(track, false);
+}
+
+function onParticipantLeft(data) {
+  for (const [mid, m] of [...media]) {
+    if (m.el.dataset.identity === data.identity) removeMedia(mid);
+  }
+  roster.delete(data.identity);
+  renderRoster();
+}
+
+function updateEmpty() {
+  $('empty').hidden = $('tiles').children.length > 0;
+}
+
+$('sound').addEventListener('click', () => {
+  for (const el of $('audio').querySelectorAll('audio')) el.play().catch(() => {});
+  $('sound').hidden = true;
+});
+
+// ---------------------------------------------------------------- roster
+
+function rosterAdd(p, render = true) {
+  if (!p || !p.identity) return;
+  roster.set(p.identity, { identity: p.identity, role: p.role, tracks: [...(p.tracks || [])] });
+  if (render) renderRoster();
+}
+
+function rosterTrack(track, published) {
+  if (!track) return;
+  const p = roster.get(track.identity);
+  if (!p) return;
+  p.tracks = p.tracks.filter((t) => t.id !== track.id);
+  if (published) p.tracks.push(track);
+  renderRoster();
+}
+
+function renderRoster() {
+  const ul = $('roster');
+  const items = [...roster.values()].sort((a, b) => {
+    if (a.identity === page.identity) return -1;
+    if (b.identity === page.identity) return 1;
+    return a.identity.localeCompare(b.identity);
+  });
+  ul.replaceChildren(...items.map((p) => {
+    const li = document.createElement('li');
+    li.dataset.identity = p.identity;
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = p.identity;
+    li.append(name);
+    if (p.identity === page.identity) {
+      li.classList.add('self');
+      const you = document.createElement('span');
+      you.className = 'you';
+      you.textContent = '(you)';
+      li.append(' ', you);
+    }
+    const role = document.createElement('span');
+    role.className = 'role';
+    role.textContent = p.role || '';
+    li.append(role);
+    const sources = [...new Set(p.tracks.map((t) => t.source))].sort();
+    if (sources.length > 0) {
+      const s = document.createElement('span');
+      s.className = 'sources';
+      s.textContent = sources.join(', ');
+      li.append(s);
+    }
+    return li;
+  }));
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+// teardown closes the connection and removes everything of the session.
+function teardown() {
+  gen++;
+  makingOffer = false;
+  publishRefused = false;
+  lastOfferId = null;
+  offeredMids = new Set();
+  refused = new WeakSet();
+  if (pc) {
+    pc.onicecandidate = pc.onnegotiationneeded = pc.ontrack = pc.onconnectionstatechange = null;
+    pc.close();
+    pc = null;
+  }
+  if (localStream) {
+    localStream.getTracks().forEach((t) => t.stop());
+    localStream = null;
+  }
+  localSources.clear();
+  $('local-video').srcObject = null;
+  $('local-section').hidden = true;
+  for (const mid of [...media.keys()]) removeMedia(mid);
+  trackMap.clear();
+}
+
+// resetSession starts over after the server lost our session.
+function resetSession() {
+  teardown();
+  page.state = 'joining';
+  roster.clear();
+  renderRoster();
+  setStatus('Rejoining…');
+}
+
+async function main() {
+  updateEmpty();
+  $('room-name').textContent = page.room || 'Room';
+  if (!page.room) {
+    fail('This page needs a room: /room/{room}#token=…');
+    return;
+  }
+  if (!page.token) {
+    fail('This link has no join token (#token=…). Ask the organizer for a join link.');
+    return;
+  }
+  page.session = new Session({
+    room: page.room,
+    token: page.token,
+    onEvent,
+    onRestart: resetSession,
+    onStatus: (s) => {
+      if (s === 'connected') {
+        if (page.state === 'joined') connectionStatus();
+        else setStatus('Connected, joining…');
+      } else if (page.state !== 'left' && page.state !== 'error') {
+        setStatus(`Signaling: ${s}…`);
+      }
+    },
+    onFatal: (err) => fail(joinError(err)),
+  });
+  $('leave').addEventListener('click', () => {
+    $('leave').disabled = true;
+    page.session.send({ type: 'leave', data: {} });
+  });
+  window.addEventListener('pagehide', () => {
+    if (page.session && page.state !== 'left') page.session.sendNow({ type: 'leave', data: {} });
+  });
+  setStatus(`Joining ${page.room}…`);
+  try {
+    await page.session.start();
+  } catch (err) {
+    fail(joinError(err));
+  }
+}
+
+// ---------------------------------------------------------------- stats
+
+// stats summarizes pc.getStats(): inbound streams labelled with the
+// identity and source of their mid, outbound streams with their counters.
+async function stats() {
+  const out = { inbound: [], outbound: [] };
+  if (!pc) return out;
+  const report = await pc.getStats();
+  const codecs = new Map();
+  report.forEach((s) => {
+    if (s.type === 'codec') codecs.set(s.id, s.mimeType);
+  });
+  const midOfTrack = new Map();
+  for (const t of pc.getTransceivers()) {
+    if (t.mid != null) midOfTrack.set(t.receiver.track.id, t.mid);
+  }
+  report.forEach((s) => {
+    if (s.type === 'inbound-rtp') {
+      const mid = s.mid != null ? s.mid : midOfTrack.get(s.trackIdentifier);
+      const info = trackMap.get(mid) || {};
+      out.inbound.push({
+        kind: s.kind,
+        mid,
+        framesDecoded: s.framesDecoded || 0,
+        frameWidth: s.frameWidth || 0,
+        frameHeight: s.frameHeight || 0,
+        packetsReceived: s.packetsReceived || 0,
+        bytesReceived: s.bytesReceived || 0,
+        codec: codecs.get(s.codecId) || '',
+        identity: info.identity || '',
+        source: info.source || '',
+      });
+    } else if (s.type === 'outbound-rtp') {
+      out.outbound.push({
+        kind: s.kind,
+        mid: s.mid,
+        packetsSent: s.packetsSent || 0,
+        bytesSent: s.bytesSent || 0,
+      });
+    }
+  });
+  return out;
+}
+
+main();
