@@ -106,6 +106,18 @@ func (d *DownTrack) writeRTP(pkt *rtp.Packet, keyframe bool) {
 	}
 }
 
+// skip accounts for a packet not forwarded (the track is muted): the
+// receiver sees no gap in sequence numbers, and video resumes on a
+// keyframe. Called only by the up-track's reader.
+func (d *DownTrack) skip() {
+	if d.started {
+		d.seqOffset++
+	}
+	if d.Kind() == webrtc.RTPCodecTypeVideo {
+		d.waitKey = true
+	}
+}
+
 // readRTCP reads the subscriber's RTCP for this track until the sender
 // stops; PLI and FIR become keyframe requests to the publisher. NACKs are
 // answered by the NACK responder interceptor, which needs this read too.

@@ -49,6 +49,7 @@ type TrackInfo struct {
 	Source   Source `json:"source"`
 	Kind     string `json:"kind"`
 	Codec    string `json:"codec,omitempty"`
+	Muted    bool   `json:"muted"`
 }
 
 // Permissions is what a participant's role allows in its room.

@@ -25,7 +25,6 @@ const maxPendingCandidates = 64
 type Participant struct {
 	room     *Room
 	identity string
-	role     Role
 	sink     Sink
 	log      *slog.Logger
 	pc       *webrtc.PeerConnection
@@ -38,6 +37,7 @@ type Participant struct {
 	pendingICE     []webrtc.ICECandidateInit
 
 	mu      sync.Mutex            // guards what follows
+	role    Role                  // also written under the room's lock
 	sources map[string]Source     // mid -> declared source of a client offer
 	ups     map[string]*UpTrack   // published, by track id
 	downs   map[string]*DownTrack // forwarded to us, by up-track id
@@ -81,7 +81,11 @@ func newParticipant(r *Room, cfg JoinConfig) (*Participant, error) {
 func (p *Participant) Identity() string { return p.identity }
 
 // Role is the participant's role.
-func (p *Participant) Role() Role { return p.role }
+func (p *Participant) Role() Role {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.role
+}
 
 // Room is the participant's room.
 func (p *Participant) Room() *Room { return p.room }
@@ -190,8 +194,8 @@ func (p *Participant) checkOffer(d *sdp.SessionDescription, sources map[string]S
 		if !src.Valid() || src.Audio() != (kind == "audio") {
 			return fmt.Errorf("%w: m-line %q is %s, not %q", ErrForbidden, mid, kind, src)
 		}
-		if !CanPublish(p.room.kind, p.role, src) {
-			return fmt.Errorf("%w: a %s may not publish %s in a %s room", ErrForbidden, p.role, src, p.room.kind)
+		if role := p.Role(); !CanPublish(p.room.kind, role, src) {
+			return fmt.Errorf("%w: a %s may not publish %s in a %s room", ErrForbidden, role, src, p.room.kind)
 		}
 	}
 	return nil
@@ -378,9 +382,10 @@ func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceive
 	}
 	p.mu.Lock()
 	src, declared := p.sources[mid]
+	role := p.role
 	p.mu.Unlock()
 	kindOK := src.Audio() == (track.Kind() == webrtc.RTPCodecTypeAudio)
-	if !declared || !kindOK || !CanPublish(p.room.kind, p.role, src) {
+	if !declared || !kindOK || !CanPublish(p.room.kind, role, src) {
 		p.log.Warn("ignoring undeclared or forbidden track", "mid", mid, "source", src)
 		return
 	}
@@ -409,7 +414,6 @@ func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceive
 		},
 		done: make(chan struct{}),
 	}
-	up.downs.Store(&[]*DownTrack{})
 	var replaced []*UpTrack
 	p.mu.Lock()
 	if p.closed {

@@ -111,7 +111,7 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 	sort.Slice(roster, func(i, j int) bool { return roster[i].Identity < roster[j].Identity })
 	p.sink.Deliver(JoinedEvent{
 		Room: r.name, Kind: r.kind, Identity: p.identity, Role: p.role,
-		Permissions:  Permissions{Publish: nonNil(Publishable(r.kind, p.role)), Subscribe: len(policies[r.kind][p.role].receivesFrom) > 0},
+		Permissions:  permissionsOf(r.kind, p.role),
 		ICEServers:   r.sfu.cfg.ICEServers,
 		Participants: roster,
 	})
@@ -172,7 +172,7 @@ func (r *Room) publish(up *UpTrack) {
 			continue
 		}
 		if CanSee(r.kind, o.role, pub.role) {
-			o.sink.Deliver(TrackPublishedEvent{Track: up.info})
+			o.sink.Deliver(TrackPublishedEvent{Track: up.Info()})
 		}
 		if CanReceive(r.kind, o.role, pub.role) {
 			subs = append(subs, o)
@@ -182,6 +182,9 @@ func (r *Room) publish(up *UpTrack) {
 	for _, s := range subs {
 		s.addDownTracks([]*UpTrack{up})
 	}
+	if obs := r.sfu.cfg.Observer; obs != nil {
+		obs.TrackPublished(r, up)
+	}
 }
 
 // unpublished tells those who could see the publisher that a track ended.
@@ -189,11 +192,14 @@ func (r *Room) publish(up *UpTrack) {
 func (r *Room) unpublished(up *UpTrack) {
 	pub := up.publisher
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	for _, o := range r.participants {
 		if o != pub && CanSee(r.kind, o.role, pub.role) {
 			o.sink.Deliver(TrackUnpublishedEvent{Track: up.info})
 		}
+	}
+	r.mu.Unlock()
+	if obs := r.sfu.cfg.Observer; obs != nil {
+		obs.TrackUnpublished(r, up)
 	}
 }
 

@@ -36,7 +36,9 @@ type Config struct {
 	KeyframeInterval time.Duration
 	// DisconnectTimeout and FailedTimeout tune ICE; zero keeps pion's.
 	DisconnectTimeout, FailedTimeout time.Duration
-	Logger                           *slog.Logger
+	// Observer, if set, is told of every track published and unpublished.
+	Observer TrackObserver
+	Logger   *slog.Logger
 }
 
 // SFU owns the WebRTC API (one UDP port for all media) and the rooms.
@@ -153,6 +155,8 @@ func (s *SFU) LocalAddr() net.Addr { return s.conn.LocalAddr() }
 type RoomOptions struct {
 	// MaxParticipants caps the room; 0 takes the server's limit.
 	MaxParticipants int
+	// AutoRecord records every participant from the moment they publish.
+	AutoRecord bool
 }
 
 // CreateRoom creates an empty room.

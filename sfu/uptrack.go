@@ -10,9 +10,25 @@ import (
 	"github.com/pion/webrtc/v4"
 )
 
+// PacketSink receives every packet of an up-track, muted or not: a
+// recorder is one. WritePacket is called from the track's reader goroutine;
+// it must not block and must not keep pkt or its payload after returning.
+// Close is called once when the track ends.
+type PacketSink interface {
+	WritePacket(pkt *rtp.Packet, keyframe bool)
+	Close()
+}
+
+// TrackObserver is told of every track published and unpublished in any
+// room, outside the room's lock.
+type TrackObserver interface {
+	TrackPublished(r *Room, t *UpTrack)
+	TrackUnpublished(r *Room, t *UpTrack)
+}
+
 // UpTrack is a track a participant publishes. One goroutine reads it and
-// writes each packet to every down-track; the down-track list is an
-// immutable snapshot swapped under mu, so the packet path takes no lock.
+// writes each packet to every down-track and sink; those lists are
+// copy-on-write snapshots, so the packet path takes no lock.
 type UpTrack struct {
 	publisher *Participant
 	track     *webrtc.TrackRemote
@@ -22,9 +38,14 @@ type UpTrack struct {
 	info      TrackInfo
 	done      chan struct{}
 
-	downs atomic.Pointer[[]*DownTrack]
+	downs cowList[*DownTrack]
+	sinks cowList[PacketSink]
+	muted atomic.Bool
 
-	mu       sync.Mutex // guards stopped, the down-track list's writers and the keyframe state
+	packets, bytes atomic.Uint64
+	bitrate        atomic.Uint64 // bits/s over the last second or so
+
+	mu       sync.Mutex // guards stopped and the keyframe state
 	stopped  bool
 	lastKF   time.Time
 	kfTimer  *time.Timer
@@ -32,16 +53,76 @@ type UpTrack struct {
 }
 
 // Info describes the track.
-func (u *UpTrack) Info() TrackInfo { return u.info }
+func (u *UpTrack) Info() TrackInfo {
+	info := u.info
+	info.Muted = u.muted.Load()
+	return info
+}
+
+// Codec is the track's codec.
+func (u *UpTrack) Codec() webrtc.RTPCodecCapability { return u.codec }
+
+// Publisher is the participant who publishes the track.
+func (u *UpTrack) Publisher() *Participant { return u.publisher }
+
+// Source is what the track carries.
+func (u *UpTrack) Source() Source { return u.source }
+
+// Done is closed when the track has ended.
+func (u *UpTrack) Done() <-chan struct{} { return u.done }
+
+// TrackStats are an up-track's counters.
+type TrackStats struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+	Bitrate uint64 `json:"bitrate"` // bits per second, recent
+}
+
+// Stats returns the track's counters.
+func (u *UpTrack) Stats() TrackStats {
+	return TrackStats{Packets: u.packets.Load(), Bytes: u.bytes.Load(), Bitrate: u.bitrate.Load()}
+}
+
+// AddSink makes s receive every packet of the track from now on, and
+// asks the publisher for a keyframe so that video starts cleanly. It
+// returns false if the track has already ended (s is not closed then).
+func (u *UpTrack) AddSink(s PacketSink) bool {
+	u.mu.Lock()
+	if u.stopped {
+		u.mu.Unlock()
+		return false
+	}
+	u.sinks.add(s)
+	u.mu.Unlock()
+	u.requestKeyframe()
+	return true
+}
+
+// RemoveSink stops feeding s and closes it, if it was fed.
+func (u *UpTrack) RemoveSink(s PacketSink) {
+	if u.sinks.remove(s) {
+		s.Close()
+	}
+}
+
+// RequestKeyframe asks the publisher for a keyframe (throttled).
+func (u *UpTrack) RequestKeyframe() { u.requestKeyframe() }
 
 // run reads the track until it ends, forwarding every packet.
 func (u *UpTrack) run(wg *sync.WaitGroup) {
 	defer wg.Done()
 	defer close(u.done)
+	defer func() {
+		// The reader feeds the sinks, so it closes them.
+		for _, s := range u.sinks.clear() {
+			s.Close()
+		}
+	}()
 	defer u.stop()
 	video := u.track.Kind() == webrtc.RTPCodecTypeVideo
 	buf := make([]byte, 1500)
 	var pkt rtp.Packet
+	windowStart, windowBytes := time.Now(), uint64(0)
 	for {
 		n, _, err := u.track.Read(buf)
 		if err != nil {
@@ -50,8 +131,25 @@ func (u *UpTrack) run(wg *sync.WaitGroup) {
 		if err := pkt.Unmarshal(buf[:n]); err != nil {
 			continue
 		}
+		u.packets.Add(1)
+		u.bytes.Add(uint64(n))
+		if windowBytes += uint64(n); u.packets.Load()%64 == 0 {
+			if d := time.Since(windowStart); d >= time.Second {
+				u.bitrate.Store(uint64(float64(windowBytes*8) / d.Seconds()))
+				windowStart, windowBytes = time.Now(), 0
+			}
+		}
 		key := video && isKeyframe(u.codec.MimeType, pkt.Payload)
-		for _, d := range *u.downs.Load() {
+		for _, s := range u.sinks.load() {
+			s.WritePacket(&pkt, key)
+		}
+		if u.muted.Load() {
+			for _, d := range u.downs.load() {
+				d.skip()
+			}
+			continue
+		}
+		for _, d := range u.downs.load() {
 			d.writeRTP(&pkt, key)
 		}
 	}
@@ -64,27 +162,12 @@ func (u *UpTrack) addDown(d *DownTrack) bool {
 	if u.stopped {
 		return false
 	}
-	old := *u.downs.Load()
-	next := make([]*DownTrack, len(old), len(old)+1)
-	copy(next, old)
-	next = append(next, d)
-	u.downs.Store(&next)
+	u.downs.add(d)
 	return true
 }
 
 // removeDown drops a down-track from the fan-out.
-func (u *UpTrack) removeDown(d *DownTrack) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	old := *u.downs.Load()
-	next := make([]*DownTrack, 0, len(old))
-	for _, o := range old {
-		if o != d {
-			next = append(next, o)
-		}
-	}
-	u.downs.Store(&next)
-}
+func (u *UpTrack) removeDown(d *DownTrack) { u.downs.remove(d) }
 
 // stop unpublishes the track: every subscriber drops its down-track.
 func (u *UpTrack) stop() {
@@ -94,7 +177,7 @@ func (u *UpTrack) stop() {
 		return
 	}
 	u.stopped = true
-	downs := *u.downs.Swap(&[]*DownTrack{})
+	downs := u.downs.clear()
 	if u.kfTimer != nil {
 		u.kfTimer.Stop()
 	}

@@ -70,6 +70,8 @@ func codeFor(err error) (int, string) {
 		{sfu.ErrGlare, http.StatusConflict, "glare"},
 		{sfu.ErrInvalidState, http.StatusConflict, "invalid_state"},
 		{sfu.ErrClosed, http.StatusGone, "session_ended"},
+		{sfu.ErrParticipantNotFound, http.StatusNotFound, "participant_not_found"},
+		{sfu.ErrTrackNotFound, http.StatusNotFound, "track_not_found"},
 	}
 	for _, e := range table {
 		if errors.Is(err, e.target) {

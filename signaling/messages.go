@@ -47,6 +47,16 @@ type CandidateMessage struct {
 // LeaveMessage leaves the room.
 type LeaveMessage struct{}
 
+// SubscribeMessage asks to receive one track (again).
+type SubscribeMessage struct {
+	TrackID string `json:"track_id"`
+}
+
+// UnsubscribeMessage asks to stop receiving one track.
+type UnsubscribeMessage struct {
+	TrackID string `json:"track_id"`
+}
+
 // ErrorReply is the event the server appends when it refuses a client
 // message; Ref is the message's id.
 type ErrorReply struct {
@@ -61,7 +71,7 @@ func (ErrorReply) Type() string { return "error" }
 // clientMessage is a decoded client message.
 type clientMessage struct {
 	id  string
-	msg any // one of *OfferMessage, *AnswerMessage, *CandidateMessage, *LeaveMessage
+	msg any // a pointer to one of the *Message types above
 }
 
 // decodeMessage parses one client frame. The id is returned even when the
@@ -93,6 +103,10 @@ func decodeMessage(b []byte) (clientMessage, error) {
 		m.msg = &CandidateMessage{}
 	case "leave":
 		m.msg = &LeaveMessage{}
+	case "subscribe":
+		m.msg = &SubscribeMessage{}
+	case "unsubscribe":
+		m.msg = &UnsubscribeMessage{}
 	case "":
 		return m, fmt.Errorf("%w: no type", ErrInvalidMessage)
 	default:
@@ -118,6 +132,14 @@ func decodeMessage(b []byte) (clientMessage, error) {
 	case *AnswerMessage:
 		if msg.SDP == "" || len(msg.SDP) > maxSDPBytes {
 			return m, fmt.Errorf("%w: sdp must be 1 to %d bytes", ErrInvalidMessage, maxSDPBytes)
+		}
+	case *SubscribeMessage:
+		if msg.TrackID == "" || len(msg.TrackID) > maxIDBytes {
+			return m, fmt.Errorf("%w: track_id must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
+		}
+	case *UnsubscribeMessage:
+		if msg.TrackID == "" || len(msg.TrackID) > maxIDBytes {
+			return m, fmt.Errorf("%w: track_id must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
 		}
 	}
 	return m, nil
@@ -149,6 +171,10 @@ func dispatch(p *sfu.Participant, m clientMessage) error {
 	case *LeaveMessage:
 		p.Leave(sfu.ReasonLeft)
 		return nil
+	case *SubscribeMessage:
+		return p.Subscribe(msg.TrackID)
+	case *UnsubscribeMessage:
+		return p.Unsubscribe(msg.TrackID)
 	}
 	return fmt.Errorf("%w: %T", ErrUnknownType, m.msg)
 }

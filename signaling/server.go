@@ -94,11 +94,7 @@ func (s *Server) routes() *gin.Engine {
 	})
 
 	v1 := e.Group("/v1")
-	admin := v1.Group("", s.requireAdmin)
-	admin.POST("/rooms", s.createRoom)
-	admin.GET("/rooms", s.listRooms)
-	admin.GET("/rooms/:room", s.getRoom)
-	admin.POST("/rooms/:room/tokens", s.mintToken)
+	s.adminRoutes(v1.Group("", s.requireAdmin))
 	v1.POST("/rooms/:room/sessions", s.openSession)
 	v1.DELETE("/sessions/:session", s.closeSession)
 	v1.GET("/sessions/:session/ws", s.serveWS)

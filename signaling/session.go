@@ -16,8 +16,10 @@ import (
 // event log every transport drains from a cursor), its inbox of client
 // messages, and one loop that applies them in order.
 type Session struct {
-	srv  *Server
-	id   string
+	srv      *Server
+	id       string
+	room     string
+	identity string
 	log  *slog.Logger
 	out  *patterns.Log
 	p    *sfu.Participant
@@ -25,9 +27,10 @@ type Session struct {
 
 	inbox chan clientMessage
 
-	mu      sync.Mutex
-	gen     uint64 // attach generation
-	kick    func() // closes the attached transport
+	mu        sync.Mutex
+	gen       uint64 // attach generation
+	kick      func() // closes the attached transport
+	transport string // name of the attached transport, "" when none
 	expiry  *time.Timer
 	ended   bool // the participant has left
 	release func()
@@ -45,7 +48,7 @@ func newSessionID() string {
 // the session.
 func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
 	ss := &Session{
-		srv: s, id: newSessionID(),
+		srv: s, id: newSessionID(), room: room.Name(), identity: claims.Subject,
 		log:   s.log.With("room", room.Name(), "participant", claims.Subject),
 		out:   patterns.NewLog(patterns.LogConfig{Capacity: 1024}),
 		stop:  make(chan struct{}),
@@ -117,11 +120,12 @@ func (ss *Session) expire() {
 }
 
 // attach makes kick the session's one transport, closing any older one.
-func (ss *Session) attach(kick func()) uint64 {
+func (ss *Session) attach(transport string, kick func()) uint64 {
 	ss.mu.Lock()
 	ss.gen++
 	old := ss.kick
 	ss.kick = kick
+	ss.transport = transport
 	if ss.expiry != nil && !ss.ended {
 		ss.expiry.Stop()
 	}
@@ -142,9 +146,41 @@ func (ss *Session) detach(gen uint64) {
 		return
 	}
 	ss.kick = nil
+	ss.transport = ""
 	if !ss.ended {
 		ss.armLocked()
 	}
+}
+
+// Transport names the transport attached now, or "" when none is.
+func (ss *Session) Transport() string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.transport
+}
+
+// Participant is the session's participant.
+func (ss *Session) Participant() *sfu.Participant {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.p
+}
+
+// sessionFor returns the live session of identity in room, or nil.
+func (s *Server) sessionFor(room, identity string) *Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ss := range s.sessions {
+		if ss.room == room && ss.identity == identity {
+			ss.mu.Lock()
+			ended := ss.ended
+			ss.mu.Unlock()
+			if !ended {
+				return ss
+			}
+		}
+	}
+	return nil
 }
 
 // enqueue hands a client message to the session loop; it blocks while the

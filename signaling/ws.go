@@ -64,7 +64,7 @@ func (s *Server) serveWS(c *gin.Context) {
 		return // the upgrader has replied
 	}
 	w := &wsConn{conn: conn, ss: ss, kick: make(chan int, 1), readDone: make(chan struct{})}
-	gen := ss.attach(func() {
+	gen := ss.attach("ws", func() {
 		select {
 		case w.kick <- closeReplaced:
 		default:
