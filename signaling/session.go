@@ -20,10 +20,10 @@ type Session struct {
 	id       string
 	room     string
 	identity string
-	log  *slog.Logger
-	out  *patterns.Log
-	p    *sfu.Participant
-	stop chan struct{} // closed by release
+	log      *slog.Logger
+	out      *patterns.Log
+	p        *sfu.Participant
+	stop     chan struct{} // closed by release
 
 	inbox chan clientMessage
 
@@ -31,9 +31,9 @@ type Session struct {
 	gen       uint64 // attach generation
 	kick      func() // closes the attached transport
 	transport string // name of the attached transport, "" when none
-	expiry  *time.Timer
-	ended   bool // the participant has left
-	release func()
+	expiry    *time.Timer
+	ended     bool // the participant has left
+	release   func()
 }
 
 const inboxSize = 32
