@@ -52,10 +52,14 @@ const page = {
 
 let gen = 0;
 let pc = null;
+let rtcConfig = {};
 let chain = Promise.resolve();
 let makingOffer = false;
 let publishRefused = false; // the server refused what we publish: stop offering
 let lastOfferId = null;
+let holdOffersUntil = 0; // no offer before this (performance.now()) after a collision
+let reofferTimer = 0;
+const COLLISION_HOLD_MS = 300;
 let offeredMids = new Set(); // the mids our last offer sent on
 let refused = new WeakSet(); // transceivers the server answered without receiving
 let localStream = null;
@@ -139,9 +143,46 @@ function enqueue(fn) {
     .catch((err) => {
       if (mine !== gen) return;
       console.error('vigil:', err);
-      showError(describe(err));
+      if (err instanceof NegotiationError) recoverNegotiation(err);
+      else showError(describe(err));
     });
   return chain;
+}
+
+// NegotiationError wraps a failure to apply or create a description. The
+// connection cannot be trusted after one (the server still waits for an
+// answer, or Chromium kept state from a rolled-back offer), so the page
+// starts over with a new session.
+class NegotiationError extends Error {
+  constructor(step, cause) {
+    super(`${step}: ${(cause && cause.message) || cause}`);
+    this.name = 'NegotiationError';
+  }
+}
+
+// negotiationStep runs one WebRTC negotiation call, turning its failure
+// into a NegotiationError.
+async function negotiationStep(step, fn) {
+  try {
+    return await fn();
+  } catch (err) {
+    throw new NegotiationError(step, err);
+  }
+}
+
+const MAX_RECOVERIES = 3;
+const RECOVERY_WINDOW_MS = 60000;
+const recoveries = [];
+
+function recoverNegotiation(err) {
+  const now = Date.now();
+  while (recoveries.length > 0 && now - recoveries[0] > RECOVERY_WINDOW_MS) recoveries.shift();
+  if (recoveries.length >= MAX_RECOVERIES) {
+    showError(`The media connection could not be negotiated: ${err.message}`);
+    return;
+  }
+  recoveries.push(now);
+  page.session.restart();
 }
 
 function onEvent(ev) {
@@ -183,27 +224,63 @@ async function onJoined(data) {
   }
   renderRoster();
 
-  pc = new RTCPeerConnection({ iceServers: iceServers(data.ice_servers) });
-  const mine = gen;
-  const current = pc;
-  pc.onicecandidate = ({ candidate }) => {
-    if (mine !== gen || !candidate || !candidate.candidate) return;
-    page.session.send({ type: 'candidate', data: candidate.toJSON() });
-  };
-  pc.onnegotiationneeded = () => {
-    if (mine === gen) enqueue(negotiate);
-  };
-  pc.ontrack = (ev) => {
-    if (mine === gen) onTrack(ev);
-  };
-  pc.onconnectionstatechange = () => {
-    if (mine === gen && current === pc) connectionStatus();
-  };
+  rtcConfig = { iceServers: iceServers(data.ice_servers) };
+  pc = newPeerConnection();
   connectionStatus();
 
   const publish = ((data.permissions && data.permissions.publish) || [])
     .filter((s) => s === 'camera' || s === 'microphone');
-  if (publish.length > 0) await startPublishing(publish, mine);
+  if (publish.length > 0) await startPublishing(publish, gen);
+}
+
+// newPeerConnection makes the session's connection, with its handlers
+// bound to it alone.
+function newPeerConnection() {
+  const conn = new RTCPeerConnection(rtcConfig);
+  const mine = gen;
+  const current = () => mine === gen && conn === pc;
+  conn.onicecandidate = ({ candidate }) => {
+    if (!current() || !candidate || !candidate.candidate) return;
+    page.session.send({ type: 'candidate', data: candidate.toJSON() });
+  };
+  conn.onnegotiationneeded = () => {
+    if (current()) enqueue(negotiate);
+  };
+  conn.ontrack = (ev) => {
+    if (current()) onTrack(ev);
+  };
+  conn.onconnectionstatechange = () => {
+    if (current()) connectionStatus();
+  };
+  return conn;
+}
+
+// closePeerConnection closes pc without its handlers firing.
+function closePeerConnection() {
+  if (!pc) return;
+  pc.onicecandidate = pc.onnegotiationneeded = pc.ontrack = pc.onconnectionstatechange = null;
+  pc.close();
+  pc = null;
+}
+
+// replacePeerConnection starts a fresh connection with the same local
+// tracks. It is used when our very first offer crosses the server's: the
+// server never applied it, so the server's offer can be answered from a
+// new connection, which avoids a Chromium bug: a rolled-back first offer
+// keeps its RTP header extension ids reserved, the server's offer gives
+// some of those ids other meanings, and the next offer then fails ("A
+// BUNDLE group contains a codec collision for header extension id").
+function replacePeerConnection() {
+  closePeerConnection();
+  offeredMids = new Set();
+  refused = new WeakSet();
+  pc = newPeerConnection();
+  if (localStream) {
+    for (const track of localStream.getTracks()) {
+      pc.addTransceiver(track, { direction: 'sendonly', streams: [localStream] });
+    }
+  }
+  connectionStatus();
 }
 
 function iceServers(list) {
@@ -272,9 +349,23 @@ async function negotiate() {
   if (!pc || pc.signalingState === 'closed' || !needsOffer()) return;
   // Not now: the exchange under way calls negotiate again when it ends.
   if (makingOffer || pc.signalingState !== 'stable') return;
+  // Right after a collision the server often has more to offer (it offers
+  // what changed meanwhile as soon as it has our answer): let that come
+  // first rather than cross it again.
+  const wait = holdOffersUntil - performance.now();
+  if (wait > 0) {
+    if (!reofferTimer) {
+      const mine = gen;
+      reofferTimer = setTimeout(() => {
+        reofferTimer = 0;
+        if (mine === gen) enqueue(negotiate);
+      }, wait);
+    }
+    return;
+  }
   makingOffer = true;
   try {
-    await pc.setLocalDescription();
+    await negotiationStep('create offer', () => pc.setLocalDescription());
     const sources = {};
     for (const t of pc.getTransceivers()) {
       const src = t.sender.track && localSources.get(t.sender.track);
@@ -305,12 +396,15 @@ async function onOffer(data) {
   const collision = makingOffer || pc.signalingState !== 'stable';
   if (collision) {
     // We are polite: drop our offer, answer theirs, offer again after.
-    if (pc.signalingState === 'have-local-offer') {
-      await pc.setLocalDescription({ type: 'rollback' });
+    holdOffersUntil = performance.now() + COLLISION_HOLD_MS;
+    if (pc.signalingState === 'have-local-offer' && !pc.remoteDescription) {
+      replacePeerConnection();
+    } else if (pc.signalingState === 'have-local-offer') {
+      await negotiationStep('roll back', () => pc.setLocalDescription({ type: 'rollback' }));
     }
   }
-  await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
-  await pc.setLocalDescription();
+  await negotiationStep('apply server offer', () => pc.setRemoteDescription({ type: 'offer', sdp: data.sdp }));
+  await negotiationStep('create answer', () => pc.setLocalDescription());
   page.session.send({ type: 'answer', data: { sdp: pc.localDescription.sdp } });
   pruneMedia();
   // Offer what is still unsent: a rolled-back offer, or transceivers
@@ -321,7 +415,7 @@ async function onOffer(data) {
 async function onAnswer(data) {
   if (!pc || pc.signalingState !== 'have-local-offer') return;
   if (data.tracks) setTrackMap(data.tracks);
-  await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
+  await negotiationStep('apply server answer', () => pc.setRemoteDescription({ type: 'answer', sdp: data.sdp }));
   // A sending m-line the server answered without receiving is not offered
   // again (that would loop); say so.
   for (const t of pc.getTransceivers()) {
@@ -356,7 +450,9 @@ function onLeft(data) {
   page.state = 'left';
   teardown();
   $('leave').disabled = true;
-  setStatus(LEFT_REASONS[reason] || `You are no longer in the room (${reason}).`);
+  const text = LEFT_REASONS[reason] || `You are no longer in the room (${reason}).`;
+  setStatus(data.message ? `${text} ${data.message}` : text);
+  $('rejoin').hidden = false;
   for (const li of $('roster').children) li.classList.add('gone');
 }
 
@@ -522,13 +618,12 @@ function teardown() {
   makingOffer = false;
   publishRefused = false;
   lastOfferId = null;
+  holdOffersUntil = 0;
+  clearTimeout(reofferTimer);
+  reofferTimer = 0;
   offeredMids = new Set();
   refused = new WeakSet();
-  if (pc) {
-    pc.onicecandidate = pc.onnegotiationneeded = pc.ontrack = pc.onconnectionstatechange = null;
-    pc.close();
-    pc = null;
-  }
+  closePeerConnection();
   if (localStream) {
     localStream.getTracks().forEach((t) => t.stop());
     localStream = null;
@@ -575,6 +670,7 @@ async function main() {
     },
     onFatal: (err) => fail(joinError(err)),
   });
+  $('rejoin').addEventListener('click', () => location.reload());
   $('leave').addEventListener('click', () => {
     $('leave').disabled = true;
     page.session.send({ type: 'leave', data: {} });

@@ -4,7 +4,8 @@
 // once and in order. After an unexpected close it reconnects with backoff
 // (250 ms doubling to 5 s) from the last seq it saw; when the session is
 // gone (close 4410 cursor_too_old, 4400 invalid_cursor, or the session
-// answers 404) it opens a new session and tells its owner to start over.
+// answers 404) it opens a new session and tells its owner to start over;
+// the owner can ask for that too (restart).
 // Messages sent while the socket is down wait in a queue for the next open.
 
 import { api, ApiError } from './api.js';
@@ -71,6 +72,17 @@ export class Session {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send(JSON.stringify({ id: `m${this.nextId++}`, ...msg }));
     }
+  }
+
+  // restart abandons this session (the server replaces its participant
+  // when the new one joins) and opens a new one, as after a lost session.
+  restart() {
+    if (this.ended) return;
+    clearTimeout(this.timer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, 'restart');
+    this.#restart();
   }
 
   // close stops the session for good: no more reconnects or events.
