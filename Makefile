@@ -38,3 +38,11 @@ test: deps lint test-go
 
 clean:
 	rm -rf $(BIN)
+
+# bench-transports compares the signaling transports (WebSocket, SSE, long
+# poll, short poll, and no transport as the baseline) under a ramp of idle
+# clients, on a fresh server per step pinned to CPU 0 with the generator on
+# CPU 1; about 4 minutes. See docs/benchmarks.md.
+.PHONY: bench-transports
+bench-transports:
+	$(GO) run ./cmd/vigil-load transports -spawn -clients 50,100,200,400,800,1200 -events 60 -rate 20

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strings"
+	"time"
+)
+
+// percentile returns the p-th percentile (0 < p <= 100) of sorted by the
+// nearest-rank method: the smallest value such that at least p percent of
+// the values are at or below it. It returns 0 for no values.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = max(1, min(rank, len(sorted)))
+	return sorted[rank-1]
+}
+
+// latencies summarises a set of delivery latencies.
+type latencies struct {
+	N             int
+	P50, P99, Max time.Duration
+}
+
+func summarize(d []time.Duration) latencies {
+	slices.Sort(d)
+	l := latencies{N: len(d), P50: percentile(d, 50), P99: percentile(d, 99)}
+	if len(d) > 0 {
+		l.Max = d[len(d)-1]
+	}
+	return l
+}
+
+// table is a markdown table.
+type table struct {
+	header []string
+	align  []bool // true: right-aligned
+	rows   [][]string
+}
+
+func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
+
+// render writes the table as GitHub markdown, with columns padded so
+// that it also reads well as plain text.
+func (t *table) render(w io.Writer) {
+	width := make([]int, len(t.header))
+	for i, h := range t.header {
+		width[i] = max(3, len(h))
+	}
+	for _, r := range t.rows {
+		for i, c := range r {
+			if i < len(width) {
+				width[i] = max(width[i], len(c))
+			}
+		}
+	}
+	line := func(cells []string) {
+		var b strings.Builder
+		b.WriteString("|")
+		for i := range width {
+			c := ""
+			if i < len(cells) {
+				c = cells[i]
+			}
+			pad := strings.Repeat(" ", width[i]-len(c))
+			if i < len(t.align) && t.align[i] {
+				b.WriteString(" " + pad + c + " |")
+			} else {
+				b.WriteString(" " + c + pad + " |")
+			}
+		}
+		fmt.Fprintln(w, b.String())
+	}
+	line(t.header)
+	var b strings.Builder
+	b.WriteString("|")
+	for i := range width {
+		if i < len(t.align) && t.align[i] {
+			b.WriteString(" " + strings.Repeat("-", width[i]-1) + ": |")
+		} else {
+			b.WriteString(" " + strings.Repeat("-", width[i]) + " |")
+		}
+	}
+	fmt.Fprintln(w, b.String())
+	for _, r := range t.rows {
+		line(r)
+	}
+}
+
+// ms formats a duration in milliseconds.
+func ms(d time.Duration) string {
+	v := float64(d) / float64(time.Millisecond)
+	switch {
+	case v < 10:
+		return fmt.Sprintf("%.2f", v)
+	case v < 100:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+// ratio formats a/b, or "-" when b is 0.
+func ratio(a, b int64, prec int) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.*f", prec, float64(a)/float64(b))
+}
