@@ -31,8 +31,10 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# One package at a time: the media and browser suites run in real time,
+# and on two cores they would starve each other's timing.
 test-go:
-	$(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -race -count=1 -p 1 -timeout 25m ./...
 
 test: deps lint test-go
 
@@ -46,3 +48,18 @@ clean:
 .PHONY: bench-transports
 bench-transports:
 	$(GO) run ./cmd/vigil-load transports -spawn -clients 50,100,200,400,800,1200 -events 60 -rate 20
+
+# bench runs the short version of the forwarding benchmarks (about 3-4
+# minutes): fan-out, audio room, meeting, added latency, join storm, each
+# against Vigil and a stock-pion baseline forwarder on a fresh server
+# pinned to CPU 0 with the generator on CPU 1, then the forwarding Go
+# benchmark (BenchmarkForward in sfu, -benchmem); prints one table with
+# the ratio Vigil/baseline of every figure. bench-full is the run written
+# up in docs/benchmarks.md (about 15 minutes).
+.PHONY: bench bench-full
+bench:
+	$(GO) run ./cmd/vigil-load bench -short
+
+bench-full:
+	@mkdir -p $(BIN)
+	$(GO) run ./cmd/vigil-load bench -cpuprofile $(CURDIR)/$(BIN)/forward.cpu.prof

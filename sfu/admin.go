@@ -51,6 +51,13 @@ func permissionsOf(k Kind, role Role) Permissions {
 	return Permissions{Publish: nonNil(Publishable(k, role)), Subscribe: len(policies[k][role].receivesFrom) > 0}
 }
 
+// LeaveWithMessage is Leave, with free text for the participant in its
+// LeftEvent (e.g. why an admin removed it). Others are told the reason
+// only.
+func (p *Participant) LeaveWithMessage(reason, message string) {
+	p.leaveWith(LeftEvent{Reason: reason, Message: message}, true)
+}
+
 // Tracks returns the tracks the participant publishes.
 func (p *Participant) Tracks() []*UpTrack { return p.upTracks() }
 
@@ -82,8 +89,21 @@ func (p *Participant) SetMuted(src Source, muted bool, by string) (TrackInfo, er
 	if up == nil {
 		return TrackInfo{}, fmt.Errorf("%w: %s publishes no %s", ErrTrackNotFound, p.identity, src)
 	}
+	p.mu.Lock()
+	if muted {
+		if p.mutedSrc == nil {
+			p.mutedSrc = map[Source]bool{}
+		}
+		p.mutedSrc[src] = true
+	} else {
+		delete(p.mutedSrc, src)
+	}
+	p.mu.Unlock()
 	if up.muted.Swap(muted) == muted {
 		return up.Info(), nil
+	}
+	for _, l := range up.layers() {
+		l.muted.Store(muted)
 	}
 	if !muted {
 		up.requestKeyframe()
@@ -98,6 +118,7 @@ func (p *Participant) SetMuted(src Source, muted bool, by string) (TrackInfo, er
 			o.sink.Deliver(ev)
 		}
 	}
+	r.toWatchersLocked(ev)
 	r.mu.Unlock()
 	p.log.Info("track muted", "track", info.ID, "muted", muted, "by", by)
 	return info, nil
@@ -122,6 +143,10 @@ func (r *Room) SetRole(identity string, role Role) error {
 		r.mu.Unlock()
 		return nil
 	}
+	if !CanChangeRole(r.kind, old, role) {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: a %s may not become a %s in a %s room", ErrForbidden, old, role, r.kind)
+	}
 	p.mu.Lock()
 	p.role = role
 	p.mu.Unlock()
@@ -144,7 +169,7 @@ func (r *Room) SetRole(identity string, role Role) error {
 	}
 	p.mu.Lock()
 	for _, d := range p.downs {
-		if !CanReceive(r.kind, role, d.up.publisher.role) {
+		if up := d.source(); up != nil && !CanReceive(r.kind, role, up.publisher.role) {
 			dropDowns = append(dropDowns, d)
 		}
 	}
@@ -181,6 +206,7 @@ func (r *Room) SetRole(identity string, role Role) error {
 			}
 		}
 	}
+	r.toWatchersLocked(ParticipantUpdatedEvent{Participant: info})
 	sort.Slice(roster, func(i, j int) bool { return roster[i].Identity < roster[j].Identity })
 	p.sink.Deliver(RoleChangedEvent{Role: role, Permissions: permissionsOf(r.kind, role), Participants: roster})
 	r.mu.Unlock()
@@ -189,7 +215,7 @@ func (r *Room) SetRole(identity string, role Role) error {
 		u.stop()
 	}
 	for _, d := range dropDowns {
-		d.up.removeDown(d)
+		d.detach()
 		d.sub.removeDownTrack(d)
 	}
 	p.addDownTracks(receive)
@@ -198,6 +224,14 @@ func (r *Room) SetRole(identity string, role Role) error {
 	}
 	r.log.Info("role changed", "participant", identity, "from", old, "to", role)
 	return nil
+}
+
+// CanChangeRole reports whether a participant of role from may be given
+// role to in a room of kind k. Roles are fixed in proctoring: a candidate
+// must never become a proctor (and see other candidates), nor a proctor
+// become a candidate.
+func CanChangeRole(k Kind, from, to Role) bool {
+	return ValidRole(k, from) && ValidRole(k, to) && (from == to || k != KindProctoring)
 }
 
 // findTrack returns the up-track with id in the room, if any.
@@ -243,7 +277,7 @@ func (p *Participant) Unsubscribe(trackID string) error {
 	if d == nil {
 		return fmt.Errorf("%w: not subscribed to %q", ErrTrackNotFound, trackID)
 	}
-	d.up.removeDown(d)
+	d.detach()
 	p.removeDownTrack(d)
 	return nil
 }

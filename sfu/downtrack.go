@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
@@ -12,20 +13,39 @@ import (
 
 // DownTrack forwards one up-track to one subscriber. It is the TrackLocal
 // pion binds to the subscriber's sender: SSRC and payload type come from
-// that binding, and sequence numbers are rewritten so that packets it
-// drops (waiting for a keyframe) leave no gap.
+// that binding. Sequence numbers and timestamps are rewritten so that the
+// receiver sees one continuous stream: packets dropped while waiting for a
+// keyframe leave no gap, and a switch to another source (a republished
+// track, another simulcast layer) continues where the last one stopped.
 type DownTrack struct {
-	up     *UpTrack
-	sub    *Participant
-	sender *webrtc.RTPSender
+	id       string // the track id the receiver knows, fixed at creation
+	streamID string
+	kind     webrtc.RTPCodecType
+	codec    webrtc.RTPCodecCapability
+	sub      *Participant
+	sender   *webrtc.RTPSender
 
 	binding atomic.Pointer[binding]
+	st      downStats   // counters, for SFU.Stats
 	resync  atomic.Bool // set when bound: wait for a keyframe
+	gated   atomic.Bool // forward nothing for now (a proctor not talking)
 
-	// Owned by the up-track's reader goroutine.
+	// mu guards the source and the rewriting state. It is taken for each
+	// packet by the source's reader goroutine, so it is uncontended but
+	// for the moment of a switch.
+	mu        sync.Mutex
+	up        *UpTrack // the current source; nil when idle
+	pending   *UpTrack // a simulcast layer to switch to at its next keyframe
+	maxLayer  int      // the highest simulcast layer asked for, or layerDefault
+	info      TrackInfo
 	waitKey   bool
 	started   bool
+	rebase    bool // the next forwarded packet is the first of a new source
 	seqOffset uint16
+	tsOffset  uint32
+	lastSeq   uint16
+	lastTS    uint32
+	lastAt    time.Time
 }
 
 type binding struct {
@@ -35,31 +55,50 @@ type binding struct {
 }
 
 func newDownTrack(up *UpTrack, sub *Participant) *DownTrack {
-	return &DownTrack{up: up, sub: sub}
+	return &DownTrack{
+		id: up.info.ID, streamID: up.streamID, kind: up.track.Kind(), codec: up.codec,
+		sub: sub, up: up, info: up.info, maxLayer: layerDefault,
+	}
 }
 
-// ID implements webrtc.TrackLocal: the up-track's id.
-func (d *DownTrack) ID() string { return d.up.info.ID }
+// ID implements webrtc.TrackLocal.
+func (d *DownTrack) ID() string { return d.id }
 
 // RID implements webrtc.TrackLocal.
 func (d *DownTrack) RID() string { return "" }
 
 // StreamID implements webrtc.TrackLocal: camera and microphone of one
 // publisher share a stream, so the browser keeps them in sync.
-func (d *DownTrack) StreamID() string { return d.up.streamID }
+func (d *DownTrack) StreamID() string { return d.streamID }
 
 // Kind implements webrtc.TrackLocal.
-func (d *DownTrack) Kind() webrtc.RTPCodecType { return d.up.track.Kind() }
+func (d *DownTrack) Kind() webrtc.RTPCodecType { return d.kind }
+
+// source is the up-track forwarded now, or nil.
+func (d *DownTrack) source() *UpTrack {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.up
+}
+
+// trackInfo describes what the down-track carries now.
+func (d *DownTrack) trackInfo() TrackInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.info
+}
 
 // Bind implements webrtc.TrackLocal: it picks the subscriber's payload
-// type for the up-track's codec.
+// type for the down-track's codec.
 func (d *DownTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, error) {
 	for _, c := range ctx.CodecParameters() {
-		if codecMatch(d.up.codec, c.RTPCodecCapability) {
+		if codecMatch(d.codec, c.RTPCodecCapability) {
 			d.binding.Store(&binding{ssrc: ctx.SSRC(), pt: c.PayloadType, w: ctx.WriteStream()})
-			if d.Kind() == webrtc.RTPCodecTypeVideo {
+			if d.kind == webrtc.RTPCodecTypeVideo {
 				d.resync.Store(true)
-				d.up.requestKeyframe()
+				if up := d.source(); up != nil {
+					up.requestKeyframe()
+				}
 			}
 			return c, nil
 		}
@@ -73,25 +112,60 @@ func (d *DownTrack) Unbind(webrtc.TrackLocalContext) error {
 	return nil
 }
 
-// writeRTP forwards one packet. Called only by the up-track's reader.
-func (d *DownTrack) writeRTP(pkt *rtp.Packet, keyframe bool) {
+// writeRTP forwards one packet of from, read at now. Called only by
+// from's reader goroutine.
+func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now time.Time) {
 	b := d.binding.Load()
 	if b == nil {
 		return
 	}
+	if d.gated.Load() {
+		d.skip(from)
+		return
+	}
+	d.mu.Lock()
+	var left *UpTrack // a layer switched away from, to drop after unlocking
+	if d.up != from {
+		if from != d.pending || !keyframe {
+			d.mu.Unlock()
+			return // not (or not yet) this down-track's source
+		}
+		// The layer asked for has a keyframe: switch here, with no gap.
+		left, d.up, d.pending = d.up, from, nil
+		if d.started {
+			d.rebase = true
+		}
+		d.waitKey = false
+	}
+	defer func() {
+		d.mu.Unlock()
+		if left != nil {
+			left.removeDown(d)
+		}
+	}()
 	if d.resync.CompareAndSwap(true, false) {
 		d.waitKey = true
 	}
 	if d.waitKey {
 		if !keyframe {
-			if d.started {
+			if d.started && !d.rebase {
 				d.seqOffset++ // hide the dropped packet from the receiver
 			}
 			return
 		}
 		d.waitKey = false
 	}
-	d.started = true
+	if d.rebase {
+		// Continue the receiver's sequence and clock from the last packet
+		// of the previous source, with the time that passed since.
+		ticks := uint32(now.Sub(d.lastAt).Seconds() * float64(d.codec.ClockRate))
+		if ticks == 0 {
+			ticks = 1
+		}
+		d.seqOffset = pkt.SequenceNumber - (d.lastSeq + 1)
+		d.tsOffset = pkt.Timestamp - (d.lastTS + ticks)
+		d.rebase = false
+	}
 	hdr := pkt.Header
 	// The publisher's header extension ids mean nothing to the
 	// subscriber's session.
@@ -99,22 +173,81 @@ func (d *DownTrack) writeRTP(pkt *rtp.Packet, keyframe bool) {
 	hdr.SSRC = uint32(b.ssrc)
 	hdr.PayloadType = uint8(b.pt)
 	hdr.SequenceNumber = pkt.SequenceNumber - d.seqOffset
-	if _, err := b.w.WriteRTP(&hdr, pkt.Payload); err != nil && d.Kind() == webrtc.RTPCodecTypeVideo {
+	hdr.Timestamp = pkt.Timestamp - d.tsOffset
+	if _, err := b.w.WriteRTP(&hdr, pkt.Payload); err != nil && d.kind == webrtc.RTPCodecTypeVideo {
 		// A failed write loses part of a frame: resume on a keyframe.
 		d.waitKey = true
-		d.up.requestKeyframe()
+		from.requestKeyframe()
+	}
+	d.st.sent(hdr.MarshalSize() + len(pkt.Payload))
+	d.started = true
+	d.lastSeq, d.lastTS, d.lastAt = hdr.SequenceNumber, hdr.Timestamp, now
+}
+
+// skip accounts for a packet of from not forwarded (the track is muted):
+// the receiver sees no gap in sequence numbers, and video resumes on a
+// keyframe. Called only by from's reader goroutine.
+func (d *DownTrack) skip(from *UpTrack) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.up != from {
+		return
+	}
+	if d.started && !d.rebase {
+		d.seqOffset++
+	}
+	if d.kind == webrtc.RTPCodecTypeVideo {
+		d.waitKey = true
 	}
 }
 
-// skip accounts for a packet not forwarded (the track is muted): the
-// receiver sees no gap in sequence numbers, and video resumes on a
-// keyframe. Called only by the up-track's reader.
-func (d *DownTrack) skip() {
-	if d.started {
-		d.seqOffset++
+// switchTo makes up the source (nil: idle). The receiver's stream goes
+// on without a gap in sequence numbers, from a keyframe for video. It
+// returns false if up has ended.
+func (d *DownTrack) switchTo(up *UpTrack) bool {
+	d.mu.Lock()
+	old, pending := d.up, d.pending
+	d.up, d.pending = up, nil
+	if pending != nil && pending != up {
+		defer pending.removeDown(d)
 	}
-	if d.Kind() == webrtc.RTPCodecTypeVideo {
-		d.waitKey = true
+	if up != nil {
+		d.info = up.info
+	}
+	if d.started {
+		d.rebase = true
+	}
+	d.waitKey = d.kind == webrtc.RTPCodecTypeVideo
+	d.mu.Unlock()
+	if old != nil && old != up {
+		old.removeDown(d)
+	}
+	if up == nil || old == up {
+		return true
+	}
+	if !up.addDown(d) {
+		d.mu.Lock()
+		if d.up == up {
+			d.up = nil
+		}
+		d.mu.Unlock()
+		return false
+	}
+	up.requestKeyframe()
+	return true
+}
+
+// detach stops forwarding from the current source.
+func (d *DownTrack) detach() {
+	d.mu.Lock()
+	up, pending := d.up, d.pending
+	d.pending = nil
+	d.mu.Unlock()
+	if up != nil {
+		up.removeDown(d)
+	}
+	if pending != nil {
+		pending.removeDown(d)
 	}
 }
 
@@ -123,15 +256,22 @@ func (d *DownTrack) skip() {
 // answered by the NACK responder interceptor, which needs this read too.
 func (d *DownTrack) readRTCP(wg *sync.WaitGroup) {
 	defer wg.Done()
+	stats := &d.sub.room.sfu.stats
+	stats.addDown(d)
+	defer stats.retireDown(d)
 	for {
 		pkts, _, err := d.sender.ReadRTCP()
 		if err != nil {
 			return
 		}
+		now := time.Now()
 		for _, p := range pkts {
+			d.countRTCP(p, now)
 			switch p.(type) {
 			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-				d.up.requestKeyframe()
+				if up := d.source(); up != nil {
+					up.requestKeyframe()
+				}
 			}
 		}
 	}

@@ -8,19 +8,20 @@ import (
 
 // Errors of the media core. Callers map them to wire codes in one place.
 var (
-	ErrRoomNotFound  = errors.New("room not found")
-	ErrRoomExists    = errors.New("room already exists")
-	ErrRoomClosed    = errors.New("room is closed")
-	ErrRoomFull      = errors.New("room is full")
-	ErrForbidden     = errors.New("forbidden by the room's policy")
-	ErrInvalidSDP    = errors.New("invalid session description")
-	ErrInvalidState  = errors.New("not expected in the current negotiation state")
-	ErrClosed        = errors.New("participant has left")
-	ErrInvalidName   = errors.New("invalid name")
-	ErrInvalidKind   = errors.New("unknown room kind")
-	ErrInvalidRole   = errors.New("role not valid for this room kind")
-	ErrServerClosed  = errors.New("server is shutting down")
-	ErrTooManyTracks = errors.New("too many tracks")
+	ErrRoomNotFound   = errors.New("room not found")
+	ErrRoomExists     = errors.New("room already exists")
+	ErrRoomClosed     = errors.New("room is closed")
+	ErrRoomFull       = errors.New("room is full")
+	ErrForbidden      = errors.New("forbidden by the room's policy")
+	ErrInvalidSDP     = errors.New("invalid session description")
+	ErrInvalidState   = errors.New("not expected in the current negotiation state")
+	ErrClosed         = errors.New("participant has left")
+	ErrInvalidName    = errors.New("invalid name")
+	ErrInvalidKind    = errors.New("unknown room kind")
+	ErrInvalidRole    = errors.New("role not valid for this room kind")
+	ErrServerClosed   = errors.New("server is shutting down")
+	ErrTooManyTracks  = errors.New("too many tracks")
+	ErrInvalidMessage = errors.New("invalid message")
 )
 
 // Event is something the media core has to tell one participant. Each
@@ -40,6 +41,9 @@ type ParticipantInfo struct {
 	Identity string      `json:"identity"`
 	Role     Role        `json:"role"`
 	Tracks   []TrackInfo `json:"tracks"`
+	// State is a proctoring candidate's: "waiting" until a proctor
+	// admits it, then "admitted".
+	State string `json:"state,omitempty"`
 }
 
 // TrackInfo describes a published track.
@@ -50,6 +54,9 @@ type TrackInfo struct {
 	Kind     string `json:"kind"`
 	Codec    string `json:"codec,omitempty"`
 	Muted    bool   `json:"muted"`
+	// Layers are the simulcast layers (rids), low to high; empty
+	// without simulcast.
+	Layers []string `json:"layers,omitempty"`
 }
 
 // Permissions is what a participant's role allows in its room.
@@ -137,6 +144,9 @@ func (ErrorEvent) Type() string { return "error" }
 // LeftEvent is the last event of a participant: it has left the room.
 type LeftEvent struct {
 	Reason string `json:"reason"`
+	// Message is free text for the participant, e.g. why an admin
+	// removed it.
+	Message string `json:"message,omitempty"`
 }
 
 // Type implements Event.

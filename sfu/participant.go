@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pion/interceptor/pkg/cc"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
@@ -36,11 +37,27 @@ type Participant struct {
 	needOffer      bool // something changed while awaiting an answer
 	pendingICE     []webrtc.ICECandidateInit
 
-	mu      sync.Mutex            // guards what follows
-	role    Role                  // also written under the room's lock
-	sources map[string]Source     // mid -> declared source of a client offer
-	ups     map[string]*UpTrack   // published, by track id
-	downs   map[string]*DownTrack // forwarded to us, by up-track id
+	mode    Mode
+	bwe     estimator                          // what the connection carries to the client, or nil
+	quit    chan struct{}                      // closed when leaving starts
+	joinSeq uint64                             // order of joining the room, set under the room's lock
+	player  map[webrtc.RTPCodecType]*DownTrack // a WHEP player's two down-tracks, set once
+
+	mu        sync.Mutex             // guards what follows
+	follow    string                 // a player's publisher to follow
+	role      Role                   // also written under the room's lock
+	sources   map[string]Source      // mid -> declared source of a client offer
+	simulcast map[string][]string    // mid -> rids, low to high, of a client offer
+	groups    map[string]*layerGroup // mid -> simulcast layers published
+	ups       map[string]*UpTrack    // published, by track id
+	downs     map[string]*DownTrack  // forwarded to us, by up-track id
+	// mutedSrc are the sources the server muted (SetMuted): a track
+	// published again on a muted source starts muted.
+	mutedSrc map[Source]bool
+	// waiting is true for a proctoring candidate until a proctor admits
+	// it; talk is who a proctor speaks to now ("*": every candidate).
+	waiting bool
+	talk    map[string]bool
 	closed  bool
 	done    chan struct{}
 	left    sync.WaitGroup // up-track readers and RTCP readers
@@ -58,15 +75,24 @@ func newParticipant(r *Room, cfg JoinConfig) (*Participant, error) {
 		return nil, fmt.Errorf("sfu: new peer connection: %w", err)
 	}
 	p := &Participant{
-		room: r, identity: cfg.Identity, role: cfg.Role, sink: cfg.Sink,
-		log:      r.log.With("participant", cfg.Identity),
-		pc:       pc,
-		streamID: randomID("ST"),
-		sources:  map[string]Source{},
-		ups:      map[string]*UpTrack{},
-		downs:    map[string]*DownTrack{},
-		done:     make(chan struct{}),
+		room: r, identity: cfg.Identity, role: cfg.Role, sink: cfg.Sink, mode: cfg.Mode,
+		log:       r.log.With("participant", cfg.Identity),
+		pc:        pc,
+		streamID:  randomID("ST"),
+		sources:   map[string]Source{},
+		ups:       map[string]*UpTrack{},
+		downs:     map[string]*DownTrack{},
+		done:      make(chan struct{}),
+		quit:      make(chan struct{}),
+		waiting:   r.kind == KindProctoring && cfg.Role == RoleCandidate,
+		talk:      map[string]bool{},
+		simulcast: map[string][]string{},
+		groups:    map[string]*layerGroup{},
 	}
+	if e, ok := r.sfu.estimators.LoadAndDelete(pc.ID()); ok {
+		p.bwe = e.(cc.BandwidthEstimator)
+	}
+
 	pc.OnTrack(p.onTrack)
 	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
 		p.log.Debug("connection state", "state", s.String())
@@ -101,9 +127,9 @@ func (p *Participant) ConnectionState() webrtc.PeerConnectionState {
 func (p *Participant) info() ParticipantInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	info := ParticipantInfo{Identity: p.identity, Role: p.role, Tracks: []TrackInfo{}}
+	info := ParticipantInfo{Identity: p.identity, Role: p.role, Tracks: []TrackInfo{}, State: p.stateLocked()}
 	for _, u := range p.ups {
-		info.Tracks = append(info.Tracks, u.info)
+		info.Tracks = append(info.Tracks, u.Info())
 	}
 	return info
 }
@@ -143,6 +169,9 @@ func (p *Participant) HandleOffer(offer string, sources map[string]Source) error
 	p.mu.Lock()
 	for mid, src := range sources {
 		p.sources[mid] = src
+	}
+	for mid, rids := range parseSimulcast(parsed) {
+		p.simulcast[mid] = rids
 	}
 	p.mu.Unlock()
 	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
@@ -271,8 +300,8 @@ func (p *Participant) setLocalLocked(d webrtc.SessionDescription) (string, error
 // negotiateLocked sends a new offer, or marks one as needed when an
 // exchange is under way. negMu must be held.
 func (p *Participant) negotiateLocked() {
-	if p.isClosed() {
-		return
+	if p.isClosed() || p.mode != ModeSignaled {
+		return // WHIP and WHEP peers cannot take our offers
 	}
 	if p.awaitingAnswer || p.pc.SignalingState() != webrtc.SignalingStateStable {
 		p.needOffer = true
@@ -302,15 +331,19 @@ func (p *Participant) trackMapLocked() map[string]TrackInfo {
 			continue
 		}
 		if dt, ok := t.Sender().Track().(*DownTrack); ok {
-			m[t.Mid()] = dt.up.info
+			m[t.Mid()] = dt.trackInfo()
 		}
 	}
 	return m
 }
 
 // addDownTracks subscribes the participant to ups, then renegotiates once.
-func (p *Participant) addDownTracks(ups []*UpTrack) {
-	if len(ups) == 0 {
+func (p *Participant) addDownTracks(ups []*UpTrack) { p.addDownTracksForced(ups, false) }
+
+// addDownTracksForced is addDownTracks; gated down-tracks start closed (a
+// proctor's microphone, which Talk opens).
+func (p *Participant) addDownTracksForced(ups []*UpTrack, gated bool) {
+	if len(ups) == 0 || p.mode != ModeSignaled {
 		return
 	}
 	p.negMu.Lock()
@@ -325,6 +358,7 @@ func (p *Participant) addDownTracks(ups []*UpTrack) {
 			continue
 		}
 		dt := newDownTrack(up, p)
+		dt.gated.Store(gated)
 		tr, err := p.pc.AddTransceiverFromTrack(dt, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
 		if err != nil {
 			p.log.Warn("add down-track", "track", up.info.ID, "err", err)
@@ -349,6 +383,7 @@ func (p *Participant) addDownTracks(ups []*UpTrack) {
 	}
 	if added {
 		p.negotiateLocked()
+		p.allocate()
 	}
 }
 
@@ -357,11 +392,11 @@ func (p *Participant) removeDownTrack(dt *DownTrack) {
 	p.negMu.Lock()
 	defer p.negMu.Unlock()
 	p.mu.Lock()
-	if p.downs[dt.up.info.ID] != dt || p.closed {
+	if p.downs[dt.id] != dt || p.closed {
 		p.mu.Unlock()
 		return
 	}
-	delete(p.downs, dt.up.info.ID)
+	delete(p.downs, dt.id)
 	p.mu.Unlock()
 	if err := p.pc.RemoveTrack(dt.sender); err != nil {
 		p.log.Debug("remove down-track", "err", err)
@@ -389,17 +424,6 @@ func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceive
 		p.log.Warn("ignoring undeclared or forbidden track", "mid", mid, "source", src)
 		return
 	}
-	if track.RID() != "" {
-		// Simulcast layers are not forwarded yet: keep the first one.
-		p.mu.Lock()
-		for _, u := range p.ups {
-			if u.source == src {
-				p.mu.Unlock()
-				return
-			}
-		}
-		p.mu.Unlock()
-	}
 	codec := track.Codec()
 	stream := p.streamID
 	if src == SourceScreen {
@@ -420,12 +444,34 @@ func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceive
 		p.mu.Unlock()
 		return
 	}
+	if rid := track.RID(); rid != "" {
+		up.rid = rid
+		g := p.groups[mid]
+		if g != nil {
+			// Another layer of a source already published: it joins
+			// the group, and the allocator may pick it.
+			up.info, up.group = g.primary.info, g
+			up.muted.Store(g.primary.muted.Load())
+			g.mu.Lock()
+			g.layers[rid] = up
+			g.mu.Unlock()
+			p.left.Add(1)
+			p.mu.Unlock()
+			p.log.Info("simulcast layer published", "track", up.info.ID, "rid", rid)
+			go up.run(&p.left)
+			return
+		}
+		g = &layerGroup{order: p.simulcast[mid], layers: map[string]*UpTrack{rid: up}, primary: up}
+		up.group = g
+		p.groups[mid] = g
+	}
 	for id, u := range p.ups {
 		if u.source == src {
 			replaced = append(replaced, u)
 			delete(p.ups, id)
 		}
 	}
+	up.muted.Store(p.mutedSrc[src])
 	p.ups[up.info.ID] = up
 	p.left.Add(1)
 	p.mu.Unlock()
@@ -450,12 +496,19 @@ func (p *Participant) isClosed() bool {
 func (p *Participant) Leave(reason string) { p.leave(reason, true) }
 
 func (p *Participant) leave(reason string, fromRoom bool) {
+	p.leaveWith(LeftEvent{Reason: reason}, fromRoom)
+}
+
+// leaveWith is leave with the LeftEvent the participant gets last.
+func (p *Participant) leaveWith(ev LeftEvent, fromRoom bool) {
+	reason := ev.Reason
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return
 	}
 	p.closed = true
+	close(p.quit)
 	ups := make([]*UpTrack, 0, len(p.ups))
 	for _, u := range p.ups {
 		ups = append(ups, u)
@@ -468,19 +521,21 @@ func (p *Participant) leave(reason string, fromRoom bool) {
 	p.downs = map[string]*DownTrack{}
 	p.mu.Unlock()
 
+	// Tracks end before their publisher leaves the roster, so everyone
+	// sees track_unpublished, then participant_left.
+	for _, u := range ups {
+		u.stop()
+	}
 	if fromRoom {
 		p.room.remove(p, reason)
 	}
 	for _, d := range downs {
-		d.up.removeDown(d)
-	}
-	for _, u := range ups {
-		u.stop()
+		d.detach()
 	}
 	p.closePC()
 	p.left.Wait()
 	close(p.done)
-	p.sink.Deliver(LeftEvent{Reason: reason})
+	p.sink.Deliver(ev)
 	p.log.Info("participant left", "reason", reason)
 }
 

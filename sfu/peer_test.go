@@ -65,6 +65,13 @@ func newPeerAPI(t *testing.T) *webrtc.API {
 
 func joinPeer(t *testing.T, r *Room, identity string, role Role) *peer {
 	t.Helper()
+	return joinPeerWith(t, r, identity, role, nil)
+}
+
+// joinPeerWith is joinPeer with setup run on the client before it joins
+// (to replace its OnTrack handler, say).
+func joinPeerWith(t *testing.T, r *Room, identity string, role Role, setup func(*peer)) *peer {
+	t.Helper()
 	pc, err := newPeerAPI(t).NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		t.Fatal(err)
@@ -83,6 +90,9 @@ func joinPeer(t *testing.T, r *Room, identity string, role Role) *peer {
 			c.mu.Unlock()
 		}
 	})
+	if setup != nil {
+		setup(c)
+	}
 	p, err := r.Join(JoinConfig{Identity: identity, Role: role, Sink: c.sink})
 	if err != nil {
 		t.Fatal(err)

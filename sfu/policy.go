@@ -137,6 +137,9 @@ func CanReceive(k Kind, sub, pub Role) bool {
 	return policies[k][sub].receivesFrom[pub]
 }
 
+// Receives reports whether role receives anyone's media in kind k.
+func Receives(k Kind, role Role) bool { return len(policies[k][role].receivesFrom) > 0 }
+
 // CanSee reports whether a participant of role viewer sees a participant of
 // role subject in its roster (joins, leaves) in a room of kind k.
 func CanSee(k Kind, viewer, subject Role) bool {

@@ -18,6 +18,8 @@ type Room struct {
 
 	mu           sync.Mutex
 	participants map[string]*Participant // by identity
+	watchers     []Sink                  // see everything, as admins do
+	joins        uint64                  // participants joined so far
 	closed       bool
 }
 
@@ -56,6 +58,9 @@ type JoinConfig struct {
 	Role     Role
 	// Sink receives the participant's events, the JoinedEvent first.
 	Sink Sink
+	// Mode is how the participant negotiates; the zero value is a
+	// signaled participant, to whom the server sends offers.
+	Mode Mode
 }
 
 // Join adds a participant. An identity already in the room is replaced:
@@ -91,8 +96,11 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 		delete(r.participants, cfg.Identity)
 		r.notifyLeftLocked(old, ReasonReplaced)
 	}
+	r.joins++
+	p.joinSeq = r.joins
 	r.participants[cfg.Identity] = p
 	roster := []ParticipantInfo{}
+	info := p.info()
 	var receive []*UpTrack
 	for _, o := range r.participants {
 		if o == p {
@@ -102,12 +110,13 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 			roster = append(roster, o.info())
 		}
 		if CanSee(r.kind, o.role, p.role) {
-			o.sink.Deliver(ParticipantJoinedEvent{Participant: p.info()})
+			o.sink.Deliver(ParticipantJoinedEvent{Participant: info})
 		}
-		if CanReceive(r.kind, p.role, o.role) {
+		if p.mode == ModeSignaled && CanReceive(r.kind, p.role, o.role) {
 			receive = append(receive, o.upTracks()...)
 		}
 	}
+	r.toWatchersLocked(ParticipantJoinedEvent{Participant: info})
 	sort.Slice(roster, func(i, j int) bool { return roster[i].Identity < roster[j].Identity })
 	p.sink.Deliver(JoinedEvent{
 		Room: r.name, Kind: r.kind, Identity: p.identity, Role: p.role,
@@ -117,6 +126,14 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 	})
 	r.mu.Unlock()
 
+	if p.mode == ModeSignaled {
+		p.mu.Lock()
+		if !p.closed { // not replaced already
+			p.left.Add(1)
+			go p.allocateLoop()
+		}
+		p.mu.Unlock()
+	}
 	if old != nil {
 		old.leave(ReasonReplaced, false)
 	}
@@ -146,6 +163,51 @@ func (r *Room) notifyLeftLocked(p *Participant, reason string) {
 			o.sink.Deliver(ParticipantLeftEvent{Identity: p.identity, Reason: reason})
 		}
 	}
+	r.toWatchersLocked(ParticipantLeftEvent{Identity: p.identity, Reason: reason})
+}
+
+// RoomSnapshotEvent is the first event a watcher gets: the room as it is.
+type RoomSnapshotEvent struct {
+	Room         string            `json:"room"`
+	Kind         Kind              `json:"kind"`
+	Participants []ParticipantInfo `json:"participants"`
+}
+
+// Type implements Event.
+func (RoomSnapshotEvent) Type() string { return "room_snapshot" }
+
+// RoomClosedEvent is the last event a watcher gets.
+type RoomClosedEvent struct {
+	Reason string `json:"reason"`
+}
+
+// Type implements Event.
+func (RoomClosedEvent) Type() string { return "room_closed" }
+
+// Watch makes s receive every roster and track event of the room, as a
+// participant who sees everyone would, starting with a RoomSnapshotEvent
+// and ending with a RoomClosedEvent. It returns ErrRoomClosed if the
+// room has ended.
+func (r *Room) Watch(s Sink) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrRoomClosed
+	}
+	snap := RoomSnapshotEvent{Room: r.name, Kind: r.kind, Participants: []ParticipantInfo{}}
+	for _, p := range r.participants {
+		snap.Participants = append(snap.Participants, p.info())
+	}
+	sort.Slice(snap.Participants, func(i, j int) bool { return snap.Participants[i].Identity < snap.Participants[j].Identity })
+	s.Deliver(snap)
+	r.watchers = append(r.watchers, s)
+	return nil
+}
+
+func (r *Room) toWatchersLocked(ev Event) {
+	for _, w := range r.watchers {
+		w.Deliver(ev)
+	}
 }
 
 // remove takes p out of the room, if it is still there.
@@ -166,7 +228,8 @@ func (r *Room) publish(up *UpTrack) {
 		r.mu.Unlock()
 		return
 	}
-	var subs []*Participant
+	var subs, players []*Participant
+	r.toWatchersLocked(TrackPublishedEvent{Track: up.Info()})
 	for _, o := range r.participants {
 		if o == pub {
 			continue
@@ -175,12 +238,34 @@ func (r *Room) publish(up *UpTrack) {
 			o.sink.Deliver(TrackPublishedEvent{Track: up.Info()})
 		}
 		if CanReceive(r.kind, o.role, pub.role) {
-			subs = append(subs, o)
+			switch o.mode {
+			case ModeSignaled:
+				subs = append(subs, o)
+			case ModeWHEP:
+				players = append(players, o)
+			}
 		}
 	}
 	r.mu.Unlock()
 	for _, s := range subs {
 		s.addDownTracks([]*UpTrack{up})
+	}
+	for _, p := range players {
+		p.offerSource(up)
+	}
+	if r.kind == KindProctoring && pub.Role() == RoleProctor && up.source == SourceMicrophone {
+		// A proctor who talks while (re)publishing its microphone.
+		var listeners []*Participant
+		r.mu.Lock()
+		pub.mu.Lock()
+		for _, o := range r.participants {
+			if o.role == RoleCandidate && pub.hearsLocked(o) {
+				listeners = append(listeners, o)
+			}
+		}
+		pub.mu.Unlock()
+		r.mu.Unlock()
+		pub.applyTalk(up, listeners)
 	}
 	if obs := r.sfu.cfg.Observer; obs != nil {
 		obs.TrackPublished(r, up)
@@ -197,6 +282,7 @@ func (r *Room) unpublished(up *UpTrack) {
 			o.sink.Deliver(TrackUnpublishedEvent{Track: up.info})
 		}
 	}
+	r.toWatchersLocked(TrackUnpublishedEvent{Track: up.info})
 	r.mu.Unlock()
 	if obs := r.sfu.cfg.Observer; obs != nil {
 		obs.TrackUnpublished(r, up)
@@ -225,6 +311,10 @@ func (r *Room) Close(reason string) {
 		}()
 	}
 	wg.Wait()
+	r.mu.Lock()
+	r.toWatchersLocked(RoomClosedEvent{Reason: reason})
+	r.watchers = nil
+	r.mu.Unlock()
 	r.sfu.removeRoom(r)
 	r.log.Info("room closed", "reason", reason)
 }

@@ -14,6 +14,9 @@ import (
 	"github.com/pion/dtls/v3"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/cc"
+	"github.com/pion/interceptor/pkg/gcc"
+	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
 
@@ -49,9 +52,15 @@ type SFU struct {
 	conn net.PacketConn
 	mux  ice.UDPMux
 
+	// estimators hands each new connection's bandwidth estimator from the
+	// interceptor to the participant, by connection id.
+	estimators sync.Map
+
 	mu     sync.Mutex
 	rooms  map[string]*Room
 	closed bool
+
+	stats statsRegistry // live tracks and totals, for Stats
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
@@ -73,9 +82,10 @@ func New(cfg Config) (*SFU, error) {
 		return nil, fmt.Errorf("sfu: media UDP port: %w", err)
 	}
 	s := &SFU{cfg: cfg, log: cfg.Logger, conn: conn, rooms: map[string]*Room{}}
-	s.mux = webrtc.NewICEUDPMux(nil, conn)
+	logs := pionLogs{log: cfg.Logger}
+	s.mux = webrtc.NewICEUDPMux(logs.NewLogger("udpmux"), conn)
 
-	se := webrtc.SettingEngine{}
+	se := webrtc.SettingEngine{LoggerFactory: logs}
 	se.SetICEUDPMux(s.mux)
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
 	se.SetIncludeLoopbackCandidate(cfg.IncludeLoopback)
@@ -109,15 +119,8 @@ func New(cfg Config) (*SFU, error) {
 		_ = conn.Close()
 		return nil, err
 	}
-	ir := &interceptor.Registry{}
-	// NACK generator (for what we receive) and responder (for what we
-	// send), and sender/receiver reports. No TWCC yet: we do no
-	// bandwidth estimation.
-	if err := webrtc.ConfigureNack(me, ir); err != nil {
-		_ = conn.Close()
-		return nil, err
-	}
-	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
+	ir, err := s.interceptors(me)
+	if err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
@@ -145,8 +148,104 @@ func registerCodecs(me *webrtc.MediaEngine) error {
 			return fmt.Errorf("sfu: register %s: %w", c.cap.MimeType, err)
 		}
 	}
-	return webrtc.ConfigureSimulcastExtensionHeaders(me)
+	return registerHeaderExtensions(me)
 }
+
+// registerHeaderExtensions registers the RTP header extensions in
+// Chromium's order, so that the ids pion picks when it offers first are the
+// ids Chromium uses: Chromium keeps the ids of an offer it rolled back
+// (glare), and any other numbering would collide in its next offer.
+func registerHeaderExtensions(me *webrtc.MediaEngine) error {
+	audio, video := webrtc.RTPCodecTypeAudio, webrtc.RTPCodecTypeVideo
+	exts := []struct {
+		uri   string
+		kinds []webrtc.RTPCodecType
+	}{
+		{"urn:ietf:params:rtp-hdrext:ssrc-audio-level", []webrtc.RTPCodecType{audio}},                            // 1
+		{"http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time", []webrtc.RTPCodecType{audio, video}},      // 2
+		{sdp.TransportCCURI, []webrtc.RTPCodecType{audio, video}},                                                // 3
+		{sdp.SDESMidURI, []webrtc.RTPCodecType{audio, video}},                                                    // 4
+		{"http://www.webrtc.org/experiments/rtp-hdrext/playout-delay", []webrtc.RTPCodecType{video}},             // 5
+		{"http://www.webrtc.org/experiments/rtp-hdrext/video-content-type", []webrtc.RTPCodecType{video}},        // 6
+		{"http://www.webrtc.org/experiments/rtp-hdrext/video-timing", []webrtc.RTPCodecType{video}},              // 7
+		{"http://www.webrtc.org/experiments/rtp-hdrext/color-space", []webrtc.RTPCodecType{video}},               // 8
+		{"http://www.webrtc.org/experiments/rtp-hdrext/video-layers-allocation00", []webrtc.RTPCodecType{video}}, // 9
+		{sdp.SDESRTPStreamIDURI, []webrtc.RTPCodecType{video}},                                                   // 10
+		{sdp.SDESRepairRTPStreamIDURI, []webrtc.RTPCodecType{video}},                                             // 11
+	}
+	for _, e := range exts {
+		for _, k := range e.kinds {
+			if err := me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: e.uri}, k); err != nil {
+				return fmt.Errorf("sfu: header extension %s: %w", e.uri, err)
+			}
+		}
+	}
+	return nil
+}
+
+// interceptors builds what runs on every packet of every connection: NACK
+// generator (what we receive) and responder (what we send), sender and
+// receiver reports, transport-wide congestion control feedback for what
+// publishers send us (so that their encoders ramp up and enable their
+// simulcast layers), and, for what we send, transport-wide sequence
+// numbers and a Google Congestion Control estimate per connection, which
+// caps the simulcast layers a subscriber gets.
+func (s *SFU) interceptors(me *webrtc.MediaEngine) (*interceptor.Registry, error) {
+	ir := &interceptor.Registry{}
+	if err := webrtc.ConfigureNack(me, ir); err != nil {
+		return nil, err
+	}
+	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
+		return nil, err
+	}
+	if err := webrtc.ConfigureTWCCSender(me, ir); err != nil {
+		return nil, err
+	}
+	congestion, err := cc.NewInterceptor(func() (cc.BandwidthEstimator, error) {
+		return gcc.NewSendSideBWE(gcc.SendSideBWEInitialBitrate(1_000_000), gcc.SendSideBWEMaxBitrate(20_000_000),
+			gcc.SendSideBWEPacer(gcc.NewNoOpPacer()))
+	})
+	if err != nil {
+		return nil, err
+	}
+	congestion.OnNewPeerConnection(func(id string, e cc.BandwidthEstimator) { s.estimators.Store(id, e) })
+	ir.Add(twccOnly{congestion})
+	// Registered after the estimator, so that it runs before it on each
+	// packet: the estimator reads the sequence number this one writes.
+	if err := webrtc.ConfigureTWCCHeaderExtensionSender(me, ir); err != nil {
+		return nil, err
+	}
+	return ir, nil
+}
+
+// twccOnly builds congestion control interceptors that leave alone the
+// streams without transport-wide sequence numbers: pion's estimator
+// refuses to send their packets at all.
+type twccOnly struct{ f *cc.InterceptorFactory }
+
+// NewInterceptor implements interceptor.Factory.
+func (t twccOnly) NewInterceptor(id string) (interceptor.Interceptor, error) {
+	i, err := t.f.NewInterceptor(id)
+	if err != nil {
+		return nil, err
+	}
+	return twccGate{i}, nil
+}
+
+type twccGate struct{ interceptor.Interceptor }
+
+// BindLocalStream implements interceptor.Interceptor.
+func (g twccGate) BindLocalStream(info *interceptor.StreamInfo, w interceptor.RTPWriter) interceptor.RTPWriter {
+	for _, e := range info.RTPHeaderExtensions {
+		if e.URI == sdp.TransportCCURI {
+			return g.Interceptor.BindLocalStream(info, w)
+		}
+	}
+	return w
+}
+
+// ICEServers are the ICE servers handed to clients.
+func (s *SFU) ICEServers() []webrtc.ICEServer { return s.cfg.ICEServers }
 
 // LocalAddr is the media UDP address.
 func (s *SFU) LocalAddr() net.Addr { return s.conn.LocalAddr() }

@@ -1,6 +1,7 @@
 package sfu
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,13 +38,17 @@ type UpTrack struct {
 	codec     webrtc.RTPCodecCapability
 	info      TrackInfo
 	done      chan struct{}
+	rid       string      // simulcast layer id, "" without simulcast
+	group     *layerGroup // the simulcast layers of the source, or nil
 
 	downs cowList[*DownTrack]
 	sinks cowList[PacketSink]
 	muted atomic.Bool
 
 	packets, bytes atomic.Uint64
+	seq            seqStats      // expected packets, for loss; reader-owned
 	bitrate        atomic.Uint64 // bits/s over the last second or so
+	lastPacket     atomic.Int64  // unix nanoseconds of the last packet read
 
 	mu       sync.Mutex // guards stopped and the keyframe state
 	stopped  bool
@@ -56,7 +61,19 @@ type UpTrack struct {
 func (u *UpTrack) Info() TrackInfo {
 	info := u.info
 	info.Muted = u.muted.Load()
+	if u.group != nil {
+		info.Layers = u.group.rids()
+	}
 	return info
+}
+
+// LastPacket is when the track's last packet arrived (zero before the
+// first): a camera whose last packet is seconds old is frozen.
+func (u *UpTrack) LastPacket() time.Time {
+	if n := u.lastPacket.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // Codec is the track's codec.
@@ -76,17 +93,20 @@ type TrackStats struct {
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
 	Bitrate uint64 `json:"bitrate"` // bits per second, recent
+	// Lost counts packets the publisher sent that never arrived.
+	Lost uint64 `json:"lost"`
 }
 
 // Stats returns the track's counters.
 func (u *UpTrack) Stats() TrackStats {
-	return TrackStats{Packets: u.packets.Load(), Bytes: u.bytes.Load(), Bitrate: u.bitrate.Load()}
+	return TrackStats{Packets: u.packets.Load(), Bytes: u.bytes.Load(), Bitrate: u.bitrate.Load(), Lost: u.lost()}
 }
 
 // AddSink makes s receive every packet of the track from now on, and
 // asks the publisher for a keyframe so that video starts cleanly. It
 // returns false if the track has already ended (s is not closed then).
 func (u *UpTrack) AddSink(s PacketSink) bool {
+	u = u.recordedLayer()
 	u.mu.Lock()
 	if u.stopped {
 		u.mu.Unlock()
@@ -100,8 +120,11 @@ func (u *UpTrack) AddSink(s PacketSink) bool {
 
 // RemoveSink stops feeding s and closes it, if it was fed.
 func (u *UpTrack) RemoveSink(s PacketSink) {
-	if u.sinks.remove(s) {
-		s.Close()
+	for _, l := range u.layers() {
+		if l.sinks.remove(s) {
+			s.Close()
+			return
+		}
 	}
 }
 
@@ -112,6 +135,9 @@ func (u *UpTrack) RequestKeyframe() { u.requestKeyframe() }
 func (u *UpTrack) run(wg *sync.WaitGroup) {
 	defer wg.Done()
 	defer close(u.done)
+	stats := &u.publisher.room.sfu.stats
+	stats.addUp(u)
+	defer stats.retireUp(u)
 	defer func() {
 		// The reader feeds the sinks, so it closes them.
 		for _, s := range u.sinks.clear() {
@@ -131,6 +157,9 @@ func (u *UpTrack) run(wg *sync.WaitGroup) {
 		if err := pkt.Unmarshal(buf[:n]); err != nil {
 			continue
 		}
+		now := time.Now()
+		u.lastPacket.Store(now.UnixNano())
+		u.seq.observe(pkt.SequenceNumber)
 		u.packets.Add(1)
 		u.bytes.Add(uint64(n))
 		if windowBytes += uint64(n); u.packets.Load()%64 == 0 {
@@ -145,12 +174,12 @@ func (u *UpTrack) run(wg *sync.WaitGroup) {
 		}
 		if u.muted.Load() {
 			for _, d := range u.downs.load() {
-				d.skip()
+				d.skip(u)
 			}
 			continue
 		}
 		for _, d := range u.downs.load() {
-			d.writeRTP(&pkt, key)
+			d.writeRTP(u, &pkt, key, now)
 		}
 	}
 }
@@ -182,7 +211,58 @@ func (u *UpTrack) stop() {
 		u.kfTimer.Stop()
 	}
 	u.mu.Unlock()
+	if g := u.group; g != nil {
+		g.mu.Lock()
+		if g.layers[u.rid] == u {
+			delete(g.layers, u.rid)
+		}
+		primary := g.primary == u
+		var siblings []*UpTrack
+		if primary {
+			for _, l := range g.layers {
+				siblings = append(siblings, l)
+			}
+		}
+		g.mu.Unlock()
+		if !primary {
+			// One layer ended: its subscribers move to another layer.
+			for _, d := range downs {
+				d.idleFrom(u)
+				d.sub.allocate()
+			}
+			return
+		}
+		// The source ended: so do its other layers, and every
+		// subscriber's down-track, whichever layer it was on.
+		for _, l := range siblings {
+			l.mu.Lock()
+			l.stopped = true
+			l.mu.Unlock()
+			downs = append(downs, l.downs.clear()...)
+		}
+		seen := map[*DownTrack]bool{}
+		downs = slices.DeleteFunc(downs, func(d *DownTrack) bool {
+			dup := seen[d]
+			seen[d] = true
+			return dup
+		})
+	}
+	// An ended track is no longer the publisher's: rosters and Tracks
+	// stop listing it.
+	pub := u.publisher
+	pub.mu.Lock()
+	if pub.ups[u.info.ID] == u {
+		delete(pub.ups, u.info.ID)
+	}
+	pub.mu.Unlock()
 	for _, d := range downs {
+		if d.sub.mode == ModeWHEP {
+			// A player cannot renegotiate: its down-track idles and
+			// follows the next source.
+			d.idleFrom(u)
+			d.sub.refollow(d)
+			continue
+		}
 		d.sub.removeDownTrack(d)
 	}
 	u.publisher.room.unpublished(u)

@@ -3,10 +3,19 @@ package signaling
 import "github.com/gin-gonic/gin"
 
 // adminRoutes registers the admin API; every route in g requires the
-// admin key.
+// admin key. docs/api.md and openapi.json describe each one; a test keeps
+// them in step.
 func (s *Server) adminRoutes(g *gin.RouterGroup) {
 	g.POST("/rooms", s.createRoom)
 	g.GET("/rooms", s.listRooms)
 	g.GET("/rooms/:room", s.getRoom)
+	g.DELETE("/rooms/:room", s.deleteRoom)
 	g.POST("/rooms/:room/tokens", s.mintToken)
+	g.POST("/rooms/:room/tokens/revoke", s.revokeTokens)
+	g.GET("/rooms/:room/participants", s.listParticipants)
+	g.GET("/rooms/:room/participants/:identity", s.getParticipant)
+	g.PATCH("/rooms/:room/participants/:identity", s.updateParticipant)
+	g.POST("/rooms/:room/participants/:identity/kick", s.kickParticipant)
+	g.POST("/rooms/:room/participants/:identity/tracks/:source/mute", s.muteTrack)
+	s.recordingRoutes(g)
 }

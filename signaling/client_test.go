@@ -1,7 +1,9 @@
 package signaling_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -38,6 +40,11 @@ type wsClient struct {
 	byMid    map[string]trackInfo
 	closed   chan struct{}
 	wmu      sync.Mutex
+
+	transport  string             // "ws", "sse", "longpoll" or "poll"
+	stopHTTP   context.CancelFunc // ends the current HTTP transport
+	posts      int                // messages sent by POST
+	postErrors []json.RawMessage  // error bodies of refused POSTs
 }
 
 type trackInfo struct {
@@ -112,6 +119,7 @@ func (c *wsClient) connect(cursor uint64) {
 	c.mu.Lock()
 	c.conn = conn
 	c.connEnd = end
+	c.transport = "ws"
 	c.mu.Unlock()
 	go c.readLoop(conn, end)
 }
@@ -128,6 +136,7 @@ func (c *wsClient) readLoop(conn *websocket.Conn, end chan<- error) {
 		var ev event
 		if err := conn.ReadJSON(&ev); err != nil {
 			end <- err
+			close(end) // later receivers see the end at once
 			return
 		}
 		c.mu.Lock()
@@ -156,17 +165,24 @@ func (c *wsClient) handle(ev event) {
 				c.t.Errorf("rollback: %v", err)
 			}
 		}
+		// pion closes the connection when the server's DTLS closes (the
+		// participant left): an offer sent just before is then moot.
+		failed := func(what string, err error) {
+			if !errors.Is(err, webrtc.ErrConnectionClosed) {
+				c.t.Errorf("%s: %v", what, err)
+			}
+		}
 		if err := c.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: d.SDP}); err != nil {
-			c.t.Errorf("set remote offer: %v", err)
+			failed("set remote offer", err)
 			return
 		}
 		ans, err := c.pc.CreateAnswer(nil)
 		if err != nil {
-			c.t.Errorf("answer: %v", err)
+			failed("answer", err)
 			return
 		}
 		if err := c.pc.SetLocalDescription(ans); err != nil {
-			c.t.Errorf("set local answer: %v", err)
+			failed("set local answer", err)
 			return
 		}
 		c.send("answer", "", map[string]string{"sdp": c.pc.LocalDescription().SDP})
@@ -187,11 +203,21 @@ func (c *wsClient) send(typ, id string, data any) {
 }
 
 func (c *wsClient) sendRaw(b []byte) {
+	c.mu.Lock()
+	transport := c.transport
+	c.mu.Unlock()
+	if transport != "" && transport != "ws" {
+		c.post(b, "")
+		return
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
+	if conn == nil {
+		return // between transports, or closed
+	}
 	_ = conn.WriteMessage(websocket.TextMessage, b)
 }
 
@@ -276,12 +302,7 @@ func (c *wsClient) waitEvent(typ string, cond func(json.RawMessage) bool) event 
 }
 
 func (c *wsClient) close() {
-	c.mu.Lock()
-	conn := c.conn
-	c.mu.Unlock()
-	if conn != nil {
-		_ = conn.Close()
-	}
+	c.disconnect()
 	_ = c.pc.Close()
 }
 

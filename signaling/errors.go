@@ -5,7 +5,9 @@ import (
 	"net/http"
 
 	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/patterns"
+	"github.com/vigil-media/vigil/recordings"
 	"github.com/vigil-media/vigil/sfu"
 )
 
@@ -15,6 +17,7 @@ var (
 	ErrUnauthorized    = errors.New("missing or wrong admin key")
 	ErrInvalidToken    = errors.New("invalid join token")
 	ErrTokenExpired    = errors.New("join token expired")
+	ErrTokenRevoked    = errors.New("join token revoked")
 	ErrForbidden       = errors.New("forbidden")
 	ErrInvalidRequest  = errors.New("invalid request")
 	ErrBodyTooLarge    = errors.New("request body too large")
@@ -45,6 +48,7 @@ func codeFor(err error) (int, string) {
 	}{
 		{ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
 		{ErrTokenExpired, http.StatusUnauthorized, "token_expired"},
+		{ErrTokenRevoked, http.StatusUnauthorized, "token_revoked"},
 		{ErrInvalidToken, http.StatusUnauthorized, "invalid_token"},
 		{ErrForbidden, http.StatusForbidden, "forbidden"},
 		{sfu.ErrForbidden, http.StatusForbidden, "forbidden"},
@@ -60,9 +64,13 @@ func codeFor(err error) (int, string) {
 		{sfu.ErrRoomFull, http.StatusConflict, "room_full"},
 		{sfu.ErrRoomClosed, http.StatusGone, "room_closed"},
 		{ErrShuttingDown, http.StatusServiceUnavailable, "shutting_down"},
+		{ErrDraining, http.StatusServiceUnavailable, "draining"},
 		{sfu.ErrServerClosed, http.StatusServiceUnavailable, "shutting_down"},
 		// Socket-level codes; the status only matters if one reaches HTTP.
 		{ErrInvalidMessage, http.StatusBadRequest, "invalid_message"},
+		{sfu.ErrInvalidMessage, http.StatusBadRequest, "invalid_message"},
+		{patterns.ErrKeyReused, http.StatusUnprocessableEntity, "idempotency_key_reused"},
+		{patterns.ErrTooManyWaiters, http.StatusServiceUnavailable, "too_many_waiters"},
 		{ErrUnknownType, http.StatusBadRequest, "unknown_type"},
 		{ErrInvalidCursor, http.StatusBadRequest, "invalid_cursor"},
 		{patterns.ErrCursorTooOld, http.StatusGone, "cursor_too_old"},
@@ -70,8 +78,24 @@ func codeFor(err error) (int, string) {
 		{sfu.ErrGlare, http.StatusConflict, "glare"},
 		{sfu.ErrInvalidState, http.StatusConflict, "invalid_state"},
 		{sfu.ErrClosed, http.StatusGone, "session_ended"},
+		{ErrUnsupportedMediaType, http.StatusUnsupportedMediaType, "unsupported_media_type"},
+		{ErrResourceNotFound, http.StatusNotFound, "resource_not_found"},
+		{ErrPrecondition, http.StatusPreconditionFailed, "precondition_failed"},
+		{sfu.ErrNoCodec, http.StatusUnprocessableEntity, "unsupported_codec"},
 		{sfu.ErrParticipantNotFound, http.StatusNotFound, "participant_not_found"},
 		{sfu.ErrTrackNotFound, http.StatusNotFound, "track_not_found"},
+		{recordings.ErrNotFound, http.StatusNotFound, "recording_not_found"},
+		{recordings.ErrFileNotFound, http.StatusNotFound, "file_not_found"},
+		{recordings.ErrActive, http.StatusConflict, "recording_active"},
+		{recordings.ErrInvalidName, http.StatusBadRequest, "invalid_request"},
+		{recordings.ErrClosed, http.StatusServiceUnavailable, "shutting_down"},
+		{ErrRecordingsDisabled, http.StatusServiceUnavailable, "recordings_disabled"},
+		{incidents.ErrNotFound, http.StatusNotFound, "incident_not_found"},
+		{incidents.ErrSnapshotNotFound, http.StatusNotFound, "snapshot_not_found"},
+		{incidents.ErrRateLimited, http.StatusTooManyRequests, "rate_limited"},
+		{incidents.ErrInvalidType, http.StatusBadRequest, "invalid_message"},
+		{incidents.ErrClosed, http.StatusServiceUnavailable, "shutting_down"},
+		{ErrIncidentsDisabled, http.StatusServiceUnavailable, "incidents_disabled"},
 	}
 	for _, e := range table {
 		if errors.Is(err, e.target) {

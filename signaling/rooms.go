@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sort"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -15,6 +16,7 @@ type createRoomRequest struct {
 	Name            string   `json:"name"`
 	Kind            sfu.Kind `json:"kind"`
 	MaxParticipants int      `json:"max_participants"`
+	AutoRecord      bool     `json:"auto_record"`
 }
 
 // roomResponse describes a room.
@@ -22,11 +24,20 @@ type roomResponse struct {
 	Name            string                `json:"name"`
 	Kind            sfu.Kind              `json:"kind"`
 	MaxParticipants int                   `json:"max_participants"`
-	Participants    []sfu.ParticipantInfo `json:"participants"`
+	AutoRecord      bool                  `json:"auto_record"`
+	Participants    []participantResponse `json:"participants"`
 }
 
-func describeRoom(r *sfu.Room) roomResponse {
-	return roomResponse{Name: r.Name(), Kind: r.Kind(), MaxParticipants: r.Options().MaxParticipants, Participants: r.Participants()}
+// describeRoom describes r; transports comes from s.transports.
+func describeRoom(r *sfu.Room, ts map[*sfu.Participant]string) roomResponse {
+	opts := r.Options()
+	ps := r.List()
+	out := roomResponse{Name: r.Name(), Kind: r.Kind(), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord,
+		Participants: make([]participantResponse, 0, len(ps))}
+	for _, p := range ps {
+		out.Participants = append(out.Participants, describeParticipant(p, ts))
+	}
+	return out
 }
 
 func (s *Server) createRoom(c *gin.Context) {
@@ -39,21 +50,33 @@ func (s *Server) createRoom(c *gin.Context) {
 		writeError(c, fmt.Errorf("%w: max_participants must not be negative", ErrInvalidRequest))
 		return
 	}
-	r, err := s.sfu.CreateRoom(req.Name, req.Kind, sfu.RoomOptions{MaxParticipants: req.MaxParticipants})
+	if err := s.admitRoom(); err != nil {
+		writeError(c, err)
+		return
+	}
+	r, err := s.sfu.CreateRoom(req.Name, req.Kind, sfu.RoomOptions{MaxParticipants: req.MaxParticipants, AutoRecord: req.AutoRecord})
 	if err != nil {
 		writeError(c, err)
 		return
 	}
-	c.JSON(http.StatusCreated, describeRoom(r))
+	s.roomCreated(r)
+	c.JSON(http.StatusCreated, describeRoom(r, nil))
+}
+
+// listRoomsResponse is the reply to GET /v1/rooms.
+type listRoomsResponse struct {
+	Rooms []roomResponse `json:"rooms"`
 }
 
 func (s *Server) listRooms(c *gin.Context) {
 	rooms := s.sfu.Rooms()
-	out := make([]roomResponse, 0, len(rooms))
+	sort.Slice(rooms, func(i, j int) bool { return rooms[i].Name() < rooms[j].Name() })
+	ts := s.transports("")
+	out := listRoomsResponse{Rooms: make([]roomResponse, 0, len(rooms))}
 	for _, r := range rooms {
-		out = append(out, describeRoom(r))
+		out.Rooms = append(out.Rooms, describeRoom(r, ts))
 	}
-	c.JSON(http.StatusOK, gin.H{"rooms": out})
+	c.JSON(http.StatusOK, out)
 }
 
 func (s *Server) getRoom(c *gin.Context) {
@@ -62,7 +85,20 @@ func (s *Server) getRoom(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, describeRoom(r))
+	c.JSON(http.StatusOK, describeRoom(r, s.transports(r.Name())))
+}
+
+// deleteRoom ends a room: every participant leaves with reason
+// room_closed (its session gets a left event), its tracks end (so
+// recordings are finalized), and the room is forgotten.
+func (s *Server) deleteRoom(c *gin.Context) {
+	r, err := s.sfu.Room(c.Param("room"))
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	r.Close(sfu.ReasonRoomClosed)
+	c.Status(http.StatusNoContent)
 }
 
 // mintTokenRequest is the body of POST /v1/rooms/{room}/tokens.
@@ -77,8 +113,6 @@ type mintTokenResponse struct {
 	JoinURL   string    `json:"join_url"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
-
-const maxTokenTTL = 24 * time.Hour
 
 func (s *Server) mintToken(c *gin.Context) {
 	r, err := s.sfu.Room(c.Param("room"))
@@ -95,8 +129,8 @@ func (s *Server) mintToken(c *gin.Context) {
 	switch {
 	case req.TTLSeconds == 0:
 		ttl = time.Hour
-	case req.TTLSeconds < 0 || ttl > maxTokenTTL:
-		writeError(c, fmt.Errorf("%w: ttl_seconds must be between 1 and %d", ErrInvalidRequest, int(maxTokenTTL.Seconds())))
+	case req.TTLSeconds < 0 || req.TTLSeconds > int(MaxTokenTTL/time.Second):
+		writeError(c, fmt.Errorf("%w: ttl_seconds must be between 1 and %d", ErrInvalidRequest, int(MaxTokenTTL.Seconds())))
 		return
 	}
 	if !sfu.ValidName(req.Identity) {
@@ -158,6 +192,13 @@ func (s *Server) openSession(c *gin.Context) {
 	ss, err := s.newSession(room, claims)
 	if err != nil {
 		writeError(c, err)
+		return
+	}
+	if s.tokens.Revoked(claims) {
+		// Revoked while joining: the revocation may have looked for the
+		// participant before it was in the room.
+		ss.end(sfu.ReasonRevoked)
+		writeError(c, ErrTokenRevoked)
 		return
 	}
 	c.JSON(http.StatusCreated, openSessionResponse{SessionID: ss.id, Cursor: 0, WSURL: "/v1/sessions/" + ss.id + "/ws"})

@@ -18,8 +18,13 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/incidents"
+	"github.com/vigil-media/vigil/metrics"
+	"github.com/vigil-media/vigil/patterns"
+	"github.com/vigil-media/vigil/recordings"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/web"
+	"github.com/vigil-media/vigil/webhooks"
 )
 
 // Config configures the signaling server.
@@ -34,6 +39,24 @@ type Config struct {
 	MaxBodyBytes int64
 	// Now is the clock for tokens; nil means time.Now.
 	Now func() time.Time
+	// MaxLongPolls caps long polls held at once; 0 means 10000.
+	MaxLongPolls int
+	// OutboxCapacity is how many events a session keeps for resuming;
+	// 0 means 1024.
+	OutboxCapacity int
+	Recordings     *recordings.Manager // the recordings API; nil disables it
+	// Incidents records and serves the incidents of proctoring rooms
+	// (report_incident, flag_incident, /v1/rooms/{room}/incidents); nil
+	// disables them.
+	Incidents *incidents.Monitor
+	// Metrics is the registry /metrics serves; nil makes one.
+	Metrics *metrics.Metrics
+	// Webhooks receives room, participant, track and recording events;
+	// nil sends none.
+	Webhooks *webhooks.Dispatcher
+	// DrainTimeout bounds a drain: after it, Drained is closed even if
+	// rooms are left (shutting down then ends them). 0: no bound.
+	DrainTimeout time.Duration
 }
 
 // Server serves the API, the transports and the web client.
@@ -45,10 +68,16 @@ type Server struct {
 	engine *gin.Engine
 	admin  [32]byte // SHA-256 of the admin key, compared in constant time
 
-	mu       sync.Mutex
-	sessions map[string]*Session
-	closing  bool
-	conns    sync.WaitGroup // attached transports
+	waiters *patterns.Waiters     // long polls held at once
+	idem    *patterns.Idempotency // replies to POSTed messages, by key
+
+	mu        sync.Mutex
+	sessions  map[string]*Session
+	feeds     map[string]*roomFeed // admin event streams, by room
+	resources map[string]*resource // WHIP and WHEP sessions, by id
+	closing   bool
+	ops       opsState       // drain mode (ops.go)
+	conns     sync.WaitGroup // attached transports
 }
 
 // New builds the server. cfg.SFU and cfg.AdminKey are required.
@@ -65,12 +94,23 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
 	}
+	if cfg.MaxLongPolls <= 0 {
+		cfg.MaxLongPolls = 10000
+	}
+	if cfg.OutboxCapacity <= 0 {
+		cfg.OutboxCapacity = 1024
+	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
-		tokens:   NewTokens(cfg.AdminKey, cfg.Now),
-		admin:    sha256.Sum256([]byte(cfg.AdminKey)),
-		sessions: map[string]*Session{},
+		tokens:    NewTokens(cfg.AdminKey, cfg.Now),
+		admin:     sha256.Sum256([]byte(cfg.AdminKey)),
+		sessions:  map[string]*Session{},
+		feeds:     map[string]*roomFeed{},
+		resources: map[string]*resource{},
+		waiters:   patterns.NewWaiters(cfg.MaxLongPolls),
+		idem:      patterns.NewIdempotency(patterns.IdempotencyConfig{TTL: 10 * time.Minute, MaxEntries: 100000}),
 	}
+	s.initOps()
 	s.engine = s.routes()
 	return s, nil
 }
@@ -95,9 +135,22 @@ func (s *Server) routes() *gin.Engine {
 
 	v1 := e.Group("/v1")
 	s.adminRoutes(v1.Group("", s.requireAdmin))
+	s.proctoringRoutes(v1.Group("", s.requireAdmin))
+	v1.GET("/openapi.json", s.serveOpenAPI)
 	v1.POST("/rooms/:room/sessions", s.openSession)
 	v1.DELETE("/sessions/:session", s.closeSession)
-	v1.GET("/sessions/:session/ws", s.serveWS)
+	v1.GET("/sessions/:session/ws", s.serveWS(s.sessionStream))
+	v1.GET("/sessions/:session/events", s.serveSSE(s.sessionStream))
+	v1.GET("/sessions/:session/poll", s.servePoll(s.sessionStream))
+	v1.POST("/sessions/:session/messages", s.postMessage)
+	s.incidentRoutes(v1) // admin key or a proctor's join token
+	feed := v1.Group("/rooms/:room/events", s.requireAdmin)
+	feed.GET("", s.serveSSE(s.feedStream))
+	feed.GET("/ws", s.serveWS(s.feedStream))
+	feed.GET("/poll", s.servePoll(s.feedStream))
+
+	s.whipRoutes(e)
+	s.opsRoutes(e)
 
 	static := web.FS()
 	page := func(name string) gin.HandlerFunc {
@@ -113,6 +166,7 @@ func (s *Server) routes() *gin.Engine {
 	}
 	e.GET("/", page("index.html"))
 	e.GET("/room/:room", page("room.html"))
+	e.GET("/dashboard", page("dashboard.html"))
 	e.StaticFS("/static", http.FS(static))
 	return e
 }
@@ -122,6 +176,7 @@ func (s *Server) routes() *gin.Engine {
 func (s *Server) logRequests(c *gin.Context) {
 	start := time.Now()
 	c.Next()
+	s.cfg.Metrics.ObserveHTTP(c.FullPath(), c.Request.Method, c.Writer.Status(), time.Since(start))
 	s.log.Debug("http", "method", c.Request.Method, "path", c.Request.URL.Path,
 		"status", c.Writer.Status(), "duration", time.Since(start))
 }

@@ -50,7 +50,7 @@ func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
 	ss := &Session{
 		srv: s, id: newSessionID(), room: room.Name(), identity: claims.Subject,
 		log:   s.log.With("room", room.Name(), "participant", claims.Subject),
-		out:   patterns.NewLog(patterns.LogConfig{Capacity: 1024}),
+		out:   patterns.NewLog(patterns.LogConfig{Capacity: s.cfg.OutboxCapacity}),
 		stop:  make(chan struct{}),
 		inbox: make(chan clientMessage, inboxSize),
 	}
@@ -201,7 +201,11 @@ func (ss *Session) loop() {
 		case <-ss.stop:
 			return
 		case m := <-ss.inbox:
-			if err := dispatch(ss.p, m); err != nil {
+			err := ss.srv.dispatch(ss.p, m)
+			switch {
+			case m.reply != nil:
+				m.reply <- err
+			case err != nil:
 				ss.replyError(m.id, err)
 			}
 		}

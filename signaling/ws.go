@@ -25,60 +25,79 @@ const (
 	wsBatch      = 64
 )
 
-// wsConn drains a session's outbox into one WebSocket. Its writer
+// wsConn drains a stream's outbox into one WebSocket. Its writer
 // goroutine is the only one that writes to the socket.
 type wsConn struct {
 	conn     *websocket.Conn
-	ss       *Session
+	st       stream
 	kick     chan int // a close code for the writer
 	readDone chan struct{}
 }
 
-func (s *Server) serveWS(c *gin.Context) {
-	ss, err := s.session(c.Param("session"))
-	if err != nil {
-		writeError(c, err)
-		return
+// parseCursor reads the cursor query parameter (0 when absent).
+func parseCursor(c *gin.Context) (uint64, error) {
+	v := c.Query("cursor")
+	if v == "" {
+		return 0, nil
 	}
-	var cursor uint64
-	if v := c.Query("cursor"); v != "" {
-		if cursor, err = strconv.ParseUint(v, 10, 64); err != nil {
-			writeError(c, errors.Join(ErrInvalidRequest, errors.New("cursor must be a non-negative integer")))
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, errors.Join(ErrInvalidRequest, errors.New("cursor must be a non-negative integer"))
+	}
+	return n, nil
+}
+
+// trackConn counts a long-lived transport so that Close can wait for it;
+// false when the server is shutting down.
+func (s *Server) trackConn() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns.Add(1)
+	return true
+}
+
+func (s *Server) serveWS(lookup lookupFunc) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		st, err := lookup(c)
+		if err != nil {
+			writeError(c, err)
 			return
 		}
-	}
-	s.mu.Lock()
-	closing := s.closing
-	if !closing {
-		s.conns.Add(1)
-	}
-	s.mu.Unlock()
-	if closing {
-		writeError(c, ErrShuttingDown)
-		return
-	}
-	defer s.conns.Done()
-	up := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 16 << 10}
-	conn, err := up.Upgrade(c.Writer, c.Request, nil)
-	if err != nil {
-		return // the upgrader has replied
-	}
-	w := &wsConn{conn: conn, ss: ss, kick: make(chan int, 1), readDone: make(chan struct{})}
-	gen := ss.attach("ws", func() {
-		select {
-		case w.kick <- closeReplaced:
-		default:
+		cursor, err := parseCursor(c)
+		if err != nil {
+			writeError(c, err)
+			return
 		}
-	})
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		w.writeLoop(cursor)
-	}()
-	w.readLoop()
-	close(w.readDone)
-	<-writerDone
-	ss.detach(gen)
+		if !s.trackConn() {
+			writeError(c, ErrShuttingDown)
+			return
+		}
+		defer s.conns.Done()
+		up := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 16 << 10}
+		conn, err := up.Upgrade(c.Writer, c.Request, nil)
+		if err != nil {
+			return // the upgrader has replied
+		}
+		w := &wsConn{conn: conn, st: st, kick: make(chan int, 1), readDone: make(chan struct{})}
+		gen := st.attach("ws", func() {
+			select {
+			case w.kick <- closeReplaced:
+			default:
+			}
+		})
+		writerDone := make(chan struct{})
+		go func() {
+			defer close(writerDone)
+			w.writeLoop(cursor)
+		}()
+		w.readLoop()
+		close(w.readDone)
+		<-writerDone
+		st.detach(gen)
+	}
 }
 
 // readLoop reads client messages until the socket fails or closes.
@@ -95,15 +114,10 @@ func (w *wsConn) readLoop() {
 		}
 		_ = w.conn.SetReadDeadline(time.Now().Add(wsPongWait))
 		if typ != websocket.TextMessage {
-			w.ss.replyError("", errors.Join(ErrInvalidMessage, errors.New("binary frames are not accepted")))
+			w.st.reject("", errors.Join(ErrInvalidMessage, errors.New("binary frames are not accepted")))
 			continue
 		}
-		m, err := decodeMessage(b)
-		if err != nil {
-			w.ss.replyError(m.id, err)
-			continue
-		}
-		if !w.ss.enqueue(m) {
+		if !w.st.accept(b) {
 			return
 		}
 	}
@@ -114,7 +128,7 @@ func (w *wsConn) readLoop() {
 // when the reader is done, or when a newer transport takes over.
 func (w *wsConn) writeLoop(cursor uint64) {
 	defer w.conn.Close()
-	out := w.ss.out
+	out := w.st.outbox()
 	if cursor > out.Last() {
 		w.fail(closeInvalidCur, ErrInvalidCursor, "invalid_cursor")
 		return

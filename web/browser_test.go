@@ -6,7 +6,11 @@ package web_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -37,8 +41,11 @@ func chromiumFlags() []string {
 }
 
 // instrument runs before any page script: it counts getUserMedia calls in
-// window.__gumCalls, keeps every WebSocket in window.__sockets, and can
-// make the page's first offer cross a server offer.
+// window.__gumCalls, keeps every WebSocket in window.__sockets and every
+// EventSource in window.__eventSources, records every fetch in
+// window.__fetches ({url, method, key: its Idempotency-Key, inm: its
+// If-None-Match, status}), can block WebSockets, and can make the page's
+// first offer cross a server offer.
 const instrument = `(() => {
   window.__gumCalls = 0;
   const md = navigator.mediaDevices;
@@ -47,6 +54,27 @@ const instrument = `(() => {
     md.getUserMedia = (c) => { window.__gumCalls++; return orig(c); };
   }
   window.__sockets = [];
+  window.__eventSources = [];
+  window.__fetches = [];
+  const fetch0 = window.fetch.bind(window);
+  window.fetch = (input, init = {}) => {
+    const h = new Headers(init.headers || {});
+    const rec = {
+      url: String((input && input.url) || input), method: (init.method || 'GET').toUpperCase(),
+      key: h.get('Idempotency-Key') || '', inm: h.get('If-None-Match') || '', status: 0,
+    };
+    window.__fetches.push(rec);
+    const p = fetch0(input, init);
+    p.then((r) => { rec.status = r.status; }, () => { rec.status = -1; });
+    return p;
+  };
+  const ES = window.EventSource;
+  window.EventSource = class extends ES {
+    constructor(...args) {
+      super(...args);
+      window.__eventSources.push(this);
+    }
+  };
   // With "hold-first-offer" in the URL fragment, the page's first offer is
   // held back until a server offer arrives, then sent before the page can
   // answer: the two offers cross (glare).
@@ -55,8 +83,14 @@ const instrument = `(() => {
   const WS = window.WebSocket;
   window.WebSocket = class extends WS {
     constructor(...args) {
-      // A socket to a URL containing window.__blockedURL fails to connect.
-      if (window.__blockedURL && String(args[0]).includes(window.__blockedURL)) {
+      // "throw-websocket" in the URL fragment: no WebSocket can be made.
+      if (location.hash.includes('throw-websocket')) {
+        throw new DOMException('WebSocket blocked by the test', 'SecurityError');
+      }
+      // A socket to a URL containing window.__blockedURL, or any socket
+      // with "block-websocket" in the URL fragment, fails to connect.
+      if ((window.__blockedURL && String(args[0]).includes(window.__blockedURL)) ||
+          location.hash.includes('block-websocket')) {
         args[0] = 'ws://127.0.0.1:9/';
       }
       super(...args);
@@ -663,4 +697,384 @@ func TestLostSessionStartsOver(t *testing.T) {
 	if err := eval(alice, `document.querySelectorAll('video[data-identity="bob"]').length`, &tiles); err != nil || tiles != 1 {
 		t.Errorf("alice shows %d videos of bob, want 1 (err %v)", tiles, err)
 	}
+}
+
+// forceTransport puts ?transport=name into a join URL, before its fragment.
+func forceTransport(joinURL, name string) string {
+	path, frag, _ := strings.Cut(joinURL, "#")
+	return path + "?transport=" + name + "#" + frag
+}
+
+// participantView is what the admin API says of a participant.
+type participantView struct {
+	Transport string // attached now, "" for none
+	Tracks    int
+}
+
+// serverParticipants asks the admin API about the participants of room.
+func serverParticipants(t *testing.T, srv *vigiltest.Server, room string) map[string]participantView {
+	t.Helper()
+	status, body := srv.Do(t, http.MethodGet, "/v1/rooms/"+room, srv.AdminKey, nil)
+	if status != http.StatusOK {
+		t.Fatalf("get room %s: %d %s", room, status, body)
+	}
+	var r struct {
+		Participants []struct {
+			Identity  string            `json:"identity"`
+			Transport *string           `json:"transport"`
+			Tracks    []json.RawMessage `json:"tracks"`
+		} `json:"participants"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]participantView{}
+	for _, p := range r.Participants {
+		v := participantView{Tracks: len(p.Tracks)}
+		if p.Transport != nil {
+			v.Transport = *p.Transport
+		}
+		out[p.Identity] = v
+	}
+	return out
+}
+
+// waitServerTransport waits until the server has identity's session
+// attached to transport want.
+func waitServerTransport(t *testing.T, srv *vigiltest.Server, room, identity, want string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, fmt.Sprintf("the server seeing %s on %s", identity, want), func() (bool, string) {
+		got := serverParticipants(t, srv, room)
+		return got[identity].Transport == want, fmt.Sprintf("participants %+v", got)
+	})
+}
+
+// transportUse is what a page did on the network, from the instrument.
+type transportUse struct {
+	Transport    string   `json:"transport"`
+	Tried        []string `json:"tried"`
+	Shown        string   `json:"shown"` // data-transport of the page's status text
+	Sockets      int      `json:"sockets"`
+	EventSources int      `json:"eventSources"`
+	Polls        int      `json:"polls"`
+	LongPolls    int      `json:"longPolls"`
+	NotModified  int      `json:"notModified"`
+	Posts        []struct {
+		Key    string `json:"key"`
+		Status int    `json:"status"`
+	} `json:"posts"`
+	Joined int   `json:"joined"`
+	Seqs   []int `json:"seqs"`
+}
+
+func readTransportUse(ctx context.Context) (transportUse, error) {
+	var u transportUse
+	err := eval(ctx, `(() => {
+		const f = window.__fetches;
+		const polls = f.filter((x) => x.url.includes('/poll?'));
+		return {
+			transport: window.vigil.transport,
+			tried: window.vigil.transports,
+			shown: document.getElementById('transport').dataset.transport || '',
+			sockets: window.__sockets.length,
+			eventSources: window.__eventSources.length,
+			polls: polls.length,
+			longPolls: polls.filter((x) => x.url.includes('wait=')).length,
+			notModified: polls.filter((x) => x.status === 304 && x.inm !== '').length,
+			posts: f.filter((x) => x.method === 'POST' && x.url.endsWith('/messages'))
+				.map((x) => ({ key: x.key, status: x.status })),
+			joined: window.vigil.events.filter((e) => e === 'joined').length,
+			seqs: window.vigil.seqs,
+		};
+	})()`, &u)
+	return u, err
+}
+
+// checkExactlyOnce checks that page name joined once and got every event
+// of its session once and in order: seqs 1, 2, 3, ...
+func checkExactlyOnce(t *testing.T, name string, u transportUse) {
+	t.Helper()
+	if u.Joined != 1 {
+		t.Errorf("%s: %d joined events, want 1", name, u.Joined)
+	}
+	for i, seq := range u.Seqs {
+		if seq != i+1 {
+			t.Errorf("%s: delivered seqs %v, want 1, 2, 3, ... once each", name, u.Seqs)
+			break
+		}
+	}
+}
+
+// checkTransportUse checks that page name signaled over transport want
+// alone, and sent its messages the way that transport does.
+func checkTransportUse(t *testing.T, ctx context.Context, name, want string) {
+	t.Helper()
+	u, err := readTransportUse(ctx)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	if u.Transport != want || !slices.Equal(u.Tried, []string{want}) || u.Shown != want {
+		t.Errorf("%s: transport %q, tried %v, shown %q; want %s only", name, u.Transport, u.Tried, u.Shown, want)
+	}
+	checkExactlyOnce(t, name, u)
+	wantSockets, wantES := 0, 0
+	switch want {
+	case "ws":
+		wantSockets = 1
+	case "sse":
+		wantES = 1 // one EventSource, however often it reconnects itself
+	}
+	if u.Sockets != wantSockets || u.EventSources != wantES {
+		t.Errorf("%s: %d WebSockets and %d EventSources over %s, want %d and %d", name, u.Sockets, u.EventSources, want, wantSockets, wantES)
+	}
+	switch want {
+	case "ws", "sse":
+		if u.Polls != 0 {
+			t.Errorf("%s: %d polls over %s", name, u.Polls, want)
+		}
+	case "longpoll":
+		if u.LongPolls == 0 || u.LongPolls != u.Polls {
+			t.Errorf("%s: %d polls of which %d long, want only long polls", name, u.Polls, u.LongPolls)
+		}
+	case "poll":
+		if u.Polls == 0 || u.LongPolls != 0 {
+			t.Errorf("%s: %d polls of which %d long, want only short polls", name, u.Polls, u.LongPolls)
+		}
+	}
+	if want == "ws" {
+		if len(u.Posts) != 0 {
+			t.Errorf("%s: %d messages POSTed over ws", name, len(u.Posts))
+		}
+		return
+	}
+	// An offer and candidates at least, each with its own key.
+	if len(u.Posts) < 2 {
+		t.Errorf("%s: %d messages POSTed over %s, want the offer and candidates", name, len(u.Posts), want)
+	}
+	keys := map[string]bool{}
+	for _, p := range u.Posts {
+		if p.Key == "" || keys[p.Key] {
+			t.Errorf("%s: POST with a missing or repeated Idempotency-Key %q", name, p.Key)
+		}
+		keys[p.Key] = true
+		if p.Status != http.StatusOK && p.Status != 0 {
+			t.Errorf("%s: a POSTed message answered %d", name, p.Status)
+		}
+	}
+}
+
+// sessionOf reads a page's session id from the URL of its POSTed messages.
+func sessionOf(t *testing.T, ctx context.Context, name string) string {
+	t.Helper()
+	var id string
+	err := eval(ctx, `(() => {
+		const f = window.__fetches.find((x) => x.method === 'POST' && x.url.endsWith('/messages'));
+		return f ? new URL(f.url, location.href).pathname.split('/')[3] : '';
+	})()`, &id)
+	if err != nil || id == "" {
+		t.Fatalf("%s: no session id in its POSTs (err %v)", name, err)
+	}
+	return id
+}
+
+// checkResume takes bob's session away from its transport on the server
+// (a poll from the test attaches to it, which ends an event stream or a
+// held poll), then has alice chat: bob must get the chat once, with no
+// event lost or repeated, still over transport tr (an EventSource resumes
+// by itself with Last-Event-ID).
+func checkResume(t *testing.T, srv *vigiltest.Server, room string, alice, bob context.Context, tr string) {
+	t.Helper()
+	if status, body := srv.Do(t, http.MethodGet, "/v1/sessions/"+sessionOf(t, bob, "bob")+"/poll?cursor=0", "", nil); status != http.StatusOK {
+		t.Fatalf("poll bob's session: %d %s", status, body)
+	}
+	chat := map[string]any{"type": "chat", "data": map[string]any{"text": "after the drop"}}
+	if status, body := srv.Do(t, http.MethodPost, "/v1/sessions/"+sessionOf(t, alice, "alice")+"/messages", "", chat); status != http.StatusOK {
+		t.Fatalf("alice's chat: %d %s", status, body)
+	}
+	waitFor(t, 10*time.Second, "bob getting alice's chat", func() (bool, string) {
+		var events []string
+		if err := eval(bob, `window.vigil.events`, &events); err != nil {
+			return false, err.Error()
+		}
+		return slices.Contains(events, "chat"), fmt.Sprintf("events %v", events)
+	})
+	checkTransportUse(t, bob, "bob", tr)
+	if tr != "poll" {
+		waitServerTransport(t, srv, room, "bob", tr)
+	}
+	var events []string
+	if err := eval(bob, `window.vigil.events`, &events); err != nil || countOf(events, "chat") != 1 {
+		t.Errorf("bob got %d chats, want 1 (err %v): %v", countOf(events, "chat"), err, events)
+	}
+}
+
+func TestEveryTransportDecodes(t *testing.T) {
+	srv := vigiltest.Start(t)
+	b := startBrowser(t)
+	// One pair at a time: each page runs a fake camera, and the machine
+	// has two cores.
+	for _, tr := range []string{"ws", "sse", "longpoll", "poll"} {
+		t.Run(tr, func(t *testing.T) {
+			start := time.Now()
+			room := "conf-" + tr
+			srv.CreateRoom(t, room, "conference")
+			pages := map[string]context.Context{}
+			pages["alice"] = b.open(t, "alice/"+tr, forceTransport(srv.JoinURL(t, room, "alice", "participant"), tr))
+			// Bob comes once alice publishes, so that the server offers
+			// him both her tracks at once: this test is about transports,
+			// not about offers crossing (TestCrossingOffersAreResolved).
+			waitFor(t, 15*time.Second, "alice publishing", func() (bool, string) {
+				ps := serverParticipants(t, srv, room)
+				return ps["alice"].Tracks == 2, fmt.Sprintf("participants %+v", ps)
+			})
+			pages["bob"] = b.open(t, "bob/"+tr, forceTransport(srv.JoinURL(t, room, "bob", "participant"), tr))
+			for name, other := range map[string]string{"alice": "bob", "bob": "alice"} {
+				ctx := pages[name]
+				waitState(t, ctx, name, "joined")
+				waitDecoding(t, ctx, name, other)
+				waitElement(t, ctx, name, fmt.Sprintf(`video[data-identity=%q][data-source="camera"]`, other))
+				checkTransportUse(t, ctx, name, tr)
+				if tr == "poll" {
+					// A short poll is attached only while it is answered;
+					// once nothing is new, If-None-Match gets 304s.
+					waitFor(t, 10*time.Second, name+" getting a 304 to If-None-Match", func() (bool, string) {
+						u, err := readTransportUse(ctx)
+						if err != nil {
+							return false, err.Error()
+						}
+						return u.NotModified > 0, fmt.Sprintf("%d polls, no 304", u.Polls)
+					})
+				} else {
+					waitServerTransport(t, srv, room, name, tr)
+				}
+			}
+			t.Logf("%s: both pages decoding in %v", tr, time.Since(start).Round(time.Millisecond))
+			if tr != "ws" { // TestSocketDropResumesAndLeaveCleansUp drops a WebSocket
+				checkResume(t, srv, room, pages["alice"], pages["bob"], tr)
+			}
+		})
+	}
+}
+
+func TestFallsBackWhenWebSocketIsBlocked(t *testing.T) {
+	srv := vigiltest.Start(t)
+	srv.CreateRoom(t, "blocked", "conference")
+	b := startBrowser(t)
+
+	// carl's sockets fail to connect; dora cannot even make one. Both try
+	// ws first, then settle on sse and decode each other.
+	start := time.Now()
+	pages := map[string]context.Context{}
+	pages["carl"] = b.open(t, "carl", srv.JoinURL(t, "blocked", "carl", "participant")+"&block-websocket")
+	waitFor(t, 15*time.Second, "carl publishing", func() (bool, string) {
+		ps := serverParticipants(t, srv, "blocked")
+		return ps["carl"].Tracks == 2, fmt.Sprintf("participants %+v", ps)
+	})
+	pages["dora"] = b.open(t, "dora", srv.JoinURL(t, "blocked", "dora", "participant")+"&throw-websocket")
+	for name, other := range map[string]string{"carl": "dora", "dora": "carl"} {
+		ctx := pages[name]
+		waitState(t, ctx, name, "joined")
+		waitDecoding(t, ctx, name, other)
+		u, err := readTransportUse(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.Transport != "sse" || !slices.Equal(u.Tried, []string{"ws", "sse"}) || u.Shown != "sse" {
+			t.Errorf("%s: transport %q, tried %v, shown %q; want ws then sse", name, u.Transport, u.Tried, u.Shown)
+		}
+		if u.EventSources != 1 || u.Polls != 0 || len(u.Posts) < 2 {
+			t.Errorf("%s: %d EventSources, %d polls, %d POSTs", name, u.EventSources, u.Polls, len(u.Posts))
+		}
+		checkExactlyOnce(t, name, u)
+		waitServerTransport(t, srv, "blocked", name, "sse")
+	}
+	var sockets int
+	if err := eval(pages["carl"], `window.__sockets.length`, &sockets); err != nil || sockets != 1 {
+		t.Errorf("carl tried %d WebSockets, want 1 (err %v)", sockets, err)
+	}
+	t.Logf("fallback done in %v", time.Since(start).Round(time.Millisecond))
+}
+
+func TestWHIPPublishWHEPPlay(t *testing.T) {
+	start := time.Now()
+	srv := vigiltest.Start(t)
+	srv.CreateRoom(t, "stage", "broadcast")
+	// The plain pages come from another origin: WHIP and WHEP answer CORS.
+	fixtures := httptest.NewServer(http.FileServer(http.Dir("testdata")))
+	t.Cleanup(fixtures.Close)
+	b := startBrowser(t)
+	params := func(identity, role string) string {
+		return "#vigil=" + url.QueryEscape(srv.URL) + "&room=stage&token=" + srv.Token(t, "stage", identity, role)
+	}
+	// waitPage waits for window[obj].state to become want.
+	waitPage := func(ctx context.Context, obj, want string) {
+		t.Helper()
+		waitFor(t, 15*time.Second, fmt.Sprintf("%s %s", obj, want), func() (bool, string) {
+			var st struct {
+				State string `json:"state"`
+				Error string `json:"error"`
+			}
+			if err := eval(ctx, fmt.Sprintf(`window.%s ? {state: window.%[1]s.state, error: window.%[1]s.error} : {state: 'no page'}`, obj), &st); err != nil {
+				return false, err.Error()
+			}
+			if st.State == "error" {
+				t.Fatalf("%s page: %s", obj, st.Error)
+			}
+			return st.State == want, "state " + st.State
+		})
+		var loc string
+		if err := eval(ctx, fmt.Sprintf(`window.%s.location`, obj), &loc); err != nil || !strings.HasPrefix(loc, "/"+obj+"/stage/") {
+			t.Errorf("%s Location %q, want /%s/stage/{id} (exposed to another origin) (err %v)", obj, loc, obj, err)
+		}
+	}
+
+	whip := b.open(t, "whip", fixtures.URL+"/whip.html"+params("obs", "host"))
+	waitPage(whip, "whip", "published")
+
+	whep := b.open(t, "whep", fixtures.URL+"/whep.html"+params("player", "viewer"))
+	waitPage(whep, "whep", "playing")
+	type stream struct {
+		Kind            string `json:"kind"`
+		FramesDecoded   int    `json:"framesDecoded"`
+		PacketsReceived int    `json:"packetsReceived"`
+	}
+	find := func(kind string) (stream, string) {
+		var ss []stream
+		if err := eval(whep, `window.whep.stats()`, &ss); err != nil {
+			return stream{}, err.Error()
+		}
+		for _, s := range ss {
+			if s.Kind == kind {
+				return s, fmt.Sprintf("%+v", ss)
+			}
+		}
+		return stream{}, fmt.Sprintf("%+v", ss)
+	}
+	var first int
+	waitFor(t, 20*time.Second, "the WHEP player decoding video", func() (bool, string) {
+		s, why := find("video")
+		first = s.FramesDecoded
+		return first > 0, why
+	})
+	waitFor(t, 10*time.Second, fmt.Sprintf("WHEP frames rising past %d", first), func() (bool, string) {
+		s, why := find("video")
+		return s.FramesDecoded > first, why
+	})
+	waitFor(t, 10*time.Second, "the WHEP player receiving audio", func() (bool, string) {
+		s, why := find("audio")
+		return s.PacketsReceived > 0, why
+	})
+	v, _ := find("video")
+	t.Logf("whep: %d frames decoded", v.FramesDecoded)
+
+	// The web client, as a viewer of the same broadcast, decodes the WHIP
+	// publisher like any host.
+	viewer := b.open(t, "viewer", srv.JoinURL(t, "stage", "vera", "viewer"))
+	waitState(t, viewer, "vera", "joined")
+	waitDecoding(t, viewer, "vera", "obs")
+	waitElement(t, viewer, "vera", `video[data-identity="obs"][data-source="camera"]`)
+	if ids := roster(t, viewer); !slices.Contains(ids, "obs") {
+		t.Errorf("vera's roster %v lacks the WHIP host obs", ids)
+	}
+	t.Logf("WHIP/WHEP done in %v", time.Since(start).Round(time.Millisecond))
 }

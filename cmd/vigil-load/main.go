@@ -11,6 +11,13 @@
 //	            ramp of idle clients, and report latency, requests and
 //	            bytes per event, server memory per client and the most
 //	            clients held under a latency limit
+//	media       synthetic WHIP publishers and thin WHEP subscribers in one
+//	            scenario (fanout, audio, meeting, latency, joinstorm),
+//	            against Vigil and a stock-pion baseline forwarder: packets
+//	            forwarded per second, loss, added latency, join times, and
+//	            the server's CPU per forwarded packet
+//	bench       the short version of every media scenario and of the
+//	            forwarding Go benchmark, as one table (make bench)
 //
 // Run "vigil-load <command> -h" for the flags of a command.
 package main
@@ -31,10 +38,16 @@ type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+	hidden  bool
 }
 
 var commands = []command{
-	{"transports", "compare the signaling transports under a ramp of idle clients", runTransports},
+	{"transports", "compare the signaling transports under a ramp of idle clients", runTransports, false},
+	{"media", "forward synthetic media through Vigil and a stock-pion baseline", runMedia, false},
+	{"bench", "the short version of every media benchmark, and the Go forwarding benchmark", runBench, false},
+	// The stock-pion forwarder the media benchmarks compare Vigil with;
+	// started by media and bench themselves.
+	{"baseline-server", "a minimal stock-pion WHIP/WHEP forwarder (the baseline)", runBaselineServer, true},
 }
 
 func main() {
@@ -48,6 +61,9 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: vigil-load <command> [flags]")
 	fmt.Fprintln(w, "\ncommands:")
 	for _, c := range commands {
+		if c.hidden {
+			continue
+		}
 		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nrun \"vigil-load <command> -h\" for its flags")

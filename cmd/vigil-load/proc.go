@@ -112,3 +112,27 @@ func parseHostBusy(stat []byte) (time.Duration, error) {
 	}
 	return time.Duration(busy) * time.Second / clockTicks, nil
 }
+
+// readStatusKiB reads one "Key:  N kB" line of /proc/PID/status.
+func readStatusKiB(pid int, key string) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	return parseStatusKiB(b, key)
+}
+
+func parseStatusKiB(status []byte, key string) (int64, error) {
+	for _, line := range bytes.Split(status, []byte("\n")) {
+		rest, ok := bytes.CutPrefix(line, []byte(key))
+		if !ok {
+			continue
+		}
+		f := bytes.Fields(rest)
+		if len(f) != 2 || string(f[1]) != "kB" {
+			return 0, fmt.Errorf("proc status: malformed %s line %q", key, line)
+		}
+		return strconv.ParseInt(string(f[0]), 10, 64)
+	}
+	return 0, fmt.Errorf("proc status: no %s line", key)
+}

@@ -23,6 +23,25 @@ type spawner struct {
 	adminKey string
 	cpu      int // -1: not pinned
 	logPath  string
+	// baseline: start "vigil-load baseline-server" (this binary) instead
+	// of vigil.
+	baseline bool
+	// extraArgs are appended to the server's command line.
+	extraArgs []string
+}
+
+// newBaselineSpawner starts the stock-pion baseline forwarder, this very
+// binary's hidden baseline-server command, the way vigil is started.
+func newBaselineSpawner(cpu int, adminKey string) (*spawner, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "vigil-load-baseline-")
+	if err != nil {
+		return nil, err
+	}
+	return &spawner{bin: bin, dir: dir, adminKey: adminKey, cpu: cpu, logPath: filepath.Join(dir, "baseline.log"), baseline: true}, nil
 }
 
 func newSpawner(ctx context.Context, bin string, cpu int) (*spawner, error) {
@@ -50,6 +69,7 @@ func (s *spawner) close() { _ = os.RemoveAll(s.dir) }
 type server struct {
 	cmd  *exec.Cmd
 	addr string
+	udp  int
 	pid  int
 	done chan struct{}
 	err  error
@@ -84,12 +104,17 @@ func (s *spawner) start(ctx context.Context) (*server, error) {
 	}
 	defer logf.Close()
 	addr := "127.0.0.1:" + strconv.Itoa(tcp)
+	argv := []string{s.bin}
+	if s.baseline {
+		argv = append(argv, "baseline-server", "-http-addr", addr, "-udp-port", strconv.Itoa(udp))
+	}
+	argv = append(argv, s.extraArgs...)
 	var cmd *exec.Cmd
 	taskset, lookErr := exec.LookPath("taskset")
 	if s.cpu >= 0 && lookErr == nil {
-		cmd = exec.Command(taskset, "-c", strconv.Itoa(s.cpu), s.bin)
+		cmd = exec.Command(taskset, append([]string{"-c", strconv.Itoa(s.cpu)}, argv...)...)
 	} else {
-		cmd = exec.Command(s.bin)
+		cmd = exec.Command(argv[0], argv[1:]...)
 	}
 	cmd.Env = append(os.Environ(),
 		"VIGIL_HTTP_ADDR="+addr,
@@ -103,7 +128,7 @@ func (s *spawner) start(ctx context.Context) (*server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	srv := &server{cmd: cmd, addr: addr, pid: cmd.Process.Pid, done: make(chan struct{})}
+	srv := &server{cmd: cmd, addr: addr, udp: udp, pid: cmd.Process.Pid, done: make(chan struct{})}
 	go func() {
 		srv.err = cmd.Wait()
 		close(srv.done)

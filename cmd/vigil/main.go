@@ -17,63 +17,38 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/pion/webrtc/v4"
+	"github.com/vigil-media/vigil/incidents"
+	"github.com/vigil-media/vigil/metrics"
+	"github.com/vigil-media/vigil/recordings"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/signaling"
+	"github.com/vigil-media/vigil/webhooks"
 )
 
-// config is the server's configuration: each flag defaults to its
-// environment variable, which defaults to the built-in value.
+// config is the server's configuration: each setting is a flag, an
+// environment variable or a key of the config file (settings.go), in that
+// order of precedence, then its default.
 type config struct {
+	File          string // the config file read, if any
 	HTTPAddr      string
 	AdminKey      string
 	UDPPort       int
 	PublicIP      string
 	RecordingsDir string
+	DataDir       string // the incidents database
+	Retention     time.Duration
 	ICEServers    string
 	LogLevel      string
 	LogFormat     string
-}
-
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func parseConfig(args []string, stderr io.Writer) (config, error) {
-	var c config
-	fs := flag.NewFlagSet("vigil", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&c.HTTPAddr, "http-addr", env("VIGIL_HTTP_ADDR", ":8080"), "HTTP listen address (VIGIL_HTTP_ADDR)")
-	fs.StringVar(&c.AdminKey, "admin-key", env("VIGIL_ADMIN_KEY", ""), "admin API bearer key; random and printed when empty (VIGIL_ADMIN_KEY)")
-	port, err := strconv.Atoi(env("VIGIL_UDP_PORT", "7882"))
-	if err != nil {
-		return c, fmt.Errorf("VIGIL_UDP_PORT: %w", err)
-	}
-	fs.IntVar(&c.UDPPort, "udp-port", port, "the one UDP port for all media (VIGIL_UDP_PORT)")
-	fs.StringVar(&c.PublicIP, "public-ip", env("VIGIL_PUBLIC_IP", ""), "address advertised to clients, behind NAT (VIGIL_PUBLIC_IP)")
-	fs.StringVar(&c.RecordingsDir, "recordings-dir", env("VIGIL_RECORDINGS_DIR", "recordings/data"), "where recordings are written (VIGIL_RECORDINGS_DIR)")
-	fs.StringVar(&c.ICEServers, "ice-servers", env("VIGIL_ICE_SERVERS", ""), "ICE servers for clients: comma-separated URLs, or a JSON array of RTCIceServer (VIGIL_ICE_SERVERS)")
-	fs.StringVar(&c.LogLevel, "log-level", env("VIGIL_LOG_LEVEL", "info"), "debug, info, warn or error (VIGIL_LOG_LEVEL)")
-	fs.StringVar(&c.LogFormat, "log-format", env("VIGIL_LOG_FORMAT", "text"), "text or json (VIGIL_LOG_FORMAT)")
-	if err := fs.Parse(args); err != nil {
-		return c, err
-	}
-	if c.UDPPort < 0 || c.UDPPort > 65535 {
-		return c, fmt.Errorf("udp port %d out of range", c.UDPPort)
-	}
-	if c.PublicIP != "" && net.ParseIP(c.PublicIP) == nil {
-		return c, fmt.Errorf("public ip %q is not an IP address", c.PublicIP)
-	}
-	return c, nil
+	WebhookURLs   []string
+	WebhookSecret string
+	DrainTimeout  time.Duration
 }
 
 // parseICEServers reads VIGIL_ICE_SERVERS: a JSON array of RTCIceServer,
@@ -117,16 +92,11 @@ func newLogger(c config, w io.Writer) (*slog.Logger, error) {
 }
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "vigil:", err)
-			os.Exit(1)
-		}
-	}
+	os.Exit(cli(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
-	cfg, err := parseConfig(args, stderr)
+	cfg, err := parseConfig(args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -144,9 +114,21 @@ func run(args []string, stdout, stderr io.Writer) error {
 		_, _ = rand.Read(b)
 		cfg.AdminKey, generated = hex.EncodeToString(b), true
 	}
-	if err := os.MkdirAll(cfg.RecordingsDir, 0o700); err != nil {
-		return fmt.Errorf("recordings dir: %w", err)
+	rec, err := recordings.New(recordings.Config{Dir: cfg.RecordingsDir, Retention: cfg.Retention, Logger: logger})
+	if err != nil {
+		return err
 	}
+	defer rec.Close() // after the rooms have closed: finalizes every file
+	store, err := incidents.Open(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	monitor, err := incidents.NewMonitor(incidents.Config{Store: store, Recordings: rec, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer monitor.Close() // after the rooms, before the store
 	var publicIPs []string
 	if cfg.PublicIP != "" {
 		publicIPs = []string{cfg.PublicIP}
@@ -154,13 +136,22 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	media, err := sfu.New(sfu.Config{
 		UDPAddr: fmt.Sprintf(":%d", cfg.UDPPort), PublicIPs: publicIPs, ICEServers: iceServers,
-		IncludeLoopback: true, Logger: logger,
+		IncludeLoopback: true, Logger: logger, Observer: sfu.Observers{rec, monitor},
 	})
 	if err != nil {
 		return err
 	}
+	hooks, err := webhooks.New(webhooks.Config{URLs: cfg.WebhookURLs, Secret: cfg.WebhookSecret, Logger: logger})
+	if err != nil {
+		_ = media.Close()
+		return err
+	}
+	defer hooks.Close(5 * time.Second) // after the rooms: their last events go out
 	gin.SetMode(gin.ReleaseMode)
-	sig, err := signaling.New(signaling.Config{SFU: media, AdminKey: cfg.AdminKey, Logger: logger})
+	sig, err := signaling.New(signaling.Config{
+		SFU: media, AdminKey: cfg.AdminKey, Logger: logger, Recordings: rec, Incidents: monitor,
+		Metrics: metrics.New(version), Webhooks: hooks, DrainTimeout: cfg.DrainTimeout,
+	})
 	if err != nil {
 		_ = media.Close()
 		return err
@@ -176,10 +167,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if generated {
 		fmt.Fprintf(stdout, "Admin key (generated; set VIGIL_ADMIN_KEY to keep one): %s\n", cfg.AdminKey)
 	}
-	logger.Info("listening", "http", ln.Addr().String(), "media_udp", media.LocalAddr().String())
+	logger.Info("listening", "http", ln.Addr().String(), "media_udp", media.LocalAddr().String(), "version", version, "config_file", cfg.File)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	stopDrainSignal := notifyDrain(sig.Drain) // SIGUSR1 starts a drain
+	defer stopDrainSignal()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
 	select {
@@ -187,6 +180,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		sig.Close(5 * time.Second)
 		return fmt.Errorf("http: %w", err)
 	case <-ctx.Done():
+	case <-sig.Drained():
+		logger.Info("drained")
 	}
 	logger.Info("shutting down")
 	// Sessions first, so every client is told why, then the listener.
@@ -196,6 +191,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err := hs.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("http shutdown", "err", err)
 	}
+	_ = rec.Close() // the rooms are closed: finalize every recording
+	hooks.Close(5 * time.Second)
 	logger.Info("stopped")
 	return nil
 }
@@ -211,4 +208,46 @@ func browseURL(a net.Addr) string {
 		host = "localhost"
 	}
 	return "http://" + net.JoinHostPort(host, port) + "/"
+}
+
+const verifyHelp = `Checks the files of every recording (or of the ids given) against the
+SHA-256 in their manifests, prints one line per file (ok, or what is
+wrong) and a total, and exits 1 if any file is missing or differs.
+`
+
+// runVerify is `vigil verify [-recordings-dir DIR] [id...]`: it checks the
+// files of every recording (or of the ids given) against the SHA-256 in
+// their manifests, prints one line per file, and returns 1 if any file is
+// missing or differs.
+func runVerify(args []string, stdout, stderr io.Writer) int {
+	l, err := resolve("vigil verify", []string{"recordings-dir"}, nil, args, os.LookupEnv, stdout, stderr,
+		helpFor("vigil verify [-recordings-dir DIR | -config FILE] [id...]", verifyHelp))
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintln(stderr, "vigil verify:", err)
+		return 2
+	}
+	checks, err := recordings.VerifyDir(l.get("recordings-dir"), l.args...)
+	failed := 0
+	for _, c := range checks {
+		line := strings.ToUpper(c.Result)
+		if c.Result == recordings.CheckOK {
+			line = "ok"
+		}
+		fmt.Fprintf(stdout, "%s %s/%s\n", line, c.Recording, c.File)
+		if c.Failed() {
+			failed++
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "vigil verify:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%d files checked, %d failed\n", len(checks), failed)
+	if failed > 0 {
+		return 1
+	}
+	return 0
 }

@@ -12,12 +12,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/incidents"
+	"github.com/vigil-media/vigil/recordings"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/signaling"
+	"github.com/vigil-media/vigil/webhooks"
 )
 
 // Server is a running test server.
@@ -27,12 +31,27 @@ type Server struct {
 	SFU      *sfu.SFU
 	Sig      *signaling.Server
 	HTTP     *httptest.Server
+	// Recordings is the recordings manager (the SFU's observer).
+	Recordings *recordings.Manager
+	// Incidents is the incidents monitor (an observer too), on a
+	// database in Options.DataDir.
+	Incidents *incidents.Monitor
+	// DataDir holds the incidents database.
+	DataDir string
+
+	closeOnce sync.Once
+	closeFn   func()
 }
 
 // Options tune a test server.
 type Options struct {
-	GracePeriod time.Duration
-	Now         func() time.Time
+	GracePeriod    time.Duration
+	Now            func() time.Time
+	MaxLongPolls   int
+	OutboxCapacity int
+	RecordingsDir  string               // where recordings go; "" means t.TempDir()
+	DataDir        string               // where the incidents database goes; "" means t.TempDir()
+	Webhooks       *webhooks.Dispatcher // receives the server's events; nil: none
 }
 
 // Start runs a server with default options.
@@ -46,23 +65,53 @@ func StartWith(t testing.TB, opts Options) *Server {
 	if os.Getenv("VIGIL_TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	media, err := sfu.New(sfu.Config{UDPAddr: "127.0.0.1:0", IncludeLoopback: true, Logger: logger})
+	if opts.RecordingsDir == "" {
+		opts.RecordingsDir = t.TempDir()
+	}
+	rec, err := recordings.New(recordings.Config{Dir: opts.RecordingsDir, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.DataDir == "" {
+		opts.DataDir = t.TempDir()
+	}
+	store, err := incidents.Open(opts.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon, err := incidents.NewMonitor(incidents.Config{Store: store, Recordings: rec, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	media, err := sfu.New(sfu.Config{UDPAddr: "127.0.0.1:0", IncludeLoopback: true, Logger: logger, Observer: sfu.Observers{rec, mon}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	const key = "test-admin-key"
-	sig, err := signaling.New(signaling.Config{SFU: media, AdminKey: key, Logger: logger, GracePeriod: opts.GracePeriod, Now: opts.Now})
+	sig, err := signaling.New(signaling.Config{
+		SFU: media, AdminKey: key, Logger: logger, GracePeriod: opts.GracePeriod, Now: opts.Now,
+		MaxLongPolls: opts.MaxLongPolls, OutboxCapacity: opts.OutboxCapacity, Recordings: rec, Incidents: mon,
+		Webhooks: opts.Webhooks,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(sig.Handler())
-	s := &Server{URL: hs.URL, AdminKey: key, SFU: media, Sig: sig, HTTP: hs}
-	t.Cleanup(func() {
+	s := &Server{URL: hs.URL, AdminKey: key, SFU: media, Sig: sig, HTTP: hs, Recordings: rec, Incidents: mon, DataDir: opts.DataDir}
+	s.closeFn = func() {
 		sig.Close(5 * time.Second)
 		hs.Close()
-	})
+		_ = rec.Close() // after the rooms: finalizes what they recorded
+		mon.Close()
+		_ = store.Close()
+	}
+	t.Cleanup(s.Close)
 	return s
 }
+
+// Close stops the server (as the end of the test does), so that a test
+// can start another on the same directories.
+func (s *Server) Close() { s.closeOnce.Do(s.closeFn) }
 
 // Do sends a JSON request with an optional bearer and returns the status
 // and body.

@@ -1,21 +1,34 @@
-// room.js — the room page, /room/{room}#token=<join token>.
+// room.js — the room page, /room/{room}[?transport=ws|sse|longpoll|poll]#token=<join token>.
 //
-// Joins with the token (signaling.js), then keeps ONE RTCPeerConnection to
-// the server. It publishes camera and microphone when the role may, with
-// sendonly transceivers, declaring each mid's source in its offers. It
-// negotiates with the W3C "perfect negotiation" pattern as the POLITE
-// peer: a server offer that crosses ours wins, ours is rolled back and
-// offered again once the server's is answered (the server refuses a
-// crossing offer with a `glare` error). Events are applied strictly one
-// after another through a promise chain. Each remote track is shown in a
-// <video>/<audio> element labelled with data-identity and data-source,
-// from the mid -> track map that offers and answers carry.
+// Joins with the token (signaling.js): over a WebSocket, falling back to
+// Server-Sent Events, long polling and short polling, or over the one
+// transport ?transport= forces (for tests, and to show the patterns); the
+// transport in use is shown under the status line. Then it keeps ONE
+// RTCPeerConnection to the server. It publishes camera and microphone
+// when the role may, with sendonly transceivers, declaring each mid's
+// source in its offers. It negotiates with the W3C "perfect
+// negotiation" pattern as the POLITE peer: a server offer that crosses
+// ours wins, ours is rolled back and offered again once the server's is
+// answered (the server refuses a crossing offer with a `glare` error).
+// Events are applied strictly one after another through a promise chain.
+// Each remote track is shown in a <video>/<audio> element labelled with
+// data-identity and data-source, from the mid -> track map that offers
+// and answers carry.
 //
 // window.vigil is a debug handle for tests: pc, state, identity, role,
-// events and stats().
+// events, seqs (the seq of each event delivered, in order), transport
+// (the one in use), transports (every one tried, in order) and stats().
+//
+// A proctoring page (a join token with the role candidate or proctor)
+// also loads a *mode* module, candidate.js or proctor.js, before it
+// joins: it runs the candidate's pre-flight check, publishes what the
+// role publishes, places remote media and handles the proctoring events
+// through the hooks below (see createMode), and adds its own fields to
+// window.vigil. Conference and broadcast pages load no mode.
 
-import { Session } from './signaling.js';
+import { Session, TRANSPORTS, LABELS } from './signaling.js';
 import { ApiError, describe } from './api.js';
+import { tokenClaims } from './proctoring-common.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,6 +39,10 @@ const LEFT_REASONS = {
   room_closed: 'The room was closed.',
   server_shutdown: 'The server shut down.',
   timeout: 'You were disconnected for too long.',
+  kicked: 'You were removed from the room.',
+  token_revoked: 'Your join link was revoked.',
+  rejected: 'A proctor did not admit you to the exam.',
+  exam_ended: 'Your exam has ended.',
 };
 
 const JOIN_ERRORS = {
@@ -42,11 +59,13 @@ const JOIN_ERRORS = {
 const page = {
   room: roomFromPath(),
   token: new URLSearchParams(location.hash.slice(1)).get('token'),
+  transport: new URLSearchParams(location.search).get('transport'),
   state: 'joining',
   identity: null,
   role: null,
   kind: null,
   events: [],
+  seqs: [],
   session: null,
 };
 
@@ -63,7 +82,9 @@ const COLLISION_HOLD_MS = 300;
 let offeredMids = new Set(); // the mids our last offer sent on
 let refused = new WeakSet(); // transceivers the server answered without receiving
 let localStream = null;
-const localSources = new Map(); // MediaStreamTrack -> 'camera' | 'microphone'
+const localSources = new Map(); // MediaStreamTrack -> 'camera' | 'microphone' | 'screen'
+const localInits = new Map(); // MediaStreamTrack -> its addTransceiver init (mode tracks)
+let mode = null; // the proctoring mode (candidate.js, proctor.js), if any
 const trackMap = new Map(); // mid -> {id, identity, source, kind, codec}
 const media = new Map(); // mid -> {el, tile, track}
 const roster = new Map(); // identity -> {identity, role, tracks}
@@ -74,8 +95,27 @@ window.vigil = {
   get identity() { return page.identity; },
   get role() { return page.role; },
   get room() { return page.room; },
+  get transport() { return page.session ? page.session.transport : null; },
+  get transports() { return page.session ? [...page.session.tried] : []; },
   events: page.events,
+  seqs: page.seqs,
   stats,
+};
+
+// roomApi is what a mode module may use of the page.
+const roomApi = {
+  page,
+  get pc() { return pc; },
+  get gen() { return gen; },
+  send: (msg) => page.session.send(msg),
+  trackOfMid: (mid) => trackMap.get(mid),
+  roster,
+  setStatus,
+  showError,
+  clearError,
+  stats,
+  addLocalTrack,
+  replaceLocalTrack,
 };
 
 function roomFromPath() {
@@ -93,6 +133,13 @@ function showError(text) {
   const el = $('error');
   el.textContent = text;
   el.hidden = false;
+}
+
+function showTransport(name) {
+  const el = $('transport');
+  el.dataset.transport = name;
+  const how = page.transport ? 'forced by ?transport=' : 'falls back from WebSocket';
+  el.textContent = `Signaling over ${LABELS[name] || name} (${name}; ${how}).`;
 }
 
 function clearError() {
@@ -187,10 +234,16 @@ function recoverNegotiation(err) {
 
 function onEvent(ev) {
   page.events.push(ev.type);
+  if (typeof ev.seq === 'number') page.seqs.push(ev.seq);
   enqueue(() => handle(ev));
 }
 
 async function handle(ev) {
+  await handleCore(ev);
+  if (mode && mode.onEvent) await mode.onEvent(ev);
+}
+
+async function handleCore(ev) {
   const data = ev.data || {};
   switch (ev.type) {
     case 'joined': return onJoined(data);
@@ -228,9 +281,39 @@ async function onJoined(data) {
   pc = newPeerConnection();
   connectionStatus();
 
-  const publish = ((data.permissions && data.permissions.publish) || [])
-    .filter((s) => s === 'camera' || s === 'microphone');
+  const permitted = (data.permissions && data.permissions.publish) || [];
+  if (mode && mode.publish) {
+    await mode.publish(permitted, gen);
+    return;
+  }
+  const publish = permitted.filter((s) => s === 'camera' || s === 'microphone');
   if (publish.length > 0) await startPublishing(publish, gen);
+}
+
+// addLocalTrack sends track as source on the connection with init (a
+// mode's tracks: simulcast encodings, a screen); negotiationneeded then
+// makes the offer. The mode owns the track: teardown does not stop it.
+function addLocalTrack(track, source, init) {
+  if (!pc) return null;
+  localSources.set(track, source);
+  localInits.set(track, init);
+  return pc.addTransceiver(track, init);
+}
+
+// replaceLocalTrack swaps the track a sender sends (a screen shared
+// again) without renegotiating.
+async function replaceLocalTrack(oldTrack, newTrack) {
+  if (!pc) return false;
+  const t = pc.getTransceivers().find((x) => x.sender.track === oldTrack);
+  const source = localSources.get(oldTrack);
+  const init = localInits.get(oldTrack);
+  localSources.delete(oldTrack);
+  localInits.delete(oldTrack);
+  localSources.set(newTrack, source);
+  localInits.set(newTrack, init);
+  if (!t) return false;
+  await t.sender.replaceTrack(newTrack);
+  return true;
 }
 
 // newPeerConnection makes the session's connection, with its handlers
@@ -280,6 +363,7 @@ function replacePeerConnection() {
       pc.addTransceiver(track, { direction: 'sendonly', streams: [localStream] });
     }
   }
+  for (const [track, init] of localInits) pc.addTransceiver(track, init);
   connectionStatus();
 }
 
@@ -431,6 +515,7 @@ async function onAnswer(data) {
 
 async function onServerError(data) {
   const code = data.code || 'error';
+  if (mode && mode.onServerError && mode.onServerError(data)) return;
   if (code === 'glare') {
     // The server refused our crossing offer; its own offer came first and
     // has been answered. Offer again if something is still not sent.
@@ -475,13 +560,15 @@ function onTrack(ev) {
     el.playsInline = true;
     el.muted = true; // sound comes through the <audio> element
     el.setAttribute('playsinline', '');
-    tile = document.createElement('figure');
-    tile.className = 'tile';
-    tile.dataset.mid = mid;
-    const caption = document.createElement('figcaption');
-    caption.textContent = info.source === 'camera' ? info.identity : `${info.identity} · ${info.source}`;
-    tile.append(el, caption);
-    $('tiles').append(tile);
+    if (!(mode && mode.placeVideo && mode.placeVideo(el, info, mid))) {
+      tile = document.createElement('figure');
+      tile.className = 'tile';
+      tile.dataset.mid = mid;
+      const caption = document.createElement('figcaption');
+      caption.textContent = info.source === 'camera' ? info.identity : `${info.identity} · ${info.source}`;
+      tile.append(el, caption);
+      $('tiles').append(tile);
+    }
   } else {
     el = document.createElement('audio');
     el.autoplay = true;
@@ -490,6 +577,7 @@ function onTrack(ev) {
   el.dataset.identity = info.identity;
   el.dataset.source = info.source;
   el.dataset.mid = mid;
+  if (info.id) el.dataset.trackId = info.id;
   el.srcObject = new MediaStream([track]);
   const played = el.play();
   if (played && track.kind === 'audio') {
@@ -498,6 +586,7 @@ function onTrack(ev) {
     played.catch(() => {});
   }
   media.set(mid, { el, tile, track });
+  if (mode && mode.mediaAdded) mode.mediaAdded(el, info, track);
   track.addEventListener('ended', () => {
     const m = media.get(mid);
     if (m && m.track === track) removeMedia(mid);
@@ -511,6 +600,7 @@ function removeMedia(mid) {
   media.delete(mid);
   m.el.srcObject = null;
   (m.tile || m.el).remove();
+  if (mode && mode.mediaRemoved) mode.mediaRemoved(m.el);
   updateEmpty();
 }
 
@@ -629,6 +719,7 @@ function teardown() {
     localStream = null;
   }
   localSources.clear();
+  localInits.clear();
   $('local-video').srcObject = null;
   $('local-section').hidden = true;
   for (const mid of [...media.keys()]) removeMedia(mid);
@@ -655,10 +746,29 @@ async function main() {
     fail('This link has no join token (#token=…). Ask the organizer for a join link.');
     return;
   }
+  if (page.transport && !TRANSPORTS[page.transport]) {
+    fail(`Unknown transport "${page.transport}" in ?transport=: use ${Object.keys(TRANSPORTS).join(', ')}.`);
+    return;
+  }
+  const claims = tokenClaims(page.token);
+  if (claims && (claims.role === 'candidate' || claims.role === 'proctor')) {
+    try {
+      const mod = await import(claims.role === 'candidate' ? './candidate.js' : './proctor.js');
+      mode = mod.createMode(roomApi, claims);
+    } catch (err) {
+      fail(`This page could not load its proctoring part: ${describe(err)}`);
+      return;
+    }
+    Object.defineProperties(window.vigil, Object.getOwnPropertyDescriptors(mode.debug || {}));
+    // The candidate's pre-flight check: the page joins once it passes.
+    if (mode.beforeJoin) await mode.beforeJoin();
+  }
   page.session = new Session({
     room: page.room,
     token: page.token,
+    transport: page.transport || undefined,
     onEvent,
+    onTransport: showTransport,
     onRestart: resetSession,
     onStatus: (s) => {
       if (s === 'connected') {
@@ -699,8 +809,10 @@ async function stats() {
     if (s.type === 'codec') codecs.set(s.id, s.mimeType);
   });
   const midOfTrack = new Map();
+  const midSource = new Map();
   for (const t of pc.getTransceivers()) {
     if (t.mid != null) midOfTrack.set(t.receiver.track.id, t.mid);
+    if (t.mid != null && t.sender.track) midSource.set(t.mid, localSources.get(t.sender.track) || '');
   }
   report.forEach((s) => {
     if (s.type === 'inbound-rtp') {
@@ -714,6 +826,7 @@ async function stats() {
         frameHeight: s.frameHeight || 0,
         packetsReceived: s.packetsReceived || 0,
         bytesReceived: s.bytesReceived || 0,
+        audioLevel: s.audioLevel || 0,
         codec: codecs.get(s.codecId) || '',
         identity: info.identity || '',
         source: info.source || '',
@@ -724,6 +837,9 @@ async function stats() {
         mid: s.mid,
         packetsSent: s.packetsSent || 0,
         bytesSent: s.bytesSent || 0,
+        rid: s.rid || '',
+        frameWidth: s.frameWidth || 0,
+        source: (midSource.get(s.mid)) || '',
       });
     }
   });

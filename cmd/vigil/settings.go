@@ -1,0 +1,272 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// setting is one configuration value: a flag, an environment variable
+// and a key of the YAML config file. Precedence: flag > environment >
+// config file > default.
+type setting struct {
+	flag, env, key, def, usage string
+	secret                     bool // masked by `vigil config print`
+}
+
+// settings is every setting of `vigil serve`, in the order help and
+// `vigil config print` show them. The config file may hold any of them,
+// whatever the command.
+func settings() []setting {
+	return []setting{
+		{flag: "http-addr", env: "VIGIL_HTTP_ADDR", key: "http_addr", def: ":8080", usage: "HTTP listen `address`: API, signaling, web client, /metrics, /healthz"},
+		{flag: "admin-key", env: "VIGIL_ADMIN_KEY", key: "admin_key", usage: "admin API bearer `key`; join tokens are signed with a key derived from it; random and printed when empty", secret: true},
+		{flag: "udp-port", env: "VIGIL_UDP_PORT", key: "udp_port", def: "7882", usage: "the one UDP `port` for all media (ICE UDP mux)"},
+		{flag: "public-ip", env: "VIGIL_PUBLIC_IP", key: "public_ip", usage: "`address` advertised to clients beside the local ones (behind NAT)"},
+		{flag: "recordings-dir", env: "VIGIL_RECORDINGS_DIR", key: "recordings_dir", def: "recordings/data", usage: "`directory` recordings are written to"},
+		{flag: "data-dir", env: "VIGIL_DATA_DIR", key: "data_dir", def: "data", usage: "`directory` of the server's database (incidents of proctored exams), created 0700"},
+		{flag: "recordings-retention", env: "VIGIL_RECORDINGS_RETENTION", key: "recordings_retention", def: "0s", usage: "delete finished recordings older than this `duration`, e.g. 720h; 0 keeps them"},
+		{flag: "ice-servers", env: "VIGIL_ICE_SERVERS", key: "ice_servers", usage: "ICE `servers` handed to clients: comma-separated stun:/turn: URLs, or a JSON array of RTCIceServer"},
+		{flag: "log-level", env: "VIGIL_LOG_LEVEL", key: "log_level", def: "info", usage: "log `level`: debug, info, warn or error"},
+		{flag: "log-format", env: "VIGIL_LOG_FORMAT", key: "log_format", def: "text", usage: "log `format`: text (a terminal) or json (production)"},
+		{flag: "webhook-urls", env: "VIGIL_WEBHOOK_URLS", key: "webhook_urls", usage: "comma-separated `URLs` that receive every event as a signed POST"},
+		{flag: "webhook-secret", env: "VIGIL_WEBHOOK_SECRET", key: "webhook_secret", usage: "HMAC-SHA256 `key` that signs webhooks (required with webhook-urls)", secret: true},
+		{flag: "drain-timeout", env: "VIGIL_DRAIN_TIMEOUT", key: "drain_timeout", def: "0s", usage: "longest `duration` a drain waits for rooms to end before shutting down; 0 waits as long as they last"},
+	}
+}
+
+// errConfigKey is the error of a key the config file may not hold.
+var errConfigKey = errors.New("unknown key")
+
+// value is a resolved setting and where it came from.
+type value struct {
+	setting
+	value, source string // source: "default", "file", "env" or "flag"
+}
+
+// layered is a command's resolved configuration.
+type layered struct {
+	file   string // the config file read, "" if none
+	values []value
+	args   []string // what follows the flags
+}
+
+func (l *layered) get(flagName string) string {
+	for _, v := range l.values {
+		if v.flag == flagName {
+			return v.value
+		}
+	}
+	panic("no setting " + flagName) // a programming error
+}
+
+// flagValue records whether a flag was given.
+type flagValue struct {
+	v   string
+	set bool
+}
+
+func (f *flagValue) String() string     { return f.v }
+func (f *flagValue) Set(s string) error { f.v, f.set = s, true; return nil }
+
+// resolve parses args for the settings named by flags (nil: all of them)
+// plus -config, and layers flags over the environment (getenv) over the
+// config file over the defaults. usage prints the command's help; it is
+// called for -h/--help, and then flag.ErrHelp is returned.
+func resolve(name string, flags []string, extra func(fs *flag.FlagSet), args []string, getenv func(string) (string, bool), stdout, stderr io.Writer, usage func(fs *flag.FlagSet)) (*layered, error) {
+	all := settings()
+	var chosen []setting
+	for _, s := range all {
+		if flags == nil || contains(flags, s.flag) {
+			chosen = append(chosen, s)
+		}
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if wantsHelp(args) {
+		fs.SetOutput(stdout) // asked for: help is the output
+	}
+	given := map[string]*flagValue{}
+	for _, s := range chosen {
+		fv := &flagValue{}
+		given[s.flag] = fv
+		help := s.usage + " (" + s.env
+		if s.def != "" {
+			help += "; default " + s.def
+		}
+		fs.Var(fv, s.flag, help+")")
+	}
+	cfgFlag := &flagValue{}
+	fs.Var(cfgFlag, "config", "YAML config `file` (VIGIL_CONFIG); flags and environment variables override it")
+	if extra != nil {
+		extra(fs)
+	}
+	fs.Usage = func() { usage(fs) }
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	l := &layered{args: fs.Args()}
+	l.file = cfgFlag.v
+	if !cfgFlag.set {
+		l.file, _ = getenv("VIGIL_CONFIG")
+	}
+	fromFile := map[string]string{}
+	if l.file != "" {
+		b, err := os.ReadFile(l.file)
+		if err != nil {
+			return nil, fmt.Errorf("config file: %w", err)
+		}
+		if fromFile, err = parseConfigFile(b, all); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", l.file, err)
+		}
+	}
+	for _, s := range chosen {
+		v := value{setting: s, value: s.def, source: "default"}
+		if fv, ok := fromFile[s.key]; ok {
+			v.value, v.source = fv, "file"
+		}
+		if ev, ok := getenv(s.env); ok {
+			v.value, v.source = ev, "env"
+		}
+		if g := given[s.flag]; g.set {
+			v.value, v.source = g.v, "flag"
+		}
+		l.values = append(l.values, v)
+	}
+	return l, nil
+}
+
+// wantsHelp reports whether args ask for help before any "--".
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help", "--h":
+			return true
+		}
+	}
+	return false
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// parseConfigFile reads a YAML mapping of setting keys. An unknown or
+// repeated key is an error that names it; a list is accepted where a
+// comma-separated value is (webhook_urls, ice_servers), and a list of
+// RTCIceServer objects for ice_servers.
+func parseConfigFile(b []byte, known []setting) (map[string]string, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	if len(doc.Content) == 0 {
+		return out, nil // empty file
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: want a mapping of settings", root.Line)
+	}
+	keys := map[string]bool{}
+	for _, s := range known {
+		keys[s.key] = true
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		if !keys[k.Value] {
+			var names []string
+			for n := range keys {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			return nil, fmt.Errorf("line %d: %w %q (known: %s)", k.Line, errConfigKey, k.Value, strings.Join(names, ", "))
+		}
+		if _, dup := out[k.Value]; dup {
+			return nil, fmt.Errorf("line %d: key %q given twice", k.Line, k.Value)
+		}
+		s, err := scalarOrList(k.Value, v)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %s: %w", v.Line, k.Value, err)
+		}
+		out[k.Value] = s
+	}
+	return out, nil
+}
+
+func scalarOrList(key string, v *yaml.Node) (string, error) {
+	switch v.Kind {
+	case yaml.ScalarNode:
+		if v.Tag == "!!null" {
+			return "", nil
+		}
+		return v.Value, nil
+	case yaml.SequenceNode:
+		if key != "webhook_urls" && key != "ice_servers" {
+			return "", errors.New("want a single value, not a list")
+		}
+		scalars := true
+		var parts []string
+		for _, e := range v.Content {
+			if e.Kind != yaml.ScalarNode {
+				scalars = false
+				break
+			}
+			parts = append(parts, e.Value)
+		}
+		if scalars {
+			return strings.Join(parts, ","), nil
+		}
+		if key != "ice_servers" {
+			return "", errors.New("want a list of URLs")
+		}
+		var anyv any
+		if err := v.Decode(&anyv); err != nil {
+			return "", err
+		}
+		j, err := json.Marshal(anyv)
+		return string(j), err
+	}
+	return "", errors.New("want a value or a list")
+}
+
+// printConfig writes the effective configuration as YAML, each value
+// with where it came from; secrets are masked.
+func printConfig(w io.Writer, l *layered) {
+	src := "defaults"
+	if l.file != "" {
+		src = "config file " + l.file + " > defaults"
+	}
+	fmt.Fprintf(w, "# effective configuration (flags > environment > %s)\n", src)
+	for _, v := range l.values {
+		shown := v.value
+		if v.secret && shown != "" {
+			shown = "********"
+		}
+		from := v.source
+		switch v.source {
+		case "env":
+			from = "environment " + v.env
+		case "flag":
+			from = "flag -" + v.flag
+		case "file":
+			from = "config file"
+		}
+		fmt.Fprintf(w, "%s: %s # %s\n", v.key, strconv.Quote(shown), from)
+	}
+}

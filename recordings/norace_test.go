@@ -1,0 +1,5 @@
+//go:build !race
+
+package recordings_test
+
+const raceEnabled = false

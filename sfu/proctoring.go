@@ -1,0 +1,275 @@
+package sfu
+
+import (
+	"fmt"
+	"time"
+)
+
+// Proctoring: a candidate waits until a proctor admits it (or rejects
+// it); a proctor ends one candidate's exam or everyone's; and a proctor
+// talks to one candidate, or to every candidate, over its microphone:
+// only those it talks to receive it, and only while it talks.
+
+// More reasons a participant leaves.
+const (
+	ReasonRejected  = "rejected"
+	ReasonExamEnded = "exam_ended"
+)
+
+// Candidate states.
+const (
+	StateWaiting  = "waiting"
+	StateAdmitted = "admitted"
+)
+
+// AdmissionEvent tells a candidate it was admitted.
+type AdmissionEvent struct {
+	State string `json:"state"`
+	By    string `json:"by"`
+}
+
+// Type implements Event.
+func (AdmissionEvent) Type() string { return "admission" }
+
+// TalkEvent tells that a proctor started or stopped talking; it goes to
+// those it talks to, to the proctors, and to room watchers.
+type TalkEvent struct {
+	From   string    `json:"from"`
+	To     string    `json:"to"` // an identity, or "*" for every candidate
+	Active bool      `json:"active"`
+	Time   time.Time `json:"time"`
+}
+
+// Type implements Event.
+func (TalkEvent) Type() string { return "talk" }
+
+// AdmissionObserver, if the SFU's Observer also implements it, hears of
+// each candidate admitted (recordings of proctored exams start there).
+type AdmissionObserver interface {
+	Admitted(r *Room, p *Participant)
+}
+
+func (p *Participant) stateLocked() string {
+	if p.room.kind != KindProctoring || p.role != RoleCandidate {
+		return ""
+	}
+	if p.waiting {
+		return StateWaiting
+	}
+	return StateAdmitted
+}
+
+// Admitted reports whether the participant is past the waiting room
+// (always true outside proctoring and for proctors).
+func (p *Participant) Admitted() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.waiting
+}
+
+// proctorAct checks that by is a proctor of r (nil: an admin) and that
+// identity names a candidate.
+func (r *Room) proctorAct(by *Participant, identity string) (*Participant, error) {
+	if r.kind != KindProctoring || (by != nil && by.Role() != RoleProctor) {
+		return nil, fmt.Errorf("%w: only a proctor may do this", ErrForbidden)
+	}
+	r.mu.Lock()
+	c := r.participants[identity]
+	r.mu.Unlock()
+	if c == nil || c.Role() != RoleCandidate {
+		return nil, fmt.Errorf("%w: no candidate %q", ErrParticipantNotFound, identity)
+	}
+	return c, nil
+}
+
+// Admit lets a waiting candidate into the exam; by is the proctor, or
+// nil for an admin. Admitting an admitted candidate does nothing.
+func (r *Room) Admit(by *Participant, identity string) error {
+	c, err := r.proctorAct(by, identity)
+	if err != nil {
+		return err
+	}
+	who := "admin"
+	if by != nil {
+		who = by.identity
+	}
+	r.mu.Lock()
+	c.mu.Lock()
+	was := c.waiting
+	c.waiting = false
+	c.mu.Unlock()
+	if was {
+		info := c.info()
+		c.sink.Deliver(AdmissionEvent{State: StateAdmitted, By: who})
+		for _, o := range r.participants {
+			if o != c && CanSee(r.kind, o.role, c.role) {
+				o.sink.Deliver(ParticipantUpdatedEvent{Participant: info})
+			}
+		}
+		r.toWatchersLocked(ParticipantUpdatedEvent{Participant: info})
+	}
+	r.mu.Unlock()
+	if !was {
+		return nil
+	}
+	r.log.Info("candidate admitted", "participant", identity, "by", who)
+	if obs, ok := r.sfu.cfg.Observer.(AdmissionObserver); ok {
+		obs.Admitted(r, c)
+	}
+	return nil
+}
+
+// Reject turns a candidate away: it leaves with ReasonRejected and the
+// proctor's message.
+func (r *Room) Reject(by *Participant, identity, message string) error {
+	c, err := r.proctorAct(by, identity)
+	if err != nil {
+		return err
+	}
+	c.LeaveWithMessage(ReasonRejected, message)
+	return nil
+}
+
+// EndExam ends one candidate's exam ("*": every candidate's): it leaves
+// with ReasonExamEnded. by is the proctor, or nil for an admin.
+func (r *Room) EndExam(by *Participant, identity, message string) error {
+	if identity != "*" {
+		c, err := r.proctorAct(by, identity)
+		if err != nil {
+			return err
+		}
+		c.LeaveWithMessage(ReasonExamEnded, message)
+		return nil
+	}
+	if r.kind != KindProctoring || (by != nil && by.Role() != RoleProctor) {
+		return fmt.Errorf("%w: only a proctor may do this", ErrForbidden)
+	}
+	for _, c := range r.List() {
+		if c.Role() == RoleCandidate {
+			c.LeaveWithMessage(ReasonExamEnded, message)
+		}
+	}
+	return nil
+}
+
+// Talk starts or stops the proctor p talking to one candidate, or to
+// every candidate with "*". While it talks, they receive its microphone;
+// when it stops, they do not (the track stays negotiated, silent, so the
+// next time starts at once).
+func (p *Participant) Talk(to string, on bool) error {
+	r := p.room
+	if r.kind != KindProctoring || p.Role() != RoleProctor {
+		return fmt.Errorf("%w: only a proctor may talk to candidates", ErrForbidden)
+	}
+	if to != "*" {
+		if _, err := r.proctorAct(p, to); err != nil {
+			return err
+		}
+	}
+	p.mu.Lock()
+	if on {
+		p.talk[to] = true
+	} else {
+		delete(p.talk, to)
+	}
+	p.mu.Unlock()
+
+	var mic *UpTrack
+	for _, u := range p.upTracks() {
+		if u.source == SourceMicrophone {
+			mic = u
+		}
+	}
+	ev := TalkEvent{From: p.identity, To: to, Active: on, Time: time.Now().UTC()}
+	var listeners []*Participant
+	r.mu.Lock()
+	for _, o := range r.participants {
+		switch {
+		case o == p:
+		case o.role == RoleCandidate && (to == "*" || o.identity == to):
+			listeners = append(listeners, o)
+			o.sink.Deliver(ev)
+		case o.role == RoleProctor:
+			o.sink.Deliver(ev)
+		}
+	}
+	p.sink.Deliver(ev)
+	r.toWatchersLocked(ev)
+	r.mu.Unlock()
+	if mic != nil {
+		p.applyTalk(mic, listeners)
+	}
+	return nil
+}
+
+// NotifyProctors delivers ev to every proctor of the room and to the
+// room's watchers, never to a candidate (an incident is one such event).
+func (r *Room) NotifyProctors(ev Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.participants {
+		if o.role == RoleProctor {
+			o.sink.Deliver(ev)
+		}
+	}
+	r.toWatchersLocked(ev)
+}
+
+// hearsLocked reports whether candidate c hears proctor p now.
+func (p *Participant) hearsLocked(c *Participant) bool {
+	return p.talk["*"] || p.talk[c.identity]
+}
+
+// applyTalk opens the gate of mic's down-track to each candidate p
+// talks to, adding the down-track on first use, and closes the others.
+func (p *Participant) applyTalk(mic *UpTrack, candidates []*Participant) {
+	for _, c := range candidates {
+		c.addTalkDownTrack(mic)
+	}
+	for _, d := range mic.downs.load() {
+		p.mu.Lock()
+		open := p.hearsLocked(d.sub)
+		p.mu.Unlock()
+		d.gated.Store(!open)
+	}
+}
+
+// addTalkDownTrack subscribes a candidate to a proctor's microphone,
+// outside the policy table: only Talk calls it. The down-track starts
+// gated.
+func (c *Participant) addTalkDownTrack(mic *UpTrack) {
+	c.mu.Lock()
+	_, has := c.downs[mic.info.ID]
+	c.mu.Unlock()
+	if has {
+		return
+	}
+	c.addDownTracksForced([]*UpTrack{mic}, true)
+}
+
+// Observers is a TrackObserver that tells each of its members, and, for
+// those that implement it, AdmissionObserver.
+type Observers []TrackObserver
+
+// TrackPublished implements TrackObserver.
+func (obs Observers) TrackPublished(r *Room, t *UpTrack) {
+	for _, o := range obs {
+		o.TrackPublished(r, t)
+	}
+}
+
+// TrackUnpublished implements TrackObserver.
+func (obs Observers) TrackUnpublished(r *Room, t *UpTrack) {
+	for _, o := range obs {
+		o.TrackUnpublished(r, t)
+	}
+}
+
+// Admitted implements AdmissionObserver.
+func (obs Observers) Admitted(r *Room, p *Participant) {
+	for _, o := range obs {
+		if a, ok := o.(AdmissionObserver); ok {
+			a.Admitted(r, p)
+		}
+	}
+}

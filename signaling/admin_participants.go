@@ -1,0 +1,275 @@
+package signaling
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/sfu"
+)
+
+// maxKickMessageBytes caps the text an admin sends with a kick.
+const maxKickMessageBytes = 512
+
+// trackResponse describes a published track with its counters.
+type trackResponse struct {
+	sfu.TrackInfo
+	sfu.TrackStats
+}
+
+// participantResponse describes a participant to an admin.
+type participantResponse struct {
+	Identity string   `json:"identity"`
+	Role     sfu.Role `json:"role"`
+	// ConnectionState is the state of the participant's PeerConnection.
+	ConnectionState string `json:"connection_state"`
+	// Transport names the signaling transport attached now, null if none.
+	Transport *string `json:"transport"`
+	// Bitrate is the sum of the recent bitrates of its tracks, in bit/s.
+	Bitrate uint64          `json:"bitrate"`
+	Tracks  []trackResponse `json:"tracks"`
+}
+
+// transports maps each participant of room (of every room if room is "")
+// that has a session to the name of the transport attached to it (""
+// when none is).
+func (s *Server) transports(room string) map[*sfu.Participant]string {
+	s.mu.Lock()
+	var ours []*Session
+	for _, ss := range s.sessions {
+		if room == "" || ss.room == room {
+			ours = append(ours, ss)
+		}
+	}
+	s.mu.Unlock()
+	out := make(map[*sfu.Participant]string, len(ours))
+	for _, ss := range ours {
+		if p := ss.Participant(); p != nil {
+			out[p] = ss.Transport()
+		}
+	}
+	return out
+}
+
+// transportOf is transports for p alone.
+func (s *Server) transportOf(p *sfu.Participant) map[*sfu.Participant]string {
+	out := map[*sfu.Participant]string{}
+	if ss := s.sessionFor(p.Room().Name(), p.Identity()); ss != nil && ss.Participant() == p {
+		out[p] = ss.Transport()
+	}
+	return out
+}
+
+// describeParticipant describes p; transports comes from s.transports.
+func describeParticipant(p *sfu.Participant, transports map[*sfu.Participant]string) participantResponse {
+	out := participantResponse{
+		Identity: p.Identity(), Role: p.Role(),
+		ConnectionState: p.ConnectionState().String(),
+		Tracks:          []trackResponse{},
+	}
+	if t := transports[p]; t != "" {
+		out.Transport = &t
+	}
+	for _, u := range p.Tracks() {
+		tr := trackResponse{TrackInfo: u.Info(), TrackStats: u.Stats()}
+		out.Bitrate += tr.Bitrate
+		out.Tracks = append(out.Tracks, tr)
+	}
+	sort.Slice(out.Tracks, func(i, j int) bool { return out.Tracks[i].Source < out.Tracks[j].Source })
+	return out
+}
+
+// participant looks up the room and the participant named in the path.
+func (s *Server) participant(c *gin.Context) (*sfu.Room, *sfu.Participant, error) {
+	r, err := s.sfu.Room(c.Param("room"))
+	if err != nil {
+		return nil, nil, err
+	}
+	id := c.Param("identity")
+	p := r.Participant(id)
+	if p == nil {
+		return r, nil, fmt.Errorf("%w: %q", sfu.ErrParticipantNotFound, id)
+	}
+	return r, p, nil
+}
+
+// listParticipantsResponse is the reply to GET .../participants.
+type listParticipantsResponse struct {
+	Participants []participantResponse `json:"participants"`
+}
+
+func (s *Server) listParticipants(c *gin.Context) {
+	r, err := s.sfu.Room(c.Param("room"))
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	ps := r.List()
+	ts := s.transports(r.Name())
+	out := listParticipantsResponse{Participants: make([]participantResponse, 0, len(ps))}
+	for _, p := range ps {
+		out.Participants = append(out.Participants, describeParticipant(p, ts))
+	}
+	c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) getParticipant(c *gin.Context) {
+	_, p, err := s.participant(c)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, describeParticipant(p, s.transportOf(p)))
+}
+
+// updateParticipantRequest is the body of PATCH .../participants/{identity}.
+type updateParticipantRequest struct {
+	Role *sfu.Role `json:"role"`
+}
+
+// updateParticipant changes a participant's role, if its room's kind
+// allows: what it publishes, receives and sees changes at once. The role
+// lasts as long as the participant: rejoining takes the token's role.
+func (s *Server) updateParticipant(c *gin.Context) {
+	r, p, err := s.participant(c)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	var req updateParticipantRequest
+	if err := s.bindJSON(c, &req); err != nil {
+		writeError(c, err)
+		return
+	}
+	if req.Role == nil {
+		writeError(c, fmt.Errorf("%w: role is required", ErrInvalidRequest))
+		return
+	}
+	if !sfu.ValidRole(r.Kind(), *req.Role) {
+		writeError(c, fmt.Errorf("%w: %q in a %s room (one of %v)", sfu.ErrInvalidRole, *req.Role, r.Kind(), sfu.Roles(r.Kind())))
+		return
+	}
+	if err := r.SetRole(p.Identity(), *req.Role); err != nil {
+		writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, describeParticipant(p, s.transportOf(p)))
+}
+
+// kickRequest is the optional body of POST .../kick.
+type kickRequest struct {
+	Reason string `json:"reason"`
+}
+
+// kickParticipant removes a participant: it gets a left event with
+// reason "kicked" and the admin's text as message, its media stops, and
+// the others see it leave with reason "kicked".
+func (s *Server) kickParticipant(c *gin.Context) {
+	_, p, err := s.participant(c)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	var req kickRequest
+	if c.Request.ContentLength != 0 {
+		if err := s.bindJSON(c, &req); err != nil {
+			writeError(c, err)
+			return
+		}
+	}
+	if len(req.Reason) > maxKickMessageBytes || !utf8.ValidString(req.Reason) {
+		writeError(c, fmt.Errorf("%w: reason must be at most %d bytes of UTF-8", ErrInvalidRequest, maxKickMessageBytes))
+		return
+	}
+	p.LeaveWithMessage(sfu.ReasonKicked, req.Reason)
+	c.Status(http.StatusNoContent)
+}
+
+// muteRequest is the body of POST .../tracks/{source}/mute.
+type muteRequest struct {
+	Muted *bool `json:"muted"`
+}
+
+// muteTrack stops (or resumes) forwarding one of a participant's tracks.
+// The participant and those who see it get a track_muted event. The
+// source stays muted if the participant publishes it again.
+func (s *Server) muteTrack(c *gin.Context) {
+	_, p, err := s.participant(c)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	src := sfu.Source(c.Param("source"))
+	if !src.Valid() {
+		writeError(c, fmt.Errorf("%w: unknown source %q (camera, microphone or screen)", ErrInvalidRequest, src))
+		return
+	}
+	var req muteRequest
+	if err := s.bindJSON(c, &req); err != nil {
+		writeError(c, err)
+		return
+	}
+	if req.Muted == nil {
+		writeError(c, fmt.Errorf("%w: muted is required", ErrInvalidRequest))
+		return
+	}
+	if _, err := p.SetMuted(src, *req.Muted, "admin"); err != nil {
+		writeError(c, err)
+		return
+	}
+	for _, u := range p.Tracks() {
+		if u.Source() == src {
+			c.JSON(http.StatusOK, trackResponse{TrackInfo: u.Info(), TrackStats: u.Stats()})
+			return
+		}
+	}
+	// The track ended meanwhile.
+	writeError(c, fmt.Errorf("%w: %s publishes no %s", sfu.ErrTrackNotFound, p.Identity(), src))
+}
+
+// revokeRequest is the body of POST /v1/rooms/{room}/tokens/revoke.
+type revokeRequest struct {
+	Identity string `json:"identity"`
+}
+
+// revokeResponse is the reply to a revocation.
+type revokeResponse struct {
+	Room         string    `json:"room"`
+	Identity     string    `json:"identity"`
+	RevokedAt    time.Time `json:"revoked_at"`
+	Disconnected bool      `json:"disconnected"`
+}
+
+// revokeTokens makes every token of an identity in the room issued so far
+// stop working, and disconnects that identity's participant at once with
+// reason token_revoked.
+func (s *Server) revokeTokens(c *gin.Context) {
+	r, err := s.sfu.Room(c.Param("room"))
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	var req revokeRequest
+	if err := s.bindJSON(c, &req); err != nil {
+		writeError(c, err)
+		return
+	}
+	if !sfu.ValidName(req.Identity) {
+		writeError(c, errors.Join(ErrInvalidRequest, fmt.Errorf("%w: identity %q", sfu.ErrInvalidName, req.Identity)))
+		return
+	}
+	// Revoke first: a join racing with this is either refused, or is in
+	// the room by the time we look (openSession checks again after
+	// joining).
+	at := s.tokens.Revoke(r.Name(), req.Identity)
+	out := revokeResponse{Room: r.Name(), Identity: req.Identity, RevokedAt: at.UTC()}
+	if p := r.Participant(req.Identity); p != nil {
+		p.Leave(sfu.ReasonRevoked)
+		out.Disconnected = true
+	}
+	c.JSON(http.StatusOK, out)
+}

@@ -1,0 +1,599 @@
+package signaling_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"image/jpeg"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+	"github.com/pion/webrtc/v4/pkg/media"
+	"github.com/pion/webrtc/v4/pkg/media/ivfreader"
+	"github.com/vigil-media/vigil/incidents"
+	"github.com/vigil-media/vigil/signaling/vigiltest"
+	"go.uber.org/goleak"
+)
+
+// leakCheck fails the test if it leaves goroutines behind once every
+// cleanup (the server's included) has run.
+func leakCheck(t *testing.T) {
+	opts := []goleak.Option{goleak.IgnoreCurrent()}
+	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
+}
+
+// incidentOf decodes an incident event or REST body.
+func incidentOf(t *testing.T, b []byte) incidents.Incident {
+	t.Helper()
+	var inc incidents.Incident
+	if err := json.Unmarshal(b, &inc); err != nil {
+		t.Fatalf("incident %s: %v", b, err)
+	}
+	return inc
+}
+
+// listIncidents GETs the incidents of room with a query, as bearer.
+func listIncidents(t *testing.T, srv *vigiltest.Server, room, query, bearer string) (int, []incidents.Incident, []byte) {
+	t.Helper()
+	status, body := srv.Do(t, http.MethodGet, "/v1/rooms/"+room+"/incidents"+query, bearer, nil)
+	var r struct {
+		Room      string               `json:"room"`
+		Incidents []incidents.Incident `json:"incidents"`
+	}
+	if status == http.StatusOK {
+		if err := json.Unmarshal(body, &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Room != room || r.Incidents == nil {
+			t.Fatalf("list reply %s", body)
+		}
+	}
+	return status, r.Incidents, body
+}
+
+// feed publishes synthetic VP8 (valid payload descriptors, keyframe every
+// 30 frames) and Opus every 20 ms; video stops when pauseVideo is set,
+// audio goes on.
+type feed struct {
+	video, audio *webrtc.TrackLocalStaticRTP
+	pauseVideo   atomic.Bool
+	lastVideo    atomic.Int64 // unix nanoseconds of the last video packet written
+	stop, done   chan struct{}
+}
+
+func newFeed(t *testing.T, stream string) *feed {
+	t.Helper()
+	v, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "v", stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &feed{video: v, audio: a, stop: make(chan struct{}), done: make(chan struct{})}
+	go f.run()
+	t.Cleanup(f.close)
+	return f
+}
+
+func (f *feed) run() {
+	defer close(f.done)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var vseq, aseq uint16
+	for frame := 0; ; frame++ {
+		select {
+		case <-f.stop:
+			return
+		case <-tick.C:
+		}
+		if !f.pauseVideo.Load() {
+			hdr := byte(0x01)
+			if frame%30 == 0 {
+				hdr = 0x00
+			}
+			_ = f.video.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: vseq, Timestamp: uint32(frame * 4500), Marker: true},
+				Payload: append([]byte{0x10, hdr}, make([]byte, 200)...)})
+			f.lastVideo.Store(time.Now().UnixNano())
+			vseq++
+		}
+		_ = f.audio.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: uint32(frame * 960)}, Payload: make([]byte, 60)})
+		aseq++
+	}
+}
+
+func (f *feed) close() {
+	select {
+	case <-f.stop:
+	default:
+		close(f.stop)
+	}
+	<-f.done
+}
+
+// examRoom makes a proctoring room with a proctor on a WebSocket and an
+// admitted candidate who publishes tracks (source -> track).
+func examRoom(t *testing.T, srv *vigiltest.Server, room, cand string, tracks map[string]webrtc.TrackLocal) (proctor, candidate *wsClient) {
+	t.Helper()
+	srv.CreateRoom(t, room, "proctoring")
+	proctor = dial(t, srv, room, "proc", "proctor")
+	proctor.waitEvent("joined", nil)
+	candidate = dial(t, srv, room, cand, "candidate")
+	candidate.waitEvent("joined", nil)
+	candidate.publish(tracks)
+	waitFor(t, 10*time.Second, "candidate connected", func() bool {
+		return candidate.pc.ConnectionState() == webrtc.PeerConnectionStateConnected
+	})
+	for src := range tracks {
+		proctor.waitEvent("track_published", func(d json.RawMessage) bool {
+			var e struct {
+				Track trackInfo `json:"track"`
+			}
+			_ = json.Unmarshal(d, &e)
+			return e.Track.Identity == cand && e.Track.Source == src
+		})
+	}
+	proctor.send("admit", "admit", map[string]string{"identity": cand})
+	candidate.waitEvent("admission", nil)
+	return proctor, candidate
+}
+
+// incidentEvent waits for the proctor's incident event matching cond.
+func incidentEvent(t *testing.T, c *wsClient, d time.Duration, cond func(incidents.Incident) bool) incidents.Incident {
+	t.Helper()
+	var found incidents.Incident
+	waitFor(t, d, "incident event", func() bool {
+		for _, e := range c.eventsOf("incident") {
+			if inc := incidentOf(t, e.Data); cond(inc) {
+				found = inc
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// TestVideoFrozen: an admitted candidate stops sending camera video but
+// keeps its microphone and connection; the proctor gets video_frozen
+// over its WebSocket within 5 s of the last frame, and the REST API lists
+// it.
+func TestVideoFrozen(t *testing.T) {
+	leakCheck(t)
+	srv := vigiltest.Start(t)
+	f := newFeed(t, "cand")
+	proctor, candidate := examRoom(t, srv, "exam-frozen", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
+
+	time.Sleep(1500 * time.Millisecond) // flowing, and admitted
+	if n := len(proctor.eventsOf("incident")); n != 0 {
+		t.Fatalf("incidents before the freeze: %d", n)
+	}
+	f.pauseVideo.Store(true)
+	time.Sleep(50 * time.Millisecond) // a write under way ends
+	last := time.Unix(0, f.lastVideo.Load())
+	inc := incidentEvent(t, proctor, 5*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.VideoFrozen })
+	took := time.Since(last)
+	t.Logf("video_frozen pushed %v after the last video packet was written", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Fatalf("video_frozen after %v, want within 5s", took)
+	}
+	if inc.Identity != "cand" || inc.Source != incidents.SourceServer || inc.Track != "camera" || inc.Room != "exam-frozen" {
+		t.Fatalf("incident %+v", inc)
+	}
+	if inc.RecordingID == nil || inc.OffsetMs == nil || *inc.OffsetMs < 0 {
+		t.Errorf("no recording offset: %+v", inc)
+	}
+	if d := inc.Time.Sub(last); d < -time.Second || d > time.Second {
+		t.Errorf("incident time %v, last video packet %v", inc.Time, last)
+	}
+	// Audio still flows and the connection is up: nothing else.
+	if candidate.pc.ConnectionState() != webrtc.PeerConnectionStateConnected {
+		t.Fatal("candidate lost its connection")
+	}
+	status, list, body := listIncidents(t, srv, "exam-frozen", "?type=video_frozen", srv.AdminKey)
+	if status != http.StatusOK || len(list) != 1 || list[0].ID != inc.ID {
+		t.Fatalf("list: %d %s", status, body)
+	}
+
+	// Once per freeze: no second one while frozen; video again re-arms.
+	time.Sleep(2 * time.Second)
+	if n := len(typed(proctor, incidents.VideoFrozen)); n != 1 {
+		t.Fatalf("%d video_frozen while frozen once", n)
+	}
+	f.pauseVideo.Store(false)
+	time.Sleep(1500 * time.Millisecond)
+	f.pauseVideo.Store(true)
+	waitFor(t, 6*time.Second, "a second video_frozen", func() bool { return len(typed(proctor, incidents.VideoFrozen)) == 2 })
+	if n := len(candidate.eventsOf("incident")); n != 0 {
+		t.Fatalf("the candidate got %d incident events", n)
+	}
+}
+
+func typed(c *wsClient, typ incidents.Type) []event {
+	var out []event
+	for _, e := range c.eventsOf("incident") {
+		var inc incidents.Incident
+		if json.Unmarshal(e.Data, &inc) == nil && inc.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// vp8File makes 3 s of real VP8 with ffmpeg (a keyframe every second).
+func vp8File(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("ffmpeg"); err != nil {
+		t.Fatalf("ffmpeg is required (apt-get install ffmpeg): %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "out.ivf")
+	cmd := exec.Command("ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15", "-t", "3",
+		"-c:v", "libvpx", "-g", "15", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ffmpeg: %v\n%s", err, b)
+	}
+	return out
+}
+
+// vp8Player sends the frames of an IVF file in a loop, at 15 fps, through
+// pion's VP8 packetizer, with Opus beside it.
+type vp8Player struct {
+	video, audio *webrtc.TrackLocalStaticSample
+	stop, done   chan struct{}
+}
+
+func playVP8(t *testing.T, path, stream string) *vp8Player {
+	t.Helper()
+	fh, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	r, _, err := ivfreader.NewWith(fh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frames [][]byte
+	for {
+		fr, _, err := r.ParseNextFrame()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		frames = append(frames, fr)
+	}
+	v, err := webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "v", stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &vp8Player{video: v, audio: a, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		vt := time.NewTicker(time.Second / 15)
+		defer vt.Stop()
+		at := time.NewTicker(20 * time.Millisecond)
+		defer at.Stop()
+		for i := 0; ; {
+			select {
+			case <-p.stop:
+				return
+			case <-vt.C:
+				_ = v.WriteSample(media.Sample{Data: frames[i%len(frames)], Duration: time.Second / 15})
+				i++
+			case <-at.C:
+				_ = a.WriteSample(media.Sample{Data: []byte{0xf8, 0xff, 0xfe}, Duration: 20 * time.Millisecond})
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.stop:
+		default:
+			close(p.stop)
+		}
+		<-p.done
+	})
+	return p
+}
+
+// snapshotOf GETs an incident's snapshot and decodes it.
+func snapshotOf(t *testing.T, srv *vigiltest.Server, room, id string) (int, int) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/rooms/"+room+"/incidents/"+id+"/snapshot", nil)
+	req.Header.Set("Authorization", "Bearer "+srv.AdminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "image/jpeg" {
+		t.Fatalf("snapshot: %d %s %.200s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	img, err := jpeg.Decode(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("snapshot does not decode as JPEG: %v", err)
+	}
+	return img.Bounds().Dx(), img.Bounds().Dy()
+}
+
+// flagWithSnapshot has the proctor flag cand until an incident with a
+// snapshot comes back (the first keyframe may still be on its way).
+func flagWithSnapshot(t *testing.T, proctor *wsClient, cand, note string) incidents.Incident {
+	t.Helper()
+	var inc incidents.Incident
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		status, body, _ := proctor.post(mustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": cand, "note": note}}), "")
+		if status != http.StatusOK {
+			t.Fatalf("flag_incident: %d %s", status, body)
+		}
+		n := i + 1
+		waitFor(t, 5*time.Second, "the manual incident", func() bool { return len(typed(proctor, incidents.Manual)) >= n })
+		evs := typed(proctor, incidents.Manual)
+		inc = incidentOf(t, evs[len(evs)-1].Data)
+		if inc.HasSnapshot || time.Now().After(deadline) {
+			return inc
+		}
+		time.Sleep(1100 * time.Millisecond) // the rate: one flag of a candidate a second
+	}
+}
+
+// TestIncidentSnapshotJPEG: a candidate publishes real VP8; a proctor
+// flags it; the incident's snapshot is a JPEG of the camera's size.
+func TestIncidentSnapshotJPEG(t *testing.T) {
+	leakCheck(t)
+	srv := vigiltest.Start(t)
+	p := playVP8(t, vp8File(t), "cand")
+	proctor, _ := examRoom(t, srv, "exam-snap", "cand", map[string]webrtc.TrackLocal{"camera": p.video, "microphone": p.audio})
+	inc := flagWithSnapshot(t, proctor, "cand", "looked away")
+	if !inc.HasSnapshot || inc.SnapshotTime == nil || inc.Type != incidents.Manual || inc.Source != incidents.SourceProctor ||
+		inc.Reporter != "proc" || inc.Note != "looked away" {
+		t.Fatalf("incident %+v", inc)
+	}
+	if age := inc.Time.Sub(*inc.SnapshotTime); age < 0 || age > 2*time.Second {
+		t.Errorf("snapshot from %v before the incident, want the latest keyframe (one a second)", age)
+	}
+	if w, h := snapshotOf(t, srv, "exam-snap", inc.ID); w != 320 || h != 240 {
+		t.Fatalf("snapshot %dx%d, want 320x240", w, h)
+	}
+}
+
+// TestIncidentsSurviveRestart: a server records incidents (one with a
+// snapshot), stops, starts again on the same data directory, and lists
+// them, snapshot and all, for a room that no longer exists.
+func TestIncidentsSurviveRestart(t *testing.T) {
+	leakCheck(t)
+	dir := t.TempDir()
+	srv := vigiltest.StartWith(t, vigiltest.Options{DataDir: dir})
+	p := playVP8(t, vp8File(t), "cand")
+	proctor, candidate := examRoom(t, srv, "exam-restart", "cand", map[string]webrtc.TrackLocal{"camera": p.video, "microphone": p.audio})
+	flagged := flagWithSnapshot(t, proctor, "cand", "second person in view")
+	status, body, _ := candidate.post(mustJSON(map[string]any{"type": "report_incident", "data": map[string]string{"type": "tab_hidden"}}), "")
+	if status != http.StatusOK {
+		t.Fatalf("report_incident: %d %s", status, body)
+	}
+	incidentEvent(t, proctor, 5*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.TabHidden })
+	_, before, _ := listIncidents(t, srv, "exam-restart", "", srv.AdminKey)
+	srv.Close()
+
+	again := vigiltest.StartWith(t, vigiltest.Options{DataDir: dir})
+	if _, err := again.SFU.Room("exam-restart"); err == nil {
+		t.Fatal("the room outlived the restart")
+	}
+	status, after, body := listIncidents(t, again, "exam-restart", "", again.AdminKey)
+	if status != http.StatusOK || len(after) != len(before) || len(after) < 2 {
+		t.Fatalf("after restart: %d %s (before: %d)", status, body, len(before))
+	}
+	for i := range before {
+		b, _ := json.Marshal(before[i])
+		a, _ := json.Marshal(after[i])
+		if !bytes.Equal(a, b) {
+			t.Errorf("incident changed across the restart:\n%s\n%s", b, a)
+		}
+	}
+	if w, h := snapshotOf(t, again, "exam-restart", flagged.ID); w != 320 || h != 240 {
+		t.Fatalf("snapshot after restart %dx%d", w, h)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, incidents.DBName)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("database file: %v %v", fi.Mode(), err)
+	}
+}
+
+// TestIncidentMessagesAndAPI: client-reported and manual incidents, the
+// filters, the rate limit, what candidates may not do, proctor tokens on
+// the REST API, and unknown incidents.
+func TestIncidentMessagesAndAPI(t *testing.T) {
+	leakCheck(t)
+	srv := vigiltest.Start(t)
+	f := newFeed(t, "cand")
+	proctor, candidate := examRoom(t, srv, "exam-api", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
+	msg := func(typ string, data any) []byte { return mustJSON(map[string]any{"type": typ, "data": data}) }
+
+	// The candidate's page reports; the proctor gets each one live.
+	for _, typ := range []string{"tab_hidden", "window_blur", "fullscreen_exit"} {
+		if status, body, _ := candidate.post(msg("report_incident", map[string]string{"type": typ, "note": "page says " + typ}), ""); status != http.StatusOK {
+			t.Fatalf("report %s: %d %s", typ, status, body)
+		}
+	}
+	waitFor(t, 5*time.Second, "three client incidents", func() bool { return len(proctor.eventsOf("incident")) >= 3 })
+	first := incidentOf(t, proctor.eventsOf("incident")[0].Data)
+	if first.Type != incidents.TabHidden || first.Source != incidents.SourceClient || first.Reporter != "cand" || first.Note != "page says tab_hidden" {
+		t.Fatalf("client incident %+v", first)
+	}
+
+	// One of a type a second: the same type at once is refused.
+	status, body, _ := candidate.post(msg("report_incident", map[string]string{"type": "tab_hidden"}), "")
+	if status != http.StatusTooManyRequests || errorCode(t, body) != "rate_limited" {
+		t.Fatalf("second tab_hidden at once: %d %s", status, body)
+	}
+	// Types the page may not report, and malformed ones.
+	for _, data := range []any{map[string]string{"type": "video_frozen"}, map[string]string{"type": "manual"}, map[string]string{}} {
+		status, body, _ := candidate.post(msg("report_incident", data), "")
+		if status != http.StatusBadRequest || errorCode(t, body) != "invalid_message" {
+			t.Fatalf("report %v: %d %s", data, status, body)
+		}
+	}
+	// A candidate cannot flag; a proctor cannot report; nor flag a stranger.
+	status, body, _ = candidate.post(msg("flag_incident", map[string]string{"identity": "cand", "note": "me"}), "")
+	if status != http.StatusForbidden || errorCode(t, body) != "forbidden" {
+		t.Fatalf("candidate flag: %d %s", status, body)
+	}
+	status, body, _ = proctor.post(msg("report_incident", map[string]string{"type": "tab_hidden"}), "")
+	if status != http.StatusForbidden || errorCode(t, body) != "forbidden" {
+		t.Fatalf("proctor report: %d %s", status, body)
+	}
+	status, body, _ = proctor.post(msg("flag_incident", map[string]string{"identity": "nobody"}), "")
+	if status != http.StatusNotFound || errorCode(t, body) != "participant_not_found" {
+		t.Fatalf("flag of no one: %d %s", status, body)
+	}
+	// Over the WebSocket, a refusal is an error event with the ref.
+	candidate.send("flag_incident", "f1", map[string]string{"identity": "cand"})
+	candidate.waitEvent("error", func(d json.RawMessage) bool {
+		var e struct{ Code, Ref string }
+		_ = json.Unmarshal(d, &e)
+		return e.Ref == "f1" && e.Code == "forbidden"
+	})
+
+	// A manual incident.
+	proctor.send("flag_incident", "m1", map[string]string{"identity": "cand", "note": "talking"})
+	manual := incidentEvent(t, proctor, 5*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.Manual })
+	if manual.Source != incidents.SourceProctor || manual.Reporter != "proc" || manual.Note != "talking" || manual.HasSnapshot {
+		t.Fatalf("manual %+v (synthetic VP8 does not decode: no snapshot)", manual)
+	}
+
+	// Filters, with the admin key and with the proctor's token.
+	procToken := srv.Token(t, "exam-api", "proc", "proctor")
+	for _, bearer := range []string{srv.AdminKey, procToken} {
+		status, all, body := listIncidents(t, srv, "exam-api", "?candidate=cand", bearer)
+		if status != http.StatusOK || len(all) != 4 {
+			t.Fatalf("list: %d %s", status, body)
+		}
+		for i := 1; i < len(all); i++ {
+			if all[i].Time.Before(all[i-1].Time) {
+				t.Fatalf("not oldest first: %s", body)
+			}
+		}
+		if _, l, _ := listIncidents(t, srv, "exam-api", "?type=window_blur", bearer); len(l) != 1 || l[0].Type != incidents.WindowBlur {
+			t.Fatalf("type filter: %+v", l)
+		}
+		if _, l, _ := listIncidents(t, srv, "exam-api", "?type=manual&candidate=cand", bearer); len(l) != 1 || l[0].ID != manual.ID {
+			t.Fatalf("both filters: %+v", l)
+		}
+		if _, l, _ := listIncidents(t, srv, "exam-api", "?candidate=other", bearer); len(l) != 0 {
+			t.Fatalf("other candidate: %+v", l)
+		}
+		if _, l, _ := listIncidents(t, srv, "exam-api", "?limit=2", bearer); len(l) != 2 || l[1].ID != all[3].ID {
+			t.Fatalf("limit keeps the newest: %+v", l)
+		}
+		status, body = srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents/"+manual.ID, bearer, nil)
+		if status != http.StatusOK || incidentOf(t, body).ID != manual.ID {
+			t.Fatalf("get: %d %s", status, body)
+		}
+	}
+	for _, q := range []string{"?type=bogus", "?candidate=" + "%2F..", "?limit=0", "?limit=1001"} {
+		if status, _, body := listIncidents(t, srv, "exam-api", q, srv.AdminKey); status != http.StatusBadRequest || errorCode(t, body) != "invalid_request" {
+			t.Fatalf("list %s: %d %s", q, status, body)
+		}
+	}
+
+	// A candidate sees nothing: its token is refused, and it never got
+	// an incident event.
+	candToken := srv.Token(t, "exam-api", "cand", "candidate")
+	for _, path := range []string{"", "/" + manual.ID, "/" + manual.ID + "/snapshot"} {
+		status, body := srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents"+path, candToken, nil)
+		if status != http.StatusForbidden || errorCode(t, body) != "forbidden" {
+			t.Fatalf("candidate GET %s: %d %s", path, status, body)
+		}
+	}
+	if n := len(candidate.eventsOf("incident")); n != 0 {
+		t.Fatalf("the candidate got %d incident events", n)
+	}
+	// A proctor's token for another room, no key, a wrong key.
+	srv.CreateRoom(t, "other", "proctoring")
+	for bearer, want := range map[string]string{srv.Token(t, "other", "proc", "proctor"): "forbidden", "": "unauthorized", "wrong": "unauthorized"} {
+		status, body := srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents", bearer, nil)
+		if errorCode(t, body) != want {
+			t.Fatalf("bearer %q: %d %s, want %s", bearer, status, body, want)
+		}
+	}
+
+	// Unknown incidents, and one without a snapshot.
+	for _, path := range []string{"/inc_000000000000000000000000", "/nonsense", "/inc_000000000000000000000000/snapshot"} {
+		status, body := srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents"+path, srv.AdminKey, nil)
+		if status != http.StatusNotFound || errorCode(t, body) != "incident_not_found" {
+			t.Fatalf("GET %s: %d %s", path, status, body)
+		}
+	}
+	status, body = srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents/"+manual.ID+"/snapshot", srv.AdminKey, nil)
+	if status != http.StatusNotFound || errorCode(t, body) != "snapshot_not_found" {
+		t.Fatalf("no snapshot: %d %s", status, body)
+	}
+	// Another room's incident is not found through this one.
+	status, body = srv.Do(t, http.MethodGet, "/v1/rooms/other/incidents/"+manual.ID, srv.AdminKey, nil)
+	if status != http.StatusNotFound || errorCode(t, body) != "incident_not_found" {
+		t.Fatalf("cross-room GET: %d %s", status, body)
+	}
+
+	// The admin room feed carries incidents too.
+	status, body = srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/events/poll", srv.AdminKey, nil)
+	if status != http.StatusOK {
+		t.Fatalf("feed: %d %s", status, body)
+	}
+	time.Sleep(1100 * time.Millisecond) // one flag of a candidate a second
+	proctor.send("flag_incident", "m2", map[string]string{"identity": "cand", "note": "again"})
+	waitFor(t, 5*time.Second, "incident on the admin feed", func() bool {
+		_, body := srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/events/poll", srv.AdminKey, nil)
+		return bytes.Contains(body, []byte(`"type":"incident"`))
+	})
+}
+
+// TestTrackEnded: a candidate who unpublishes its microphone and stays
+// gets track_ended, pushed to the proctor; one who leaves gets nothing.
+// (track_missing, 10 s after admission, is tested with a short delay in
+// the incidents package.)
+func TestTrackEnded(t *testing.T) {
+	leakCheck(t)
+	srv := vigiltest.Start(t)
+	f := newFeed(t, "cand")
+	proctor, candidate := examRoom(t, srv, "exam-ended", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
+	var mic *webrtc.RTPSender
+	for _, s := range candidate.pc.GetSenders() {
+		if s.Track() == f.audio {
+			mic = s
+		}
+	}
+	if err := candidate.pc.RemoveTrack(mic); err != nil {
+		t.Fatal(err)
+	}
+	candidate.offer(map[string]webrtc.TrackLocal{"camera": f.video})
+	start := time.Now()
+	inc := incidentEvent(t, proctor, 8*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.TrackEnded })
+	t.Logf("track_ended pushed %v after the renegotiation", time.Since(start).Round(time.Millisecond))
+	if inc.Track != "microphone" || inc.Source != incidents.SourceServer {
+		t.Fatalf("incident %+v", inc)
+	}
+	// Leaving is neither a lost connection nor an ended track.
+	before := len(proctor.eventsOf("incident"))
+	candidate.send("leave", "", map[string]string{})
+	proctor.waitEvent("participant_left", nil)
+	time.Sleep(2500 * time.Millisecond)
+	if evs := proctor.eventsOf("incident"); len(evs) != before {
+		t.Fatalf("incidents after leaving: %s", evs[before].Data)
+	}
+}

@@ -1,0 +1,155 @@
+package signaling
+
+import (
+	"errors"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/recordings"
+)
+
+// ErrRecordingsDisabled is returned by the recordings API of a server
+// configured without a recordings manager.
+var ErrRecordingsDisabled = errors.New("recordings are not enabled on this server")
+
+// recordingRoutes registers the recordings API (docs/recordings.md); the
+// routes are admin routes.
+func (s *Server) recordingRoutes(g *gin.RouterGroup) {
+	g.POST("/rooms/:room/recordings", s.startRecording)
+	g.DELETE("/rooms/:room/recordings", s.stopRecording)
+	g.GET("/recordings", s.listRecordings)
+	g.GET("/recordings/:id", s.getRecording)
+	g.DELETE("/recordings/:id", s.deleteRecording)
+	g.GET("/recordings/:id/files/:name", s.downloadRecording)
+}
+
+// recordingsManager returns the manager or writes the error.
+func (s *Server) recordingsManager(c *gin.Context) *recordings.Manager {
+	if s.cfg.Recordings == nil {
+		writeError(c, ErrRecordingsDisabled)
+		return nil
+	}
+	return s.cfg.Recordings
+}
+
+// startRecordingRequest is the optional body of POST
+// /v1/rooms/{room}/recordings: no identity means everyone.
+type startRecordingRequest struct {
+	Identity string `json:"identity"`
+}
+
+// recordingsReply answers a start or a stop.
+type recordingsReply struct {
+	Room       string                `json:"room"`
+	Identity   string                `json:"identity,omitempty"`
+	Recordings []recordings.Manifest `json:"recordings"`
+}
+
+func (s *Server) startRecording(c *gin.Context) {
+	m := s.recordingsManager(c)
+	if m == nil {
+		return
+	}
+	r, err := s.sfu.Room(c.Param("room"))
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	var req startRecordingRequest
+	if c.Request.ContentLength != 0 {
+		if err := s.bindJSON(c, &req); err != nil {
+			writeError(c, err)
+			return
+		}
+	}
+	recs, err := m.Start(r, req.Identity)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, recordingsReply{Room: r.Name(), Identity: req.Identity, Recordings: recs})
+}
+
+func (s *Server) stopRecording(c *gin.Context) {
+	m := s.recordingsManager(c)
+	if m == nil {
+		return
+	}
+	r, err := s.sfu.Room(c.Param("room"))
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	identity := c.Query("identity")
+	recs, err := m.Stop(r, identity)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, recordingsReply{Room: r.Name(), Identity: identity, Recordings: recs})
+}
+
+func (s *Server) listRecordings(c *gin.Context) {
+	m := s.recordingsManager(c)
+	if m == nil {
+		return
+	}
+	list := m.List(recordings.Filter{Room: c.Query("room"), Identity: c.Query("identity")})
+	c.JSON(http.StatusOK, gin.H{"recordings": list})
+}
+
+// getRecording returns the manifest, each file verified against its
+// SHA-256 now.
+func (s *Server) getRecording(c *gin.Context) {
+	m := s.recordingsManager(c)
+	if m == nil {
+		return
+	}
+	man, err := m.Inspect(c.Param("id"))
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, man)
+}
+
+func (s *Server) deleteRecording(c *gin.Context) {
+	m := s.recordingsManager(c)
+	if m == nil {
+		return
+	}
+	if err := m.Delete(c.Param("id")); err != nil {
+		writeError(c, err)
+		return
+	}
+	c.Status(http.StatusNoContent)
+}
+
+// downloadRecording serves one file of a recording with Range support
+// (206 Partial Content), so that a player can seek.
+func (s *Server) downloadRecording(c *gin.Context) {
+	m := s.recordingsManager(c)
+	if m == nil {
+		return
+	}
+	name := c.Param("name")
+	f, fi, err := m.Open(c.Param("id"), name)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	defer f.Close()
+	ctype := "video/webm"
+	if strings.HasSuffix(name, ".mkv") {
+		ctype = "video/x-matroska"
+	}
+	h := c.Writer.Header()
+	h.Set("Content-Type", ctype)
+	h.Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": path.Base(name)}))
+	h.Set("Cache-Control", "private, no-cache")
+	h.Set("X-Content-Type-Options", "nosniff")
+	http.ServeContent(c.Writer, c.Request, name, fi.ModTime(), f)
+}
