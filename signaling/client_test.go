@@ -74,40 +74,7 @@ func wsURL(srv *vigiltest.Server, session string, cursor uint64) string {
 // dial joins room as identity/role and attaches a WebSocket.
 func dial(t *testing.T, srv *vigiltest.Server, room, identity, role string) *wsClient {
 	t.Helper()
-	sid, err := srv.OpenSession(t, room, srv.Token(t, room, identity, role))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := pionAPI(t).NewPeerConnection(webrtc.Configuration{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &wsClient{t: t, srv: srv, session: sid, pc: pc, received: map[string]int{}, byMid: map[string]trackInfo{}, closed: make(chan struct{})}
-	pc.OnTrack(func(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
-		var mid string
-		for _, tx := range pc.GetTransceivers() {
-			if tx.Receiver() == recv {
-				mid = tx.Mid()
-			}
-		}
-		for {
-			if _, _, err := tr.ReadRTP(); err != nil {
-				return
-			}
-			c.mu.Lock()
-			info := c.byMid[mid]
-			c.received[info.Identity+"/"+info.Source]++
-			c.mu.Unlock()
-		}
-	})
-	pc.OnICECandidate(func(cand *webrtc.ICECandidate) {
-		if cand != nil {
-			c.send("candidate", "", cand.ToJSON())
-		}
-	})
-	c.connect(0)
-	t.Cleanup(c.close)
-	return c
+	return dialVia(t, srv, room, identity, role, "ws")
 }
 
 func (c *wsClient) connect(cursor uint64) {

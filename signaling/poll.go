@@ -38,14 +38,8 @@ type pollResponse struct {
 // polling, capped by the server's waiter limit).
 func (s *Server) servePoll(lookup lookupFunc) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		st, err := lookup(c)
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		cursor, err := parseCursor(c)
-		if err != nil {
-			writeError(c, err)
+		st, cursor, ok := streamRequest(c, lookup)
+		if !ok {
 			return
 		}
 		var wait time.Duration

@@ -20,17 +20,12 @@ const sseHeartbeat = 15 * time.Second
 // Last-Event-ID; ?cursor= does the same for a first connection.
 func (s *Server) serveSSE(lookup lookupFunc) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		st, err := lookup(c)
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		cursor, err := parseCursor(c)
-		if err != nil {
-			writeError(c, err)
+		st, cursor, ok := streamRequest(c, lookup)
+		if !ok {
 			return
 		}
 		if id := c.GetHeader("Last-Event-ID"); id != "" {
+			var err error
 			if cursor, err = strconv.ParseUint(id, 10, 64); err != nil {
 				writeError(c, errors.Join(ErrInvalidRequest, errors.New("Last-Event-ID must be a sequence number")))
 				return

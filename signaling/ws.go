@@ -34,6 +34,20 @@ type wsConn struct {
 	readDone chan struct{}
 }
 
+// streamRequest finds the stream a transport request names and its
+// cursor, or replies with the error.
+func streamRequest(c *gin.Context, lookup lookupFunc) (stream, uint64, bool) {
+	st, err := lookup(c)
+	if err == nil {
+		var cursor uint64
+		if cursor, err = parseCursor(c); err == nil {
+			return st, cursor, true
+		}
+	}
+	writeError(c, err)
+	return nil, 0, false
+}
+
 // parseCursor reads the cursor query parameter (0 when absent).
 func parseCursor(c *gin.Context) (uint64, error) {
 	v := c.Query("cursor")
@@ -61,14 +75,8 @@ func (s *Server) trackConn() bool {
 
 func (s *Server) serveWS(lookup lookupFunc) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		st, err := lookup(c)
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		cursor, err := parseCursor(c)
-		if err != nil {
-			writeError(c, err)
+		st, cursor, ok := streamRequest(c, lookup)
+		if !ok {
 			return
 		}
 		if !s.trackConn() {
