@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -354,7 +355,9 @@ func (r *recorder) endTrack(s *sink) {
 		r.writePending(t, true, time.Time{})
 		delete(r.seg.bound, t.bound)
 	}
-	r.tracks = append(r.tracks[:idx], r.tracks[idx+1:]...)
+	// Pumping may have changed r.tracks (a write failure drops them all):
+	// find t again.
+	r.tracks = slices.DeleteFunc(r.tracks, func(o *trackState) bool { return o == t })
 	if len(r.tracks) > 0 || r.failed {
 		return
 	}

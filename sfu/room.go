@@ -247,6 +247,11 @@ func (r *Room) publish(up *UpTrack) {
 		}
 	}
 	r.mu.Unlock()
+	// Observers (recorders) first: subscribing renegotiates with every
+	// subscriber, one after another, and recording must not wait for it.
+	if obs := r.sfu.cfg.Observer; obs != nil {
+		obs.TrackPublished(r, up)
+	}
 	for _, s := range subs {
 		s.addDownTracks([]*UpTrack{up})
 	}
@@ -266,9 +271,6 @@ func (r *Room) publish(up *UpTrack) {
 		pub.mu.Unlock()
 		r.mu.Unlock()
 		pub.applyTalk(up, listeners)
-	}
-	if obs := r.sfu.cfg.Observer; obs != nil {
-		obs.TrackPublished(r, up)
 	}
 }
 
