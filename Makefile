@@ -49,13 +49,13 @@ clean:
 bench-transports:
 	$(GO) run ./cmd/vigil-load transports -spawn -clients 50,100,200,400,800,1200 -events 60 -rate 20
 
-# bench runs the short version of the forwarding benchmarks (about 3-4
+# bench runs the short version of the forwarding benchmarks (about 2.5
 # minutes): fan-out, audio room, meeting, added latency, join storm, each
 # against Vigil and a stock-pion baseline forwarder on a fresh server
 # pinned to CPU 0 with the generator on CPU 1, then the forwarding Go
 # benchmark (BenchmarkForward in sfu, -benchmem); prints one table with
 # the ratio Vigil/baseline of every figure. bench-full is the run written
-# up in docs/benchmarks.md (about 15 minutes).
+# up in docs/benchmarks.md (about 12 minutes).
 .PHONY: bench bench-full
 bench:
 	$(GO) run ./cmd/vigil-load bench -short

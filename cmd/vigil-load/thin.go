@@ -239,6 +239,7 @@ func (t *thin) join(ctx context.Context, base, room string) error {
 		return err
 	}
 	t.remoteUfrag, t.remotePwd, t.remote = ans.ufrag, ans.pwd, ans.cand
+	t.net.activate(t)
 	go t.keepalive()
 	// The answerer picks the DTLS role; pion answers active (client).
 	pc := &dtlsPacketConn{t: t}

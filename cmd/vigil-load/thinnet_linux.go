@@ -74,15 +74,20 @@ func newThinNet(poll time.Duration) (*thinNet, error) {
 	return n, nil
 }
 
-// add gives t its address.
+// add gives t its address; its datagrams are dropped until activate.
 func (n *thinNet) add(t *thin) error {
 	i := n.next.Add(1)
 	if i >= 1<<16 {
 		return errors.New("more than 65535 thin subscribers in one step")
 	}
 	t.ip = [4]byte{127, 1, byte(i >> 8), byte(i)}
-	n.clients[i].Store(t)
 	return nil
+}
+
+// activate hands t's datagrams to it from now on: once what the reader
+// reads of it (the server's address and ICE credentials) is set.
+func (n *thinNet) activate(t *thin) {
+	n.clients[uint32(t.ip[2])<<8|uint32(t.ip[3])].Store(t)
 }
 
 func (n *thinNet) remove(t *thin) {

@@ -20,6 +20,7 @@ func newThinNet(time.Duration) (*thinNet, error) {
 }
 
 func (n *thinNet) add(*thin) error                            { return errors.New("unsupported") }
+func (n *thinNet) activate(*thin)                             {}
 func (n *thinNet) remove(*thin)                               {}
 func (n *thinNet) send([4]byte, []byte, netip.AddrPort) error { return errors.New("unsupported") }
 func (n *thinNet) close()                                     {}
