@@ -46,6 +46,7 @@ type DownTrack struct {
 	lastSeq   uint16
 	lastTS    uint32
 	lastAt    time.Time
+	hdr       rtp.Header // scratch for the header written, see writeRTP
 }
 
 type binding struct {
@@ -166,7 +167,11 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 		d.tsOffset = pkt.Timestamp - (d.lastTS + ticks)
 		d.rebase = false
 	}
-	hdr := pkt.Header
+	// The header is built in the down-track's own scratch space (guarded
+	// by mu): a local would escape through the writer and cost an
+	// allocation per packet.
+	hdr := &d.hdr
+	*hdr = pkt.Header
 	// The publisher's header extension ids mean nothing to the
 	// subscriber's session.
 	hdr.Extension, hdr.Extensions, hdr.ExtensionProfile = false, nil, 0
@@ -174,7 +179,7 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 	hdr.PayloadType = uint8(b.pt)
 	hdr.SequenceNumber = pkt.SequenceNumber - d.seqOffset
 	hdr.Timestamp = pkt.Timestamp - d.tsOffset
-	if _, err := b.w.WriteRTP(&hdr, pkt.Payload); err != nil && d.kind == webrtc.RTPCodecTypeVideo {
+	if _, err := b.w.WriteRTP(hdr, pkt.Payload); err != nil && d.kind == webrtc.RTPCodecTypeVideo {
 		// A failed write loses part of a frame: resume on a keyframe.
 		d.waitKey = true
 		from.requestKeyframe()
