@@ -21,6 +21,7 @@ var (
 	ErrInvalidRole    = errors.New("role not valid for this room kind")
 	ErrServerClosed   = errors.New("server is shutting down")
 	ErrTooManyTracks  = errors.New("too many tracks")
+	ErrTooManyRooms   = errors.New("too many rooms")
 	ErrInvalidMessage = errors.New("invalid message")
 )
 
@@ -44,7 +45,19 @@ type ParticipantInfo struct {
 	// State is a proctoring candidate's: "waiting" until a proctor
 	// admits it, then "admitted".
 	State string `json:"state,omitempty"`
+	// Connection is the state of its media connection: absent until it
+	// first connects, then "connected", or "reconnecting" while it is
+	// lost and the participant is in its reconnect grace period.
+	// Everyone who sees the participant gets a participant_updated when
+	// it turns "reconnecting" and when it is "connected" again.
+	Connection string `json:"connection,omitempty"`
 }
+
+// Connection states of ParticipantInfo.Connection.
+const (
+	ConnectionConnected    = "connected"
+	ConnectionReconnecting = "reconnecting"
+)
 
 // TrackInfo describes a published track.
 type TrackInfo struct {

@@ -35,6 +35,8 @@ type Participant struct {
 	negMu          sync.Mutex
 	awaitingAnswer bool // our offer is out, no answer yet
 	needOffer      bool // something changed while awaiting an answer
+	needRestart    bool // the next offer restarts ICE
+	restartOut     bool // our pending offer restarts ICE
 	pendingICE     []webrtc.ICECandidateInit
 
 	mode    Mode
@@ -58,9 +60,15 @@ type Participant struct {
 	// it; talk is who a proctor speaks to now ("*": every candidate).
 	waiting bool
 	talk    map[string]bool
-	closed  bool
-	done    chan struct{}
-	left    sync.WaitGroup // up-track readers and RTCP readers
+	// The media connection (reconnect.go): connected once it first
+	// connects; while reconnecting, grace ends the participant and back
+	// is closed when it is connected again.
+	connected, reconnecting bool
+	grace, restart          *time.Timer
+	back                    chan struct{}
+	closed                  bool
+	done                    chan struct{}
+	left                    sync.WaitGroup // up-track readers and RTCP readers
 }
 
 func randomID(prefix string) string {
@@ -96,9 +104,10 @@ func newParticipant(r *Room, cfg JoinConfig) (*Participant, error) {
 	pc.OnTrack(p.onTrack)
 	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
 		p.log.Debug("connection state", "state", s.String())
-		if s == webrtc.PeerConnectionStateFailed {
-			go p.Leave(ReasonFailed)
-		}
+		// Off pion's goroutine: it takes the room's lock, and reads
+		// the state again, so that the order of these goroutines does
+		// not matter.
+		go p.connectionChanged()
 	})
 	return p, nil
 }
@@ -128,6 +137,12 @@ func (p *Participant) info() ParticipantInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	info := ParticipantInfo{Identity: p.identity, Role: p.role, Tracks: []TrackInfo{}, State: p.stateLocked()}
+	switch {
+	case p.reconnecting:
+		info.Connection = ConnectionReconnecting
+	case p.connected:
+		info.Connection = ConnectionConnected
+	}
 	for _, u := range p.ups {
 		info.Tracks = append(info.Tracks, u.Info())
 	}
@@ -197,6 +212,7 @@ func (p *Participant) HandleOffer(offer string, sources map[string]Source) error
 // checkOffer enforces the publish policy on a client offer before any of
 // it is applied.
 func (p *Participant) checkOffer(d *sdp.SessionDescription, sources map[string]Source) error {
+	sending := 0
 	for _, m := range d.MediaDescriptions {
 		kind := m.MediaName.Media
 		if kind != "audio" && kind != "video" {
@@ -215,8 +231,18 @@ func (p *Participant) checkOffer(d *sdp.SessionDescription, sources map[string]S
 		if dir != "sendrecv" && dir != "sendonly" {
 			continue
 		}
+		if sending++; p.room.sfu.cfg.MaxTracks > 0 && sending > p.room.sfu.cfg.MaxTracks {
+			return fmt.Errorf("%w: an offer may send at most %d tracks", ErrTooManyTracks, p.room.sfu.cfg.MaxTracks)
+		}
 		mid, _ := m.Attribute("mid")
 		src, ok := sources[mid]
+		if !ok {
+			// Declared by an earlier offer: a renegotiation (an ICE
+			// restart) need not declare it again.
+			p.mu.Lock()
+			src, ok = p.sources[mid]
+			p.mu.Unlock()
+		}
 		if !ok {
 			return fmt.Errorf("%w: m-line %q sends %s without a declared source", ErrForbidden, mid, kind)
 		}
@@ -244,7 +270,15 @@ func (p *Participant) HandleAnswer(answer string) error {
 		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
 	}
 	p.awaitingAnswer = false
+	restarted := p.restartOut
+	p.restartOut = false
 	p.flushICELocked()
+	if restarted && p.pc.ICEConnectionState() == webrtc.ICEConnectionStateFailed {
+		// Our restart failed before its answer came (the client was
+		// away longer than the ICE failed timeout): restart again, now
+		// that the client is there to answer.
+		p.needRestart, p.needOffer = true, true
+	}
 	if p.needOffer {
 		p.needOffer = false
 		p.negotiateLocked()
@@ -307,7 +341,12 @@ func (p *Participant) negotiateLocked() {
 		p.needOffer = true
 		return
 	}
-	offer, err := p.pc.CreateOffer(nil)
+	var opts *webrtc.OfferOptions
+	if p.needRestart {
+		opts = &webrtc.OfferOptions{ICERestart: true}
+		p.needRestart = false
+	}
+	offer, err := p.pc.CreateOffer(opts)
 	if err != nil {
 		p.log.Warn("create offer", "err", err)
 		p.sink.Deliver(ErrorEvent{Code: "negotiation_failed", Message: err.Error()})
@@ -320,6 +359,7 @@ func (p *Participant) negotiateLocked() {
 		return
 	}
 	p.awaitingAnswer = true
+	p.restartOut = opts != nil
 	p.sink.Deliver(OfferEvent{SDP: sdpText, Tracks: p.trackMapLocked()})
 }
 
@@ -424,13 +464,30 @@ func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceive
 		p.log.Warn("ignoring undeclared or forbidden track", "mid", mid, "source", src)
 		return
 	}
+	up, publish := p.addUpTrack(track, mid, src, true)
+	if up == nil {
+		return
+	}
+	go up.run(&p.left)
+	if publish {
+		p.room.publish(up)
+	}
+}
+
+// addUpTrack makes a new up-track of track (on mid, carrying src) the
+// participant's: a simulcast layer joins its source's live group, any
+// other replaces the track of the same source. publish tells whether the
+// room must be told (a new source, not one more layer). With count, the
+// caller starts a reader for it (counted in p.left). It returns nil once
+// the participant is leaving.
+func (p *Participant) addUpTrack(track *webrtc.TrackRemote, mid string, src Source, count bool) (up *UpTrack, publish bool) {
 	codec := track.Codec()
 	stream := p.streamID
 	if src == SourceScreen {
 		stream += "-screen"
 	}
-	up := &UpTrack{
-		publisher: p, track: track, source: src, streamID: stream,
+	up = &UpTrack{
+		publisher: p, track: track, source: src, streamID: stream, mid: mid,
 		codec: codec.RTPCodecCapability,
 		info: TrackInfo{
 			ID: randomID("TR"), Identity: p.identity, Source: src,
@@ -442,12 +499,12 @@ func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceive
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return
+		return nil, false
 	}
 	if rid := track.RID(); rid != "" {
 		up.rid = rid
 		g := p.groups[mid]
-		if g != nil {
+		if g != nil && !g.primary.isStopped() {
 			// Another layer of a source already published: it joins
 			// the group, and the allocator may pick it.
 			up.info, up.group = g.primary.info, g
@@ -455,11 +512,12 @@ func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceive
 			g.mu.Lock()
 			g.layers[rid] = up
 			g.mu.Unlock()
-			p.left.Add(1)
+			if count {
+				p.left.Add(1)
+			}
 			p.mu.Unlock()
 			p.log.Info("simulcast layer published", "track", up.info.ID, "rid", rid)
-			go up.run(&p.left)
-			return
+			return up, false
 		}
 		g = &layerGroup{order: p.simulcast[mid], layers: map[string]*UpTrack{rid: up}, primary: up}
 		up.group = g
@@ -473,14 +531,15 @@ func (p *Participant) onTrack(track *webrtc.TrackRemote, recv *webrtc.RTPReceive
 	}
 	up.muted.Store(p.mutedSrc[src])
 	p.ups[up.info.ID] = up
-	p.left.Add(1)
+	if count {
+		p.left.Add(1)
+	}
 	p.mu.Unlock()
 	for _, u := range replaced {
 		u.stop()
 	}
 	p.log.Info("track published", "track", up.info.ID, "source", src, "codec", codec.MimeType)
-	go up.run(&p.left)
-	p.room.publish(up)
+	return up, true
 }
 
 func (p *Participant) isClosed() bool {
@@ -509,6 +568,7 @@ func (p *Participant) leaveWith(ev LeftEvent, fromRoom bool) {
 	}
 	p.closed = true
 	close(p.quit)
+	p.stopTimersLocked()
 	ups := make([]*UpTrack, 0, len(p.ups))
 	for _, u := range p.ups {
 		ups = append(ups, u)

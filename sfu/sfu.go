@@ -34,11 +34,33 @@ type Config struct {
 	IncludeLoopback bool
 	// MaxParticipants per room, 0 for no limit (a room may set a lower one).
 	MaxParticipants int
+	// MaxRooms caps the rooms open at once (ErrTooManyRooms); 0 for no
+	// limit.
+	MaxRooms int
+	// MaxTracks caps the m-lines a participant's offer may send on
+	// (ErrTooManyTracks); 0 means DefaultMaxTracks, negative no limit.
+	MaxTracks int
 	// KeyframeInterval is the least time between two keyframe requests to
 	// one publisher; 0 means 500ms.
 	KeyframeInterval time.Duration
-	// DisconnectTimeout and FailedTimeout tune ICE; zero keeps pion's.
+	// DisconnectTimeout and FailedTimeout tune ICE; zero keeps pion's
+	// (5s and 25s).
 	DisconnectTimeout, FailedTimeout time.Duration
+	// ReconnectGrace is how long a participant whose media connection is
+	// lost (ICE disconnected or failed) stays in its room, "reconnecting",
+	// before it leaves with ReasonTimeout; 0 means 30s.
+	ReconnectGrace time.Duration
+	// ICERestartDelay is how long the server waits after its connection
+	// to a signaled participant went disconnected before it offers an
+	// ICE restart (at once when it goes failed); 0 means 5s, and a
+	// negative delay leaves ICE restarts to the clients.
+	ICERestartDelay time.Duration
+	// MediaTimeout: while a participant's connection is lost, each of
+	// its tracks that has carried no packet for this long is unpublished
+	// (everyone is told, subscribers and recordings let go of it); when
+	// its packets come back the track is published again, under a new
+	// id. 0 means 5s.
+	MediaTimeout time.Duration
 	// Observer, if set, is told of every track published and unpublished.
 	Observer TrackObserver
 	Logger   *slog.Logger
@@ -63,6 +85,10 @@ type SFU struct {
 	stats statsRegistry // live tracks and totals, for Stats
 }
 
+// DefaultMaxTracks is Config.MaxTracks's default: a camera, a microphone
+// and a screen, with room for one being replaced.
+const DefaultMaxTracks = 6
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
 
 // ValidName reports whether s can name a room or a participant: 1 to 64
@@ -76,6 +102,18 @@ func New(cfg Config) (*SFU, error) {
 	}
 	if cfg.KeyframeInterval <= 0 {
 		cfg.KeyframeInterval = 500 * time.Millisecond
+	}
+	if cfg.MaxTracks == 0 {
+		cfg.MaxTracks = DefaultMaxTracks
+	}
+	if cfg.ReconnectGrace <= 0 {
+		cfg.ReconnectGrace = 30 * time.Second
+	}
+	if cfg.ICERestartDelay == 0 {
+		cfg.ICERestartDelay = 5 * time.Second
+	}
+	if cfg.MediaTimeout <= 0 {
+		cfg.MediaTimeout = 5 * time.Second
 	}
 	conn, err := net.ListenPacket("udp4", cfg.UDPAddr)
 	if err != nil {
@@ -276,6 +314,9 @@ func (s *SFU) CreateRoom(name string, kind Kind, opts RoomOptions) (*Room, error
 	}
 	if _, ok := s.rooms[name]; ok {
 		return nil, fmt.Errorf("%w: %q", ErrRoomExists, name)
+	}
+	if s.cfg.MaxRooms > 0 && len(s.rooms) >= s.cfg.MaxRooms {
+		return nil, fmt.Errorf("%w: at most %d rooms at once", ErrTooManyRooms, s.cfg.MaxRooms)
 	}
 	r := newRoom(s, name, kind, opts)
 	s.rooms[name] = r

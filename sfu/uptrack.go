@@ -40,6 +40,11 @@ type UpTrack struct {
 	done      chan struct{}
 	rid       string      // simulcast layer id, "" without simulcast
 	group     *layerGroup // the simulcast layers of the source, or nil
+	mid       string      // the publisher's m-line it arrives on
+	// silenced is set when the track was unpublished for its silence
+	// while the connection was lost (reconnect.go): its next packet
+	// publishes it again.
+	silenced atomic.Bool
 
 	downs cowList[*DownTrack]
 	sinks cowList[PacketSink]
@@ -131,9 +136,19 @@ func (u *UpTrack) RemoveSink(s PacketSink) {
 // RequestKeyframe asks the publisher for a keyframe (throttled).
 func (u *UpTrack) RequestKeyframe() { u.requestKeyframe() }
 
-// run reads the track until it ends, forwarding every packet.
+// run reads the track until it ends, forwarding every packet. A track
+// unpublished for its silence is published again, as a new up-track read
+// by the same goroutine, when its packets come back.
 func (u *UpTrack) run(wg *sync.WaitGroup) {
 	defer wg.Done()
+	for u != nil {
+		u = u.read()
+	}
+}
+
+// read forwards the track's packets until it ends (nil) or until a packet
+// comes after it was silenced: then it returns the track that replaces it.
+func (u *UpTrack) read() *UpTrack {
 	defer close(u.done)
 	stats := &u.publisher.room.sfu.stats
 	stats.addUp(u)
@@ -152,7 +167,12 @@ func (u *UpTrack) run(wg *sync.WaitGroup) {
 	for {
 		n, _, err := u.track.Read(buf)
 		if err != nil {
-			return
+			return nil
+		}
+		if u.silenced.Load() {
+			// The first packet back is dropped: video restarts on
+			// the keyframe the new subscribers ask for.
+			return u.publisher.revive(u)
 		}
 		if err := pkt.Unmarshal(buf[:n]); err != nil {
 			continue
@@ -235,6 +255,7 @@ func (u *UpTrack) stop() {
 		// The source ended: so do its other layers, and every
 		// subscriber's down-track, whichever layer it was on.
 		for _, l := range siblings {
+			l.silenced.Store(u.silenced.Load())
 			l.mu.Lock()
 			l.stopped = true
 			l.mu.Unlock()
@@ -267,6 +288,12 @@ func (u *UpTrack) stop() {
 	}
 	u.publisher.room.unpublished(u)
 	u.publisher.log.Info("track unpublished", "track", u.info.ID, "source", u.source)
+}
+
+func (u *UpTrack) isStopped() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.stopped
 }
 
 // requestKeyframe asks the publisher for a keyframe (PLI), at most once

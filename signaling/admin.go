@@ -10,7 +10,7 @@ func (s *Server) adminRoutes(g *gin.RouterGroup) {
 	g.GET("/rooms", s.listRooms)
 	g.GET("/rooms/:room", s.getRoom)
 	g.DELETE("/rooms/:room", s.deleteRoom)
-	g.POST("/rooms/:room/tokens", s.mintToken)
+	g.POST("/rooms/:room/tokens", s.limitAddr(s.mints, "token mints"), s.mintToken)
 	g.POST("/rooms/:room/tokens/revoke", s.revokeTokens)
 	g.GET("/rooms/:room/participants", s.listParticipants)
 	g.GET("/rooms/:room/participants/:identity", s.getParticipant)

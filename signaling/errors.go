@@ -96,6 +96,9 @@ func codeFor(err error) (int, string) {
 		{incidents.ErrInvalidType, http.StatusBadRequest, "invalid_message"},
 		{incidents.ErrClosed, http.StatusServiceUnavailable, "shutting_down"},
 		{ErrIncidentsDisabled, http.StatusServiceUnavailable, "incidents_disabled"},
+		{ErrRateLimited, http.StatusTooManyRequests, "rate_limited"},
+		{sfu.ErrTooManyRooms, http.StatusConflict, "too_many_rooms"},
+		{sfu.ErrTooManyTracks, http.StatusConflict, "too_many_tracks"},
 	}
 	for _, e := range table {
 		if errors.Is(err, e.target) {

@@ -122,6 +122,10 @@ func (s *Server) postMessage(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
+	if ok, wait := ss.rate.allow(); !ok {
+		refuseRate(c, wait, fmt.Sprintf("over %v messages a second", s.cfg.MessageRate))
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxMessageBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError

@@ -9,6 +9,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -33,7 +34,8 @@ type Config struct {
 	AdminKey string
 	Logger   *slog.Logger
 	// GracePeriod is how long a session lives with no transport attached;
-	// 0 means 15s.
+	// 0 means 30s. (The media core's ReconnectGrace is the same period
+	// for a lost media connection; cmd/vigil sets both.)
 	GracePeriod time.Duration
 	// MaxBodyBytes caps a JSON request body; 0 means 64 KiB.
 	MaxBodyBytes int64
@@ -57,6 +59,23 @@ type Config struct {
 	// DrainTimeout bounds a drain: after it, Drained is closed even if
 	// rooms are left (shutting down then ends them). 0: no bound.
 	DrainTimeout time.Duration
+	// MessageRate caps the client messages of one session a second, in
+	// bursts of twice that (limits.go); 0 means DefaultMessageRate, a
+	// negative rate no limit.
+	MessageRate float64
+	// JoinRate caps the sessions opened (and WHIP/WHEP POSTs) a second
+	// per client address; 0 means DefaultJoinRate, negative no limit.
+	JoinRate float64
+	// MintRate caps the join tokens minted a second per client address;
+	// 0 means DefaultMintRate, negative no limit.
+	MintRate float64
+	// TrustedProxies are the addresses or CIDRs of reverse proxies whose
+	// X-Forwarded-For names the client; none by default, so that a
+	// client cannot pick the address it is limited as.
+	TrustedProxies []string
+	// CORSOrigins may call the API and the signaling transports from
+	// their pages ("*": any origin); by default only the same origin.
+	CORSOrigins []string
 }
 
 // Server serves the API, the transports and the web client.
@@ -67,6 +86,8 @@ type Server struct {
 	tokens *Tokens
 	engine *gin.Engine
 	admin  [32]byte // SHA-256 of the admin key, compared in constant time
+
+	joins, mints *addrLimiter // per client address; nil: no limit
 
 	waiters *patterns.Waiters     // long polls held at once
 	idem    *patterns.Idempotency // replies to POSTed messages, by key
@@ -89,7 +110,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.GracePeriod <= 0 {
-		cfg.GracePeriod = 15 * time.Second
+		cfg.GracePeriod = 30 * time.Second
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
@@ -100,6 +121,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.OutboxCapacity <= 0 {
 		cfg.OutboxCapacity = 1024
 	}
+	rate := func(r *float64, def float64) {
+		if *r == 0 {
+			*r = def
+		}
+	}
+	rate(&cfg.MessageRate, DefaultMessageRate)
+	rate(&cfg.JoinRate, DefaultJoinRate)
+	rate(&cfg.MintRate, DefaultMintRate)
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
 		tokens:    NewTokens(cfg.AdminKey, cfg.Now),
@@ -110,8 +139,12 @@ func New(cfg Config) (*Server, error) {
 		waiters:   patterns.NewWaiters(cfg.MaxLongPolls),
 		idem:      patterns.NewIdempotency(patterns.IdempotencyConfig{TTL: 10 * time.Minute, MaxEntries: 100000}),
 	}
+	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
 	s.initOps()
 	s.engine = s.routes()
+	if err := s.engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("signaling: trusted proxies: %w", err)
+	}
 	return s, nil
 }
 
@@ -127,6 +160,7 @@ func (s *Server) routes() *gin.Engine {
 		s.log.Error("panic in handler", "path", c.Request.URL.Path, "panic", v)
 		writeError(c, errors.New("panic"))
 	}))
+	e.Use(s.corsMiddleware)
 	e.HandleMethodNotAllowed = true
 	e.NoRoute(func(c *gin.Context) { writeError(c, ErrNotFound) })
 	e.NoMethod(func(c *gin.Context) {
@@ -137,7 +171,7 @@ func (s *Server) routes() *gin.Engine {
 	s.adminRoutes(v1.Group("", s.requireAdmin))
 	s.proctoringRoutes(v1.Group("", s.requireAdmin))
 	v1.GET("/openapi.json", s.serveOpenAPI)
-	v1.POST("/rooms/:room/sessions", s.openSession)
+	v1.POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
 	v1.DELETE("/sessions/:session", s.closeSession)
 	v1.GET("/sessions/:session/ws", s.serveWS(s.sessionStream))
 	v1.GET("/sessions/:session/events", s.serveSSE(s.sessionStream))

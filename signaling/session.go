@@ -26,6 +26,7 @@ type Session struct {
 	stop     chan struct{} // closed by release
 
 	inbox chan clientMessage
+	rate  *rateLimiter // client messages; nil: no limit
 
 	mu        sync.Mutex
 	gen       uint64 // attach generation
@@ -53,6 +54,7 @@ func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
 		out:   patterns.NewLog(patterns.LogConfig{Capacity: s.cfg.OutboxCapacity}),
 		stop:  make(chan struct{}),
 		inbox: make(chan clientMessage, inboxSize),
+		rate:  newRateLimiter(s.cfg.MessageRate),
 	}
 	var once sync.Once
 	ss.release = func() { once.Do(ss.doRelease) }

@@ -2,6 +2,7 @@ package signaling
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -32,6 +33,11 @@ type lookupFunc func(c *gin.Context) (stream, error)
 func (ss *Session) outbox() *patterns.Log { return ss.out }
 
 func (ss *Session) accept(b []byte) bool {
+	if ok, _ := ss.rate.allow(); !ok {
+		m, _ := decodeMessage(b) // for its id
+		ss.replyError(m.id, fmt.Errorf("%w: over %v messages a second", ErrRateLimited, ss.srv.cfg.MessageRate))
+		return true
+	}
 	m, err := decodeMessage(b)
 	if err != nil {
 		ss.replyError(m.id, err)

@@ -94,7 +94,7 @@ func (s *Server) whipRoutes(e *gin.Engine) {
 	for _, kind := range []string{"whip", "whep"} {
 		g := e.Group("/"+kind, cors)
 		g.OPTIONS("/:room", options("OPTIONS, POST"))
-		g.POST("/:room", s.whipPost(kind))
+		g.POST("/:room", s.limitAddr(s.joins, "joins"), s.whipPost(kind))
 		g.OPTIONS("/:room/:resource", options("OPTIONS, PATCH, DELETE"))
 		g.PATCH("/:room/:resource", s.whipPatch(kind))
 		g.DELETE("/:room/:resource", s.whipDelete(kind))

@@ -84,7 +84,7 @@ func (s *Server) serveWS(lookup lookupFunc) gin.HandlerFunc {
 			return
 		}
 		defer s.conns.Done()
-		up := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 16 << 10}
+		up := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 16 << 10, CheckOrigin: s.originAllowed}
 		conn, err := up.Upgrade(c.Writer, c.Request, nil)
 		if err != nil {
 			return // the upgrader has replied

@@ -122,6 +122,14 @@ func (s *spawner) start(ctx context.Context) (*server, error) {
 		"VIGIL_ADMIN_KEY="+s.adminKey,
 		"VIGIL_RECORDINGS_DIR="+filepath.Join(s.dir, "recordings"),
 		"VIGIL_LOG_LEVEL=warn",
+		// Every generated client comes from 127.0.0.1: lift the per-address
+		// and per-session rate limits, and the participant cap, that exist
+		// for real traffic.
+		"VIGIL_JOIN_RATE=0",
+		"VIGIL_MINT_RATE=0",
+		"VIGIL_MESSAGE_RATE=0",
+		"VIGIL_MAX_PARTICIPANTS=0",
+		"VIGIL_DATA_DIR="+filepath.Join(s.dir, "data"),
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

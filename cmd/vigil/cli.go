@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -182,18 +183,58 @@ func configFrom(l *layered) (config, error) {
 	if c.DrainTimeout, err = time.ParseDuration(l.get("drain-timeout")); err != nil {
 		return c, fmt.Errorf("%s: %w", where("drain-timeout"), err)
 	}
+	if c.GracePeriod, err = time.ParseDuration(l.get("grace-period")); err != nil || c.GracePeriod <= 0 {
+		return c, fmt.Errorf("%s: grace period %q: want a positive duration", where("grace-period"), l.get("grace-period"))
+	}
+	c.TLSCert, c.TLSKey = l.get("tls-cert"), l.get("tls-key")
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return c, errors.New("TLS needs both a certificate and a key (-tls-cert and -tls-key, VIGIL_TLS_CERT and VIGIL_TLS_KEY)")
+	}
+	c.CORSOrigins, c.Proxies = commaList(l.get("cors-origins")), commaList(l.get("trusted-proxies"))
+	ints := []struct {
+		name string
+		to   *int
+	}{{"max-rooms", &c.MaxRooms}, {"max-participants", &c.MaxPeople}, {"max-tracks", &c.MaxTracks}}
+	for _, n := range ints {
+		v, err := strconv.Atoi(l.get(n.name))
+		if err != nil || v < 0 {
+			return c, fmt.Errorf("%s: %q: want a whole number, 0 or more", where(n.name), l.get(n.name))
+		}
+		*n.to = v
+	}
+	rates := []struct {
+		name string
+		to   *float64
+	}{{"message-rate", &c.MessageRate}, {"join-rate", &c.JoinRate}, {"mint-rate", &c.MintRate}}
+	for _, r := range rates {
+		v, err := strconv.ParseFloat(l.get(r.name), 64)
+		if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+			return c, fmt.Errorf("%s: %q: want a rate, 0 or more", where(r.name), l.get(r.name))
+		}
+		*r.to = v
+	}
+	if c.MaxBodyBytes, err = strconv.ParseInt(l.get("max-body-bytes"), 10, 64); err != nil || c.MaxBodyBytes < 1024 {
+		return c, fmt.Errorf("%s: %q: want at least 1024 bytes", where("max-body-bytes"), l.get("max-body-bytes"))
+	}
 	if c.PublicIP != "" && net.ParseIP(c.PublicIP) == nil {
 		return c, fmt.Errorf("%s: public ip %q is not an IP address", where("public-ip"), c.PublicIP)
 	}
-	for _, u := range strings.Split(l.get("webhook-urls"), ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			c.WebhookURLs = append(c.WebhookURLs, u)
-		}
-	}
+	c.WebhookURLs = commaList(l.get("webhook-urls"))
 	if len(c.WebhookURLs) > 0 && c.WebhookSecret == "" {
 		return c, errors.New("webhook urls need a webhook secret (-webhook-secret, VIGIL_WEBHOOK_SECRET or webhook_secret)")
 	}
 	return c, nil
+}
+
+// commaList splits a comma-separated setting, dropping empty items.
+func commaList(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 const configHelp = `"vigil config print" prints the configuration "vigil serve" would run

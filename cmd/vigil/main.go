@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -49,6 +50,18 @@ type config struct {
 	WebhookURLs   []string
 	WebhookSecret string
 	DrainTimeout  time.Duration
+	GracePeriod   time.Duration
+	TLSCert       string
+	TLSKey        string
+	CORSOrigins   []string
+	Proxies       []string // trusted proxies
+	MaxRooms      int
+	MaxPeople     int // participants per room
+	MaxTracks     int
+	MessageRate   float64
+	JoinRate      float64
+	MintRate      float64
+	MaxBodyBytes  int64
 }
 
 // parseICEServers reads VIGIL_ICE_SERVERS: a JSON array of RTCIceServer,
@@ -137,6 +150,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	media, err := sfu.New(sfu.Config{
 		UDPAddr: fmt.Sprintf(":%d", cfg.UDPPort), PublicIPs: publicIPs, ICEServers: iceServers,
 		IncludeLoopback: true, Logger: logger, Observer: sfu.Observers{rec, monitor},
+		ReconnectGrace: cfg.GracePeriod, MaxRooms: cfg.MaxRooms, MaxParticipants: cfg.MaxPeople, MaxTracks: noLimit(cfg.MaxTracks),
 	})
 	if err != nil {
 		return err
@@ -151,6 +165,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	sig, err := signaling.New(signaling.Config{
 		SFU: media, AdminKey: cfg.AdminKey, Logger: logger, Recordings: rec, Incidents: monitor,
 		Metrics: metrics.New(version), Webhooks: hooks, DrainTimeout: cfg.DrainTimeout,
+		GracePeriod: cfg.GracePeriod, MaxBodyBytes: cfg.MaxBodyBytes, CORSOrigins: cfg.CORSOrigins, TrustedProxies: cfg.Proxies,
+		MessageRate: float64(noLimit(cfg.MessageRate)), JoinRate: float64(noLimit(cfg.JoinRate)), MintRate: float64(noLimit(cfg.MintRate)),
 	})
 	if err != nil {
 		_ = media.Close()
@@ -162,8 +178,19 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("http: %w", err)
 	}
 	hs := &http.Server{Handler: sig.Handler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
+	scheme := "http"
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			_ = ln.Close()
+			_ = media.Close()
+			return fmt.Errorf("tls: %w", err)
+		}
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln, scheme = tls.NewListener(ln, hs.TLSConfig), "https"
+	}
 
-	fmt.Fprintf(stdout, "Vigil is running. Open %s in a browser.\n", browseURL(ln.Addr()))
+	fmt.Fprintf(stdout, "Vigil is running. Open %s in a browser.\n", strings.Replace(browseURL(ln.Addr()), "http:", scheme+":", 1))
 	if generated {
 		fmt.Fprintf(stdout, "Admin key (generated; set VIGIL_ADMIN_KEY to keep one): %s\n", cfg.AdminKey)
 	}
@@ -195,6 +222,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 	hooks.Close(5 * time.Second)
 	logger.Info("stopped")
 	return nil
+}
+
+// noLimit maps a setting's 0 (no limit) to the negative value the
+// packages take for it (their 0 is their default).
+func noLimit[T int | float64](v T) T {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
 
 // browseURL is the address to print for a person: localhost for a

@@ -332,7 +332,7 @@ func startVigil(t *testing.T, extra ...string) *proc {
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if m := regexp.MustCompile(`Open (http://\S+)/ in a browser`).FindStringSubmatch(sc.Text()); m != nil {
+			if m := regexp.MustCompile(`Open (https?://\S+)/ in a browser`).FindStringSubmatch(sc.Text()); m != nil {
 				urls <- strings.Replace(m[1], "localhost", "127.0.0.1", 1)
 			}
 		}

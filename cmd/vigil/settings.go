@@ -40,6 +40,18 @@ func settings() []setting {
 		{flag: "webhook-urls", env: "VIGIL_WEBHOOK_URLS", key: "webhook_urls", usage: "comma-separated `URLs` that receive every event as a signed POST"},
 		{flag: "webhook-secret", env: "VIGIL_WEBHOOK_SECRET", key: "webhook_secret", usage: "HMAC-SHA256 `key` that signs webhooks (required with webhook-urls)", secret: true},
 		{flag: "drain-timeout", env: "VIGIL_DRAIN_TIMEOUT", key: "drain_timeout", def: "0s", usage: "longest `duration` a drain waits for rooms to end before shutting down; 0 waits as long as they last"},
+		{flag: "grace-period", env: "VIGIL_GRACE_PERIOD", key: "grace_period", def: "30s", usage: "how long a participant whose signaling or media connection is lost may come back (`duration`)"},
+		{flag: "tls-cert", env: "VIGIL_TLS_CERT", key: "tls_cert", usage: "PEM certificate chain `file`: serve HTTPS (with tls-key)"},
+		{flag: "tls-key", env: "VIGIL_TLS_KEY", key: "tls_key", usage: "PEM private key `file` of tls-cert"},
+		{flag: "cors-origins", env: "VIGIL_CORS_ORIGINS", key: "cors_origins", usage: "comma-separated `origins` whose pages may call the API (\"*\": any); none by default (same origin only)"},
+		{flag: "trusted-proxies", env: "VIGIL_TRUSTED_PROXIES", key: "trusted_proxies", usage: "comma-separated proxy `addresses` or CIDRs whose X-Forwarded-For names the client; none by default"},
+		{flag: "max-rooms", env: "VIGIL_MAX_ROOMS", key: "max_rooms", def: "1000", usage: "most rooms open at once (`n`); 0: no limit"},
+		{flag: "max-participants", env: "VIGIL_MAX_PARTICIPANTS", key: "max_participants", def: "1000", usage: "most participants in one room (`n`); a room may ask for fewer; 0: no limit"},
+		{flag: "max-tracks", env: "VIGIL_MAX_TRACKS", key: "max_tracks", def: "6", usage: "most m-lines one participant's offer may send on (`n`); 0: no limit"},
+		{flag: "message-rate", env: "VIGIL_MESSAGE_RATE", key: "message_rate", def: "50", usage: "client messages a second per session (`rate`), bursts of twice that; 0: no limit"},
+		{flag: "join-rate", env: "VIGIL_JOIN_RATE", key: "join_rate", def: "10", usage: "session opens and WHIP/WHEP POSTs a second per client address (`rate`), bursts of twice that; 0: no limit"},
+		{flag: "mint-rate", env: "VIGIL_MINT_RATE", key: "mint_rate", def: "50", usage: "token mints a second per client address (`rate`), bursts of twice that; 0: no limit"},
+		{flag: "max-body-bytes", env: "VIGIL_MAX_BODY_BYTES", key: "max_body_bytes", def: "65536", usage: "largest JSON request body (`bytes`)"},
 	}
 }
 
@@ -217,7 +229,7 @@ func scalarOrList(key string, v *yaml.Node) (string, error) {
 		}
 		return v.Value, nil
 	case yaml.SequenceNode:
-		if key != "webhook_urls" && key != "ice_servers" {
+		if key != "webhook_urls" && key != "ice_servers" && key != "cors_origins" && key != "trusted_proxies" {
 			return "", errors.New("want a single value, not a list")
 		}
 		scalars := true
@@ -233,7 +245,7 @@ func scalarOrList(key string, v *yaml.Node) (string, error) {
 			return strings.Join(parts, ","), nil
 		}
 		if key != "ice_servers" {
-			return "", errors.New("want a list of URLs")
+			return "", errors.New("want a list of strings")
 		}
 		var anyv any
 		if err := v.Decode(&anyv); err != nil {

@@ -52,6 +52,19 @@ type Options struct {
 	RecordingsDir  string               // where recordings go; "" means t.TempDir()
 	DataDir        string               // where the incidents database goes; "" means t.TempDir()
 	Webhooks       *webhooks.Dispatcher // receives the server's events; nil: none
+	// SFU tunes the media core: its UDPAddr, IncludeLoopback, Logger and
+	// Observer are set by StartWith; ReconnectGrace defaults to
+	// GracePeriod.
+	SFU sfu.Config
+	// Configure, if set, adjusts the signaling configuration last. The
+	// rate limits (joins and mints per address, messages per session) are
+	// off unless it sets them: tests open many sessions from 127.0.0.1
+	// and send bursts of messages.
+	Configure func(*signaling.Config)
+	// ConfigureRecordings, if set, adjusts the recordings configuration
+	// (its Dir and Logger set) before the manager starts: a test injects
+	// write faults through its OpenFile.
+	ConfigureRecordings func(*recordings.Config)
 }
 
 // Start runs a server with default options.
@@ -68,7 +81,11 @@ func StartWith(t testing.TB, opts Options) *Server {
 	if opts.RecordingsDir == "" {
 		opts.RecordingsDir = t.TempDir()
 	}
-	rec, err := recordings.New(recordings.Config{Dir: opts.RecordingsDir, Logger: logger})
+	rc := recordings.Config{Dir: opts.RecordingsDir, Logger: logger}
+	if opts.ConfigureRecordings != nil {
+		opts.ConfigureRecordings(&rc)
+	}
+	rec, err := recordings.New(rc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,16 +100,25 @@ func StartWith(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	media, err := sfu.New(sfu.Config{UDPAddr: "127.0.0.1:0", IncludeLoopback: true, Logger: logger, Observer: sfu.Observers{rec, mon}})
+	sc := opts.SFU
+	sc.UDPAddr, sc.IncludeLoopback, sc.Logger, sc.Observer = "127.0.0.1:0", true, logger, sfu.Observers{rec, mon}
+	if sc.ReconnectGrace == 0 {
+		sc.ReconnectGrace = opts.GracePeriod
+	}
+	media, err := sfu.New(sc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const key = "test-admin-key"
-	sig, err := signaling.New(signaling.Config{
+	sigCfg := signaling.Config{
 		SFU: media, AdminKey: key, Logger: logger, GracePeriod: opts.GracePeriod, Now: opts.Now,
 		MaxLongPolls: opts.MaxLongPolls, OutboxCapacity: opts.OutboxCapacity, Recordings: rec, Incidents: mon,
-		Webhooks: opts.Webhooks,
-	})
+		Webhooks: opts.Webhooks, JoinRate: -1, MintRate: -1, MessageRate: -1,
+	}
+	if opts.Configure != nil {
+		opts.Configure(&sigCfg)
+	}
+	sig, err := signaling.New(sigCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
