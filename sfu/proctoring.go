@@ -94,6 +94,10 @@ func (r *Room) Admit(by *Participant, identity string) error {
 		who = by.identity
 	}
 	r.mu.Lock()
+	if r.admitted == nil {
+		r.admitted = map[string]bool{}
+	}
+	r.admitted[identity] = true
 	c.mu.Lock()
 	was := c.waiting
 	c.waiting = false
@@ -126,8 +130,17 @@ func (r *Room) Reject(by *Participant, identity, message string) error {
 	if err != nil {
 		return err
 	}
+	r.forgetAdmission(identity)
 	c.LeaveWithMessage(ReasonRejected, message)
 	return nil
+}
+
+// forgetAdmission sends the identity back to the waiting room should it
+// join again.
+func (r *Room) forgetAdmission(identity string) {
+	r.mu.Lock()
+	delete(r.admitted, identity)
+	r.mu.Unlock()
 }
 
 // EndExam ends one candidate's exam ("*": every candidate's): it leaves
@@ -138,6 +151,7 @@ func (r *Room) EndExam(by *Participant, identity, message string) error {
 		if err != nil {
 			return err
 		}
+		r.forgetAdmission(identity)
 		c.LeaveWithMessage(ReasonExamEnded, message)
 		return nil
 	}
@@ -146,6 +160,7 @@ func (r *Room) EndExam(by *Participant, identity, message string) error {
 	}
 	for _, c := range r.List() {
 		if c.Role() == RoleCandidate {
+			r.forgetAdmission(c.identity)
 			c.LeaveWithMessage(ReasonExamEnded, message)
 		}
 	}

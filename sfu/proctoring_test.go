@@ -152,6 +152,18 @@ func TestAdmissionAndExamEnd(t *testing.T) {
 		t.Fatal("the proctor was not told the candidate was admitted")
 	}
 
+	// Reconnecting with a new session (same identity) keeps the
+	// admission: no second trip through the waiting room.
+	cs2 := chanSink{ch: make(chan Event, 64)}
+	again, err := room.Join(JoinConfig{Identity: "c1", Role: RoleCandidate, Sink: cs2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Admitted() {
+		t.Fatal("a re-joining admitted candidate was sent back to the waiting room")
+	}
+	cand, cs = again, cs2
+
 	// A proctor's announcement reaches the candidate; a candidate's chat
 	// to everyone reaches no one it could name.
 	if err := proctor.Chat("*", "ten minutes left"); err != nil {
@@ -178,5 +190,14 @@ func TestAdmissionAndExamEnd(t *testing.T) {
 	if !chat || !left {
 		t.Fatalf("candidate events %v: announcement %v, exam ended %v", candEvents, chat, left)
 	}
+	// After its exam ended, the same identity waits again.
+	late, err := room.Join(JoinConfig{Identity: "c1", Role: RoleCandidate, Sink: chanSink{ch: make(chan Event, 64)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if late.Admitted() {
+		t.Fatal("a candidate whose exam ended came back admitted")
+	}
+	late.Leave(ReasonLeft)
 	proctor.Leave(ReasonLeft)
 }

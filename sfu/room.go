@@ -20,7 +20,10 @@ type Room struct {
 	participants map[string]*Participant // by identity
 	watchers     []Sink                  // see everything, as admins do
 	joins        uint64                  // participants joined so far
-	closed       bool
+	// admitted are the candidates a proctor let in: one who reconnects
+	// with a new session is not sent back to the waiting room.
+	admitted map[string]bool
+	closed   bool
 }
 
 func newRoom(s *SFU, name string, kind Kind, opts RoomOptions) *Room {
@@ -95,6 +98,11 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 		// below, outside the lock.
 		delete(r.participants, cfg.Identity)
 		r.notifyLeftLocked(old, ReasonReplaced)
+	}
+	if r.admitted[cfg.Identity] {
+		p.mu.Lock()
+		p.waiting = false
+		p.mu.Unlock()
 	}
 	r.joins++
 	p.joinSeq = r.joins

@@ -173,6 +173,13 @@ func (b *browser) logf(format string, args ...any) {
 // records the page's console errors and uncaught exceptions under name.
 func (b *browser) open(t *testing.T, name, url string) context.Context {
 	t.Helper()
+	return b.openWith(t, name, url, "")
+}
+
+// openWith is open with one more script run before any page script
+// (after instrument), for a test's own shims.
+func (b *browser) openWith(t *testing.T, name, url, script string) context.Context {
+	t.Helper()
 	ctx, cancel := chromedp.NewContext(b.ctx)
 	t.Cleanup(cancel)
 	messages := chromedp.Console(ctx) // subscribes now, before the page loads
@@ -190,7 +197,7 @@ func (b *browser) open(t *testing.T, name, url string) context.Context {
 	err := chromedp.Do(ctx,
 		chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
 			_, err := cdp.Call(ctx, t, page.AddScriptToEvaluateOnNewDocument,
-				page.AddScriptToEvaluateOnNewDocumentParams{Source: instrument})
+				page.AddScriptToEvaluateOnNewDocumentParams{Source: instrument + script})
 			return err
 		}),
 		chromedp.Navigate(url),

@@ -17,7 +17,8 @@
 //
 // window.vigil is a debug handle for tests: pc, state, identity, role,
 // events, seqs (the seq of each event delivered, in order), transport
-// (the one in use), transports (every one tried, in order) and stats().
+// (the one in use), transports (every one tried, in order), received
+// (every remote track the page got, labelled) and stats().
 //
 // A proctoring page (a join token with the role candidate or proctor)
 // also loads a *mode* module, candidate.js or proctor.js, before it
@@ -99,20 +100,24 @@ window.vigil = {
   get transports() { return page.session ? [...page.session.tried] : []; },
   events: page.events,
   seqs: page.seqs,
+  received: [], // every remote track this page got: {mid, kind, identity, source}
   stats,
 };
 
-// roomApi is what a mode module may use of the page.
+// roomApi is what a mode module may use of the page. A mode is an object
+// with optional hooks, each called in the page's event order:
+//   debug            property descriptors added to window.vigil
+//   beforeJoin()     resolves when the page may join (a pre-flight)
+//   publish(permitted, gen)  adds the role's tracks (addLocalTrack)
+//   placeVideo(el, info, mid)  puts a remote <video> in place; true if it did
+//   onEvent(ev)      every server event, after the page's own handling
+//   onServerError(data)  true if the refusal was the mode's to handle
 const roomApi = {
   page,
-  get pc() { return pc; },
   get gen() { return gen; },
   send: (msg) => page.session.send(msg),
-  trackOfMid: (mid) => trackMap.get(mid),
-  roster,
   setStatus,
   showError,
-  clearError,
   stats,
   addLocalTrack,
   replaceLocalTrack,
@@ -551,6 +556,7 @@ function onTrack(ev) {
     identity: 'unknown',
     source: track.kind === 'audio' ? 'microphone' : 'camera',
   };
+  window.vigil.received.push({ mid, kind: track.kind, identity: info.identity, source: info.source });
   removeMedia(mid);
   let el;
   let tile = null;
@@ -586,7 +592,6 @@ function onTrack(ev) {
     played.catch(() => {});
   }
   media.set(mid, { el, tile, track });
-  if (mode && mode.mediaAdded) mode.mediaAdded(el, info, track);
   track.addEventListener('ended', () => {
     const m = media.get(mid);
     if (m && m.track === track) removeMedia(mid);
@@ -600,7 +605,6 @@ function removeMedia(mid) {
   media.delete(mid);
   m.el.srcObject = null;
   (m.tile || m.el).remove();
-  if (mode && mode.mediaRemoved) mode.mediaRemoved(m.el);
   updateEmpty();
 }
 
