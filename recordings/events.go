@@ -17,18 +17,29 @@ type Event struct {
 	Recording Manifest
 }
 
-// OnEvent makes f receive every recording Event from now on; nil stops.
+// OnEvent makes f receive every recording Event from now on, after the
+// handlers already registered (webhooks, the admin room feeds); nil
+// removes every handler.
 func (m *Manager) OnEvent(f func(Event)) {
+	m.onEventMu.Lock()
+	defer m.onEventMu.Unlock()
 	if f == nil {
 		m.onEvent.Store(nil)
 		return
 	}
-	m.onEvent.Store(&f)
+	var fs []func(Event)
+	if cur := m.onEvent.Load(); cur != nil {
+		fs = append(fs, *cur...)
+	}
+	fs = append(fs, f)
+	m.onEvent.Store(&fs)
 }
 
 func (m *Manager) emit(typ string, man *Manifest) {
-	if f := m.onEvent.Load(); f != nil {
-		(*f)(Event{Type: typ, Recording: *man.clone()})
+	if fs := m.onEvent.Load(); fs != nil {
+		for _, f := range *fs {
+			f(Event{Type: typ, Recording: *man.clone()})
+		}
 	}
 }
 

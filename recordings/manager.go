@@ -51,6 +51,10 @@ type Config struct {
 	Logger       *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// OpenFile creates a segment file for writing; nil creates a new file
+	// (0600). A test of another package injects faults here (a file on
+	// /dev/full, where every write fails with ENOSPC).
+	OpenFile func(path string) (*os.File, error)
 
 	openFile func(path string) (fileWriter, error) // tests inject faults here
 }
@@ -96,8 +100,9 @@ type Manager struct {
 	hashMu sync.Mutex
 	hashes map[string]hashEntry
 
-	onEvent           atomic.Pointer[func(Event)] // see OnEvent
-	written, failures atomic.Uint64               // see Stats
+	onEventMu         sync.Mutex                    // serializes OnEvent
+	onEvent           atomic.Pointer[[]func(Event)] // see OnEvent; copied on write
+	written, failures atomic.Uint64                 // see Stats
 }
 
 type hashEntry struct {
@@ -132,6 +137,16 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.RetentionInterval <= 0 {
 		cfg.RetentionInterval = min(max(cfg.Retention/10, time.Minute), time.Hour)
+	}
+	if cfg.openFile == nil && cfg.OpenFile != nil {
+		open := cfg.OpenFile
+		cfg.openFile = func(path string) (fileWriter, error) {
+			f, err := open(path)
+			if err != nil {
+				return nil, err
+			}
+			return f, nil
+		}
 	}
 	if cfg.openFile == nil {
 		cfg.openFile = openFile

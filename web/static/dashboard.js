@@ -1,9 +1,11 @@
 // dashboard.js — the admin dashboard: live rooms, their participants and
 // tracks, small charts of each participant's upstream bitrate and packet
-// loss over the last minutes, recordings with download links, and (later)
-// incidents. It polls the admin API (GET /v1/rooms, GET /v1/recordings,
-// GET /readyz) with the admin key the home page remembers, and keeps the
-// samples in memory: the charts start when the page opens.
+// loss over the last minutes, recordings with download links, and the
+// newest incidents of each proctoring room with a thumbnail of their
+// snapshot. It polls the admin API (GET /v1/rooms, GET /v1/recordings,
+// GET /v1/rooms/{room}/incidents, GET /readyz) with the admin key the home
+// page remembers, and keeps the samples in memory: the charts start when
+// the page opens.
 
 import { api, describe } from './api.js';
 
@@ -20,6 +22,16 @@ const samples = new Map();
 const last = new Map();
 // blob URLs made for downloads, revoked on the next render.
 let blobURLs = [];
+// How many incidents are listed per room, newest first.
+const INCIDENT_LIMIT = 10;
+// Proctoring rooms seen since the page opened: their incidents stay
+// listed after the room ends (incidents outlive it).
+const incidentRooms = new Set();
+// Snapshot thumbnails by incident id: {url, failed}; each fetched once
+// (with the admin key, shown through a blob URL), revoked when the
+// incident is no longer listed.
+const thumbs = new Map();
+let incidentsDisabled = false;
 
 window.vigilDashboard = { samples, polls: 0 };
 
@@ -212,6 +224,91 @@ function renderRecordings(recs) {
   }
 }
 
+// thumbnail is an <img> of the incident's snapshot, fetched with the
+// admin key once and shown through a blob URL.
+function thumbnail(room, inc) {
+  const img = el('img', { class: 'incident-thumb', alt: `camera of ${inc.identity} at the incident`, width: 96 });
+  let t = thumbs.get(inc.id);
+  if (!t) {
+    t = { url: '', pending: [] };
+    thumbs.set(inc.id, t);
+    fetch(`/v1/rooms/${encodeURIComponent(room)}/incidents/${encodeURIComponent(inc.id)}/snapshot`, {
+      headers: { Authorization: `Bearer ${adminKey()}` },
+      cache: 'no-store',
+    }).then(async (res) => {
+      if (!res.ok) throw new Error(`snapshot of ${inc.id}: HTTP ${res.status}`);
+      const url = URL.createObjectURL(await res.blob());
+      if (thumbs.get(inc.id) !== t) {
+        URL.revokeObjectURL(url); // no longer listed
+        return;
+      }
+      t.url = url;
+      for (const waiting of t.pending) waiting.src = url;
+      t.pending = [];
+    }).catch(() => {
+      if (thumbs.get(inc.id) === t) thumbs.delete(inc.id); // try again on the next poll
+    });
+  }
+  if (t.url) img.src = t.url;
+  else t.pending.push(img);
+  return img;
+}
+
+// renderIncidents lists, per room, the newest incidents first.
+function renderIncidents(byRoom) {
+  const box = $('incidents');
+  box.replaceChildren();
+  const listed = new Set();
+  for (const { room, incidents } of byRoom) {
+    if (incidents.length === 0) continue;
+    const body = el('tbody');
+    for (const inc of incidents) {
+      listed.add(inc.id);
+      body.append(el('tr', { 'data-incident': inc.id, 'data-type': inc.type, 'data-identity': inc.identity },
+        el('td', { class: 'time' }, new Date(inc.time).toLocaleTimeString()),
+        el('td', { class: 'candidate' }, inc.identity),
+        el('td', { class: 'type' }, inc.type),
+        el('td', { class: 'note' }, inc.note || ''),
+        el('td', { class: 'snapshot' }, inc.has_snapshot ? thumbnail(room, inc) : '—')));
+    }
+    box.append(el('section', { class: 'dash-incidents', 'data-room': room },
+      el('h3', {}, room),
+      el('table', {},
+        el('thead', {}, el('tr', {},
+          el('th', { scope: 'col' }, 'Time'), el('th', { scope: 'col' }, 'Candidate'),
+          el('th', { scope: 'col' }, 'Type'), el('th', { scope: 'col' }, 'Note'),
+          el('th', { scope: 'col' }, 'Snapshot'))),
+        body)));
+  }
+  $('no-incidents').hidden = listed.size > 0;
+  for (const [id, t] of thumbs) {
+    if (!listed.has(id)) {
+      if (t.url) URL.revokeObjectURL(t.url);
+      thumbs.delete(id);
+    }
+  }
+}
+
+async function pollIncidents(key) {
+  if (incidentsDisabled) return;
+  const byRoom = [];
+  for (const room of [...incidentRooms].sort()) {
+    try {
+      const res = await api(`/v1/rooms/${encodeURIComponent(room)}/incidents?limit=${INCIDENT_LIMIT}`, { token: key });
+      byRoom.push({ room, incidents: ((res && res.incidents) || []).slice().reverse() });
+    } catch (err) {
+      if (err.code === 'incidents_disabled') {
+        incidentsDisabled = true;
+        $('no-incidents').textContent = 'Incidents are not enabled on this server.';
+        $('no-incidents').hidden = false;
+        return;
+      }
+      showError(err);
+    }
+  }
+  renderIncidents(byRoom);
+}
+
 async function poll() {
   const key = adminKey();
   if (!key) {
@@ -229,6 +326,9 @@ async function poll() {
   try {
     const res = await api('/v1/rooms', { token: key });
     renderRooms((res && res.rooms) || [], now);
+    for (const r of (res && res.rooms) || []) {
+      if (r.kind === 'proctoring') incidentRooms.add(r.name);
+    }
     clearError();
   } catch (err) {
     showError(err);
@@ -242,12 +342,14 @@ async function poll() {
   } catch (err) {
     if (err.code !== 'recordings_disabled') showError(err);
   }
+  await pollIncidents(key);
   window.vigilDashboard.polls++;
 }
 
 function start() {
   $('interval').textContent = String(INTERVAL_MS / 1000);
   $('window').textContent = String(WINDOW_MS / 60000);
+  $('incident-limit').textContent = String(INCIDENT_LIMIT);
   $('key-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     try {
