@@ -55,7 +55,6 @@ func sha(s string) (string, int64) {
 }
 
 func TestIndexRebuiltFromManifests(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	now := time.Now().UTC().Truncate(time.Second)
 	done := writeRecording(t, dir, "rec_000000000000000000000001", recordings.StatusComplete, now, map[string]string{"av-001.webm": "one"}, true)
@@ -97,7 +96,6 @@ func TestIndexRebuiltFromManifests(t *testing.T) {
 }
 
 func TestVerifyDetectsTampering(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	now := time.Now().UTC()
 	man := writeRecording(t, dir, "rec_0000000000000000000000aa", recordings.StatusComplete, now,
@@ -164,7 +162,6 @@ func TestVerifyDetectsTampering(t *testing.T) {
 }
 
 func TestOpenConfinedToListedFiles(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	man := writeRecording(t, dir, "rec_0000000000000000000000bb", recordings.StatusComplete, time.Now(),
 		map[string]string{"av-001.webm": "media"}, true)
@@ -198,7 +195,6 @@ func TestOpenConfinedToListedFiles(t *testing.T) {
 }
 
 func TestRetentionDeletesOldRecordings(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	now := time.Date(2030, 1, 10, 12, 0, 0, 0, time.UTC)
 	old := writeRecording(t, dir, "rec_0000000000000000000000c1", recordings.StatusComplete, now.Add(-31*24*time.Hour), map[string]string{"av-001.webm": "a"}, true)
@@ -231,7 +227,6 @@ func TestRetentionDeletesOldRecordings(t *testing.T) {
 // candidate records normally: the first recording fails with the error in
 // its manifest, and the media path and the other recording go on.
 func TestWriteErrorStopsOnlyThatRecording(t *testing.T) {
-	t.Parallel()
 	if _, err := os.Stat("/dev/full"); err != nil {
 		t.Skip("no /dev/full on this system")
 	}

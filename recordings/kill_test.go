@@ -110,7 +110,6 @@ func api(t *testing.T, base, method, path, bearer string, body any, want int, ou
 // restart's index marks the recording interrupted and seals it, and
 // `vigil verify` passes it, until a byte is changed.
 func TestKillLeavesPlayableFile(t *testing.T) {
-	t.Parallel()
 	needFFmpeg(t)
 	bin := buildVigil(t)
 	dir := t.TempDir()

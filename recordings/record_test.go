@@ -94,7 +94,6 @@ func waitStatus(t *testing.T, m *recordings.Manager, id, status string) recordin
 }
 
 func TestRecordVP8OpusProctoringCandidate(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	m := newManager(t, recordings.Config{Dir: dir, ReconnectGrace: 500 * time.Millisecond})
 	s := newSFU(t, m)
@@ -170,7 +169,6 @@ func TestRecordVP8OpusProctoringCandidate(t *testing.T) {
 }
 
 func TestRecordH264OpusAutoRecordRoom(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	m := newManager(t, recordings.Config{Dir: dir})
 	s := newSFU(t, m)
@@ -204,7 +202,6 @@ func TestRecordH264OpusAutoRecordRoom(t *testing.T) {
 }
 
 func TestReconnectAppendsSegment(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	m := newManager(t, recordings.Config{Dir: dir, ReconnectGrace: 20 * time.Second})
 	s := newSFU(t, m)
@@ -273,7 +270,6 @@ func TestReconnectAppendsSegment(t *testing.T) {
 // hold ends and a new segment with both begins, its video at a keyframe,
 // with no gap between the two.
 func TestLateCameraStartsNewSegment(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	m := newManager(t, recordings.Config{Dir: dir, SettleTimeout: time.Second})
 	s := newSFU(t, m)
