@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/vigil-media/vigil/recordings"
@@ -15,15 +16,14 @@ import (
 // configured without a recordings manager.
 var ErrRecordingsDisabled = errors.New("recordings are not enabled on this server")
 
-// recordingRoutes registers the recordings API (docs/recordings.md); the
-// routes are admin routes.
+// recordingRoutes registers the admin routes of the recordings API
+// (docs/recordings.md). Reading one recording and its files is also open
+// to a proctor of its room (recordingReaderRoutes).
 func (s *Server) recordingRoutes(g *gin.RouterGroup) {
 	g.POST("/rooms/:room/recordings", s.startRecording)
 	g.DELETE("/rooms/:room/recordings", s.stopRecording)
 	g.GET("/recordings", s.listRecordings)
-	g.GET("/recordings/:id", s.getRecording)
 	g.DELETE("/recordings/:id", s.deleteRecording)
-	g.GET("/recordings/:id/files/:name", s.downloadRecording)
 }
 
 // recordingsManager returns the manager or writes the error.
@@ -101,8 +101,22 @@ func (s *Server) listRecordings(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"recordings": list})
 }
 
+// recordingReply is the manifest with a signed URL for each file (what a
+// <video> element can load without an Authorization header).
+type recordingReply struct {
+	recordings.Manifest
+	Files []recordingFileURL `json:"files"`
+}
+
+// recordingFileURL is a signed URL of one file of a recording.
+type recordingFileURL struct {
+	Name      string    `json:"name"`
+	URL       string    `json:"url"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
 // getRecording returns the manifest, each file verified against its
-// SHA-256 now.
+// SHA-256 now, and a signed URL for each file.
 func (s *Server) getRecording(c *gin.Context) {
 	m := s.recordingsManager(c)
 	if m == nil {
@@ -113,7 +127,12 @@ func (s *Server) getRecording(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, man)
+	reply := recordingReply{Manifest: man, Files: make([]recordingFileURL, 0, len(man.Segments))}
+	for _, seg := range man.Segments {
+		u, exp := s.signedFileURL(man.ID, seg.File)
+		reply.Files = append(reply.Files, recordingFileURL{Name: seg.File, URL: u, ExpiresAt: exp})
+	}
+	c.JSON(http.StatusOK, reply)
 }
 
 func (s *Server) deleteRecording(c *gin.Context) {

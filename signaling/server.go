@@ -177,7 +177,8 @@ func (s *Server) routes() *gin.Engine {
 	v1.GET("/sessions/:session/events", s.serveSSE(s.sessionStream))
 	v1.GET("/sessions/:session/poll", s.servePoll(s.sessionStream))
 	v1.POST("/sessions/:session/messages", s.postMessage)
-	s.incidentRoutes(v1) // admin key or a proctor's join token
+	s.incidentRoutes(v1)        // admin key or a proctor's join token
+	s.recordingReaderRoutes(v1) // admin key, a proctor's join token or a signed URL
 	feed := v1.Group("/rooms/:room/events", s.requireAdmin)
 	feed.GET("", s.serveSSE(s.feedStream))
 	feed.GET("/ws", s.serveWS(s.feedStream))

@@ -695,6 +695,7 @@ func TestProctorTalksToOneCandidate(t *testing.T) {
 	if !found {
 		t.Errorf("no manual incident of cand-a in %+v", incs)
 	}
+	checkPlayFromHere(t, proctor, "cand-a")
 	checkIsolated(t, bb, "cand-b", "cand-a")
 
 	// Ending cand-a's exam ends it alone.
@@ -712,4 +713,73 @@ func TestProctorTalksToOneCandidate(t *testing.T) {
 	if p := evalString(bb, `window.vigil.phase`); p != "exam" {
 		t.Errorf("cand-b in phase %q after cand-a's exam ended", p)
 	}
+}
+
+// playbackSeen is the proctor page's window.vigil.playback.
+type playbackSeen struct {
+	Identity    string  `json:"identity"`
+	Incident    string  `json:"incident"`
+	Recording   string  `json:"recording"`
+	File        string  `json:"file"`
+	Offset      float64 `json:"offset"`
+	State       string  `json:"state"`
+	Error       string  `json:"error"`
+	Src         string  `json:"src"`
+	CurrentTime float64 `json:"currentTime"`
+	Duration    float64 `json:"duration"` // -1: infinite
+	ReadyState  int     `json:"readyState"`
+	MediaError  int     `json:"mediaError"`
+	Loads       int     `json:"loads"`
+}
+
+// checkPlayFromHere clicks "Play from here" on the focused identity's
+// manual incident in the proctor's timeline: the playback video loads
+// the incident's recording file through its signed URL, seeks to the
+// incident's offset and plays on, with no media error, while the live
+// camera of the candidate goes on decoding.
+func checkPlayFromHere(t *testing.T, proctor context.Context, identity string) {
+	t.Helper()
+	start := time.Now()
+	var inc struct {
+		ID            string  `json:"id"`
+		RecordingID   *string `json:"recording_id"`
+		RecordingFile *string `json:"recording_file"`
+		OffsetMs      *int64  `json:"offset_ms"`
+	}
+	if err := eval(proctor, fmt.Sprintf(`window.vigil.incidents.filter((i) => i.identity === %q && i.type === 'manual').pop()`, identity), &inc); err != nil {
+		t.Fatal(err)
+	}
+	if inc.RecordingID == nil || inc.RecordingFile == nil || inc.OffsetMs == nil {
+		t.Fatalf("the manual incident of %s is not placed in a recording: %+v", identity, inc)
+	}
+	btn := fmt.Sprintf(`#timeline li[data-incident-id=%q] [data-action="play-from"]`, inc.ID)
+	waitElement(t, proctor, "proctor", btn)
+	click(t, proctor, "proctor", btn)
+	want := float64(*inc.OffsetMs) / 1000
+	var pb playbackSeen
+	waitFor(t, 10*time.Second, "the proctor playing the recording from the incident", func() (bool, string) {
+		if err := eval(proctor, `window.vigil.playback`, &pb); err != nil {
+			return false, err.Error()
+		}
+		ok := pb.State == "playing" && pb.ReadyState >= 2 && pb.MediaError == 0 && pb.Duration != 0 &&
+			pb.CurrentTime >= want-0.25 && pb.CurrentTime <= want+3
+		return ok, fmt.Sprintf("%+v (offset %.3f s); %s", pb, want, evalString(proctor, `document.getElementById('playback-state').textContent`))
+	})
+	if pb.Identity != identity || pb.Incident != inc.ID || pb.Recording != *inc.RecordingID || pb.File != *inc.RecordingFile {
+		t.Errorf("playback %+v, want incident %s of %s", pb, inc.ID, identity)
+	}
+	if ok, err := exists(proctor, `#focus #playback:not([hidden]) video[data-playback][controls]`); err != nil || !ok {
+		t.Errorf("no visible playback video in the focus view (err %v)", err)
+	}
+	t.Logf("playback of %s at %.2f s (incident at %.3f s, duration %.2f, %d loads) %v after the click", pb.File, pb.CurrentTime, want, pb.Duration, pb.Loads, time.Since(start).Round(time.Millisecond))
+	// It plays on, and the live camera goes on.
+	at := pb.CurrentTime
+	waitFor(t, 5*time.Second, "the playback advancing", func() (bool, string) {
+		if err := eval(proctor, `window.vigil.playback`, &pb); err != nil {
+			return false, err.Error()
+		}
+		return pb.CurrentTime > at+0.3 && pb.MediaError == 0, fmt.Sprintf("%+v", pb)
+	})
+	waitVideo(t, proctor, 5*time.Second, "the proctor still decoding "+identity+"'s live camera", identity, "camera",
+		func(inbound) bool { return true }, nil)
 }

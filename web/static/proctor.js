@@ -23,11 +23,21 @@
 // server lets a proctor of the room read them); without that call (a
 // server that refuses it) the live events alone make the timeline.
 //
+// An incident placed in the candidate's recording (recording_id,
+// recording_file, offset_ms) has "Play from here" in the timeline: the
+// page reads the recording's manifest (GET /v1/recordings/{id}, with the
+// proctor's join token), sets the <video data-playback> of the focus view
+// to the signed URL of recording_file (a <video> cannot send the token)
+// and seeks it to offset_ms, which counts from the start of that file.
+// The live feeds go on meanwhile; leaving the focus closes the playback.
+//
 // window.vigil gains: incidents (every incident received, with
 // shownAt: when this page showed it), layers (track id -> {identity,
 // source, layer} asked for), focused, focus(identity | null),
-// candidates (identity -> {state, connection, incidents, speaking}) and
-// talking (the targets this page talks to now).
+// candidates (identity -> {state, connection, incidents, speaking}),
+// talking (the targets this page talks to now) and playback (what the
+// playback video plays: {identity, incident, recording, file, offset,
+// state, error, currentTime, duration, readyState}).
 
 import { api, describe } from './api.js';
 import { h, clock, incidentLabel, pushToTalk } from './proctoring-common.js';
@@ -82,6 +92,11 @@ export function createMode(room) {
   const chatForm = h('form', { id: 'chat-form', class: 'row' },
     h('label', { for: 'chat-text' }, 'Message to this candidate only'), chatInput,
     h('button', { type: 'submit' }, 'Send'));
+  const playbackVideo = h('video', { id: 'playback-video', controls: true, playsinline: true, preload: 'auto', dataset: { playback: '' } });
+  const playbackState = h('p', { id: 'playback-state', class: 'hint', role: 'status' });
+  const playbackClose = h('button', { type: 'button', id: 'playback-close', class: 'secondary' }, 'Close the recording');
+  const playbackSection = h('section', { id: 'playback', hidden: true, 'aria-labelledby': 'playback-heading' },
+    h('h3', { id: 'playback-heading' }, 'Recording'), playbackVideo, playbackState, playbackClose);
   const focusHeading = h('h2', { id: 'focus-heading' }, 'Focus');
   const unfocus = h('button', { type: 'button', id: 'unfocus', class: 'secondary' }, 'Back to the grid');
   const focusSection = h('section', { id: 'focus', class: 'card', hidden: true, 'aria-labelledby': 'focus-heading' },
@@ -91,6 +106,7 @@ export function createMode(room) {
       h('div', { class: 'focus-side' },
         h('section', { 'aria-labelledby': 'timeline-heading' },
           h('h3', { id: 'timeline-heading' }, 'Timeline'), timeline),
+        playbackSection,
         flagForm,
         h('section', { 'aria-labelledby': 'chat-heading' },
           h('h3', { id: 'chat-heading' }, 'Chat'), chatLog, chatForm))));
@@ -289,6 +305,7 @@ export function createMode(room) {
     if (identity && !candidates.has(identity)) return false;
     const before = focused ? candidates.get(focused) : null;
     focused = identity || null;
+    if (playback.identity && playback.identity !== focused) stopPlayback();
     if (before) {
       place(before);
       applyLayers(before);
@@ -329,9 +346,170 @@ export function createMode(room) {
     if (!c) return;
     timeline.replaceChildren(...(c.timeline.length === 0
       ? [h('li', { class: 'empty' }, 'Nothing yet.')]
-      : c.timeline.map((e) => h('li', { class: `tl-${e.kind}`, dataset: { kind: e.kind, type: e.type || '' } },
-        h('span', { class: 'time' }, clock(e.time)), ' ', e.text))));
+      : c.timeline.map((e) => h('li', { class: `tl-${e.kind}`, dataset: { kind: e.kind, type: e.type || '', ...(e.id ? { incidentId: e.id } : {}) } },
+        h('span', { class: 'time' }, clock(e.time)), ' ', e.text,
+        playable(e.inc) ? [' ', h('button', {
+          type: 'button', class: 'secondary play-from', dataset: { action: 'play-from' },
+          title: `Play ${e.inc.recording_file} from ${mediaTime(e.inc.offset_ms / 1000)}`,
+          onclick: () => playFrom(e.inc),
+        }, 'Play from here')] : null))));
   }
+
+  // ------------------------------------------------------------ playback
+
+  const playback = {
+    identity: null, incident: null, recording: null, file: null, offset: 0, live: false, state: 'idle', error: '',
+  };
+  let playbackGen = 0; // a newer "Play from here" (or a close) wins over a load under way
+  let playbackLoads = 0; // loads of this playback: a new query each, so no cached copy is reused
+  let playbackWaits = 0; // reloads waiting for a live file to reach the incident
+  let playbackRetried = false;
+
+  function playable(inc) {
+    return !!(inc && inc.recording_id && inc.recording_file && inc.offset_ms != null);
+  }
+
+  // mediaTime formats seconds into a file as M:SS.
+  function mediaTime(sec) {
+    const s = Math.max(0, Math.floor(sec));
+    return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
+  }
+
+  function setPlayback(state, text) {
+    playback.state = state;
+    playback.error = state === 'error' ? text : '';
+    playbackSection.dataset.state = state;
+    playbackState.textContent = text;
+  }
+
+  // fileOf reads the recording's manifest with the proctor's token and
+  // returns the signed URL of file, and whether the file is still being
+  // written (no SHA-256 yet): then it grows, and a load sees what was
+  // written when it was made.
+  async function fileOf(recording, file) {
+    const man = await api(`/v1/recordings/${encodeURIComponent(recording)}`, { token: room.page.token });
+    const f = ((man && man.files) || []).find((x) => x.name === file);
+    const seg = ((man && man.segments) || []).find((x) => x.file === file);
+    if (!f || !f.url || !seg) throw new Error(`the recording has no file ${file}`);
+    return { url: f.url, live: !seg.sha256 };
+  }
+
+  // loadAt points the playback video at the file and, once its metadata
+  // is known, seeks to offset (seconds into the file) and plays. A live
+  // file that does not reach offset yet is loaded again a second later.
+  function loadAt(f, offset, gen) {
+    playback.live = f.live;
+    const wait = (d) => {
+      playbackWaits++;
+      setPlayback('waiting', `The recording is written up to ${mediaTime(d)}; waiting for it to reach ${mediaTime(offset)}…`);
+      setTimeout(() => reload(offset, gen), 1000);
+    };
+    const play = () => {
+      const started = playbackVideo.play();
+      if (started) {
+        started.catch((err) => {
+          if (gen !== playbackGen || !err || err.name !== 'NotAllowedError') return;
+          // No sound without a gesture the browser counts: play muted.
+          playbackVideo.muted = true;
+          playbackVideo.play().catch(() => {});
+        });
+      }
+    };
+    const onMeta = () => {
+      if (gen !== playbackGen) return;
+      const d = playbackVideo.duration;
+      if (f.live && Number.isFinite(d) && d < offset && playbackWaits < 20) {
+        wait(d);
+        return;
+      }
+      // A file being written has no Duration: the browser learns where it
+      // ends when it gets there, and a seek past that end is clamped to
+      // it. Then the moment is not written yet: load it again later.
+      playbackVideo.addEventListener('seeked', () => {
+        if (gen !== playbackGen) return;
+        const at = playbackVideo.currentTime;
+        if (f.live && at < offset - 0.25 && playbackWaits < 20) {
+          wait(at);
+          return;
+        }
+        play();
+      }, { once: true });
+      playbackVideo.currentTime = Number.isFinite(d) ? Math.min(offset, d) : offset;
+    };
+    playbackVideo.addEventListener('loadedmetadata', onMeta, { once: true });
+    playbackLoads++;
+    playbackVideo.src = `${f.url}&load=${playbackLoads}`;
+  }
+
+  // reload reads the manifest again (a fresh signed URL, and what is
+  // written now) and goes on at offset.
+  async function reload(offset, gen) {
+    if (gen !== playbackGen) return;
+    try {
+      const f = await fileOf(playback.recording, playback.file);
+      if (gen === playbackGen) loadAt(f, offset, gen);
+    } catch (err) {
+      if (gen === playbackGen) setPlayback('error', `Cannot play the recording: ${describe(err)}`);
+    }
+  }
+
+  async function playFrom(inc) {
+    if (!playable(inc)) return;
+    const gen = ++playbackGen;
+    playbackRetried = false;
+    playbackWaits = 0;
+    Object.assign(playback, {
+      identity: inc.identity, incident: inc.id, recording: inc.recording_id, file: inc.recording_file,
+      offset: Math.max(0, inc.offset_ms / 1000),
+    });
+    playbackSection.hidden = false;
+    setPlayback('loading', `Loading ${inc.recording_file} at ${mediaTime(playback.offset)}…`);
+    await reload(playback.offset, gen);
+  }
+
+  function stopPlayback() {
+    playbackGen++;
+    Object.assign(playback, { identity: null, incident: null, recording: null, file: null, offset: 0, live: false });
+    setPlayback('idle', '');
+    playbackSection.hidden = true;
+    playbackVideo.pause();
+    playbackVideo.removeAttribute('src');
+    playbackVideo.load();
+  }
+
+  playbackClose.addEventListener('click', stopPlayback);
+  playbackVideo.addEventListener('playing', () => {
+    if (playback.file) setPlayback('playing', `Playing ${playback.file} of ${playback.identity} (the incident is at ${mediaTime(playback.offset)}).`);
+  });
+  playbackVideo.addEventListener('pause', () => {
+    if (playback.file && playback.state === 'playing' && !playbackVideo.ended) {
+      setPlayback('paused', `Paused at ${mediaTime(playbackVideo.currentTime)} of ${playback.file}.`);
+    }
+  });
+  playbackVideo.addEventListener('ended', () => {
+    if (!playback.file) return;
+    if (playback.live) {
+      // The end of what was written when it loaded: load what is now.
+      setPlayback('waiting', `Catching up with the recording at ${mediaTime(playbackVideo.currentTime)}…`);
+      const gen = playbackGen;
+      const at = playbackVideo.currentTime;
+      setTimeout(() => reload(at, gen), 1000);
+      return;
+    }
+    setPlayback('ended', `End of ${playback.file}.`);
+  });
+  playbackVideo.addEventListener('error', () => {
+    if (!playback.file || !playbackVideo.getAttribute('src')) return;
+    const e = playbackVideo.error;
+    // A signed URL lives 10 minutes: a seek after that is refused. Take
+    // a fresh one once and go on from where the video was.
+    if (!playbackRetried) {
+      playbackRetried = true;
+      reload(playbackVideo.currentTime || playback.offset, playbackGen);
+      return;
+    }
+    setPlayback('error', `The recording cannot be played: ${(e && e.message) || `media error ${e ? e.code : '?'}`}.`);
+  });
 
   function onIncident(inc, live) {
     if (!inc || !inc.id || incidentIds.has(inc.id)) return;
@@ -357,7 +535,7 @@ export function createMode(room) {
     if (inc.type === 'connection_lost') c.lost = true;
     if (inc.type === 'connection_restored') c.lost = false;
     renderConnection(c);
-    addTimeline(inc.identity, { time: inc.time, kind: 'incident', type: inc.type, text, id: inc.id });
+    addTimeline(inc.identity, { time: inc.time, kind: 'incident', type: inc.type, text, id: inc.id, inc });
   }
 
   async function loadIncidents() {
@@ -544,6 +722,19 @@ export function createMode(room) {
         return out;
       },
       get talking() { return [...talking]; },
+      get playback() {
+        const v = playbackVideo;
+        return {
+          ...playback,
+          src: v.currentSrc ? 'set' : '',
+          currentTime: v.currentTime,
+          duration: Number.isFinite(v.duration) ? v.duration : (v.duration > 0 ? -1 : 0),
+          readyState: v.readyState,
+          paused: v.paused,
+          loads: playbackLoads,
+          mediaError: v.error ? v.error.code : 0,
+        };
+      },
     },
 
     async publish(permitted, mine) {
