@@ -129,7 +129,7 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 	p.sink.Deliver(JoinedEvent{
 		Room: r.name, Kind: r.kind, Identity: p.identity, Role: p.role,
 		Permissions:  permissionsOf(r.kind, p.role),
-		ICEServers:   r.sfu.cfg.ICEServers,
+		ICEServers:   r.sfu.ICEServersFor(p.identity),
 		Participants: roster,
 	})
 	r.mu.Unlock()

@@ -25,10 +25,18 @@ type Config struct {
 	// UDPAddr is the one UDP address all media goes through (ICE UDP mux),
 	// e.g. ":7882" or "127.0.0.1:0".
 	UDPAddr string
+	// TCPAddr, if set, is the one TCP address of ICE over TCP (passive
+	// candidates, ICE TCP mux) beside the UDP port, e.g. ":7881", for
+	// clients whose networks block UDP.
+	TCPAddr string
 	// PublicIPs are advertised instead of the local addresses (NAT 1:1).
 	PublicIPs []string
 	// ICEServers are handed to clients in the joined event.
 	ICEServers []webrtc.ICEServer
+	// ICEServersFor, if set, adds ICE servers for one participant (say
+	// TURN with credentials minted for it) to ICEServers, in its joined
+	// event and in WHIP/WHEP Link headers.
+	ICEServersFor func(identity string) []webrtc.ICEServer
 	// IncludeLoopback offers 127.0.0.1 candidates, so that a browser on the
 	// same machine can connect.
 	IncludeLoopback bool
@@ -73,6 +81,8 @@ type SFU struct {
 	api  *webrtc.API
 	conn net.PacketConn
 	mux  ice.UDPMux
+	tcp  net.Listener // ICE over TCP, nil when off
+	tmux ice.TCPMux
 
 	// estimators hands each new connection's bandwidth estimator from the
 	// interceptor to the participant, by connection id.
@@ -125,7 +135,20 @@ func New(cfg Config) (*SFU, error) {
 
 	se := webrtc.SettingEngine{LoggerFactory: logs}
 	se.SetICEUDPMux(s.mux)
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	networks := []webrtc.NetworkType{webrtc.NetworkTypeUDP4}
+	if cfg.TCPAddr != "" {
+		ln, err := net.Listen("tcp4", cfg.TCPAddr)
+		if err != nil {
+			_ = s.mux.Close()
+			_ = conn.Close()
+			return nil, fmt.Errorf("sfu: ICE TCP port: %w", err)
+		}
+		s.tcp = ln
+		s.tmux = webrtc.NewICETCPMux(logs.NewLogger("tcpmux"), ln, 32)
+		se.SetICETCPMux(s.tmux)
+		networks = append(networks, webrtc.NetworkTypeTCP4)
+	}
+	se.SetNetworkTypes(networks)
 	se.SetIncludeLoopbackCandidate(cfg.IncludeLoopback)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	// AEAD-AES-GCM costs a sixth of AES-CM+HMAC per packet (FIELD.md).
@@ -137,7 +160,7 @@ func New(cfg Config) (*SFU, error) {
 			External: cfg.PublicIPs, AsCandidateType: webrtc.ICECandidateTypeHost, Mode: webrtc.ICEAddressRewriteAppend,
 		})
 		if err != nil {
-			_ = conn.Close()
+			s.closePorts()
 			return nil, fmt.Errorf("sfu: public IPs: %w", err)
 		}
 	}
@@ -154,12 +177,12 @@ func New(cfg Config) (*SFU, error) {
 
 	me := &webrtc.MediaEngine{}
 	if err := registerCodecs(me); err != nil {
-		_ = conn.Close()
+		s.closePorts()
 		return nil, err
 	}
 	ir, err := s.interceptors(me)
 	if err != nil {
-		_ = conn.Close()
+		s.closePorts()
 		return nil, err
 	}
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
@@ -285,8 +308,41 @@ func (g twccGate) BindLocalStream(info *interceptor.StreamInfo, w interceptor.RT
 // ICEServers are the ICE servers handed to clients.
 func (s *SFU) ICEServers() []webrtc.ICEServer { return s.cfg.ICEServers }
 
+// ICEServersFor are the ICE servers handed to the participant identity:
+// Config.ICEServers, then those of Config.ICEServersFor.
+func (s *SFU) ICEServersFor(identity string) []webrtc.ICEServer {
+	out := append([]webrtc.ICEServer{}, s.cfg.ICEServers...) // never null on the wire
+	if s.cfg.ICEServersFor != nil {
+		out = append(out, s.cfg.ICEServersFor(identity)...)
+	}
+	return out
+}
+
 // LocalAddr is the media UDP address.
 func (s *SFU) LocalAddr() net.Addr { return s.conn.LocalAddr() }
+
+// TCPAddr is the ICE over TCP address, nil when off.
+func (s *SFU) TCPAddr() net.Addr {
+	if s.tcp == nil {
+		return nil
+	}
+	return s.tcp.Addr()
+}
+
+// closePorts releases the media ports.
+func (s *SFU) closePorts() error {
+	err := s.mux.Close()
+	if cerr := s.conn.Close(); err == nil {
+		err = cerr
+	}
+	if s.tmux != nil {
+		if cerr := s.tmux.Close(); err == nil {
+			err = cerr
+		}
+		_ = s.tcp.Close() // closed by the mux already
+	}
+	return err
+}
 
 // RoomOptions are a room's settings.
 type RoomOptions struct {
@@ -367,9 +423,5 @@ func (s *SFU) Close() error {
 	for _, r := range rooms {
 		r.Close(ReasonShutdown)
 	}
-	err := s.mux.Close()
-	if cerr := s.conn.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return s.closePorts()
 }

@@ -290,7 +290,7 @@ func (s *Server) whipPost(kind string) gin.HandlerFunc {
 			return
 		}
 		h := c.Writer.Header()
-		for _, l := range iceLinks(s.sfu.ICEServers()) {
+		for _, l := range iceLinks(s.sfu.ICEServersFor(claims.Subject)) {
 			h.Add("Link", l)
 		}
 		h.Set("Location", "/"+kind+"/"+room.Name()+"/"+res.id)

@@ -177,6 +177,23 @@ func configFrom(l *layered) (config, error) {
 		return c, fmt.Errorf("%s: udp port %q: want 0 to 65535", where("udp-port"), l.get("udp-port"))
 	}
 	c.UDPPort = port
+	for _, p := range []struct {
+		name string
+		to   *int
+	}{{"tcp-port", &c.TCPPort}, {"turn-port", &c.TURNPort}} {
+		v, err := strconv.Atoi(l.get(p.name))
+		if err != nil || v < 0 || v > 65535 {
+			return c, fmt.Errorf("%s: port %q: want 0 (off) to 65535", where(p.name), l.get(p.name))
+		}
+		*p.to = v
+	}
+	if c.TCPPort != 0 && c.TURNPort == c.TCPPort {
+		return c, fmt.Errorf("%s and %s: the ICE TCP port and the TURN port must differ", where("tcp-port"), where("turn-port"))
+	}
+	c.TURNSecret = l.get("turn-secret")
+	if c.TURNTTL, err = time.ParseDuration(l.get("turn-ttl")); err != nil || c.TURNTTL < time.Minute {
+		return c, fmt.Errorf("%s: TURN credentials lifetime %q: want a duration of a minute or more", where("turn-ttl"), l.get("turn-ttl"))
+	}
 	if c.Retention, err = time.ParseDuration(l.get("recordings-retention")); err != nil {
 		return c, fmt.Errorf("%s: %w", where("recordings-retention"), err)
 	}

@@ -5,7 +5,9 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
@@ -27,6 +29,7 @@ import (
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
 	"github.com/vigil-media/vigil/recordings"
+	"github.com/vigil-media/vigil/relay"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/signaling"
 	"github.com/vigil-media/vigil/webhooks"
@@ -40,6 +43,10 @@ type config struct {
 	HTTPAddr      string
 	AdminKey      string
 	UDPPort       int
+	TCPPort       int // ICE over TCP, 0: off
+	TURNPort      int // embedded TURN server, 0: off
+	TURNSecret    string
+	TURNTTL       time.Duration
 	PublicIP      string
 	RecordingsDir string
 	DataDir       string // the incidents database
@@ -147,10 +154,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 		publicIPs = []string{cfg.PublicIP}
 	}
 
+	turnSrv, err := startTURN(cfg, logger)
+	if err != nil {
+		return err
+	}
+	if turnSrv != nil {
+		defer turnSrv.Close() // after the rooms
+	}
 	media, err := sfu.New(sfu.Config{
 		UDPAddr: fmt.Sprintf(":%d", cfg.UDPPort), PublicIPs: publicIPs, ICEServers: iceServers,
 		IncludeLoopback: true, Logger: logger, Observer: sfu.Observers{rec, monitor},
 		ReconnectGrace: cfg.GracePeriod, MaxRooms: cfg.MaxRooms, MaxParticipants: cfg.MaxPeople, MaxTracks: noLimit(cfg.MaxTracks),
+		TCPAddr: tcpAddr(cfg.TCPPort), ICEServersFor: iceServersFor(turnSrv),
 	})
 	if err != nil {
 		return err
@@ -194,7 +209,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if generated {
 		fmt.Fprintf(stdout, "Admin key (generated; set VIGIL_ADMIN_KEY to keep one): %s\n", cfg.AdminKey)
 	}
-	logger.Info("listening", "http", ln.Addr().String(), "media_udp", media.LocalAddr().String(), "version", version, "config_file", cfg.File)
+	logger.Info("listening", "http", ln.Addr().String(), "media_udp", media.LocalAddr().String(), "media_tcp", fmt.Sprint(media.TCPAddr()),
+		"turn_port", cfg.TURNPort, "version", version, "config_file", cfg.File)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -222,6 +238,58 @@ func run(args []string, stdout, stderr io.Writer) error {
 	hooks.Close(5 * time.Second)
 	logger.Info("stopped")
 	return nil
+}
+
+// tcpAddr is the ICE over TCP address of port, "" (off) for 0.
+func tcpAddr(port int) string {
+	if port == 0 {
+		return ""
+	}
+	return fmt.Sprintf(":%d", port)
+}
+
+// startTURN starts the embedded TURN server, or returns nil when
+// turn_port is 0. Its secret is turn_secret, else derived from the admin
+// key; clients are told to reach it at public_ip, else at this host's
+// first non-loopback IPv4 address, else 127.0.0.1.
+func startTURN(cfg config, logger *slog.Logger) (*relay.Server, error) {
+	if cfg.TURNPort == 0 {
+		return nil, nil
+	}
+	secret := cfg.TURNSecret
+	if secret == "" {
+		m := hmac.New(sha256.New, []byte(cfg.AdminKey))
+		m.Write([]byte("vigil turn secret"))
+		secret = hex.EncodeToString(m.Sum(nil))
+	}
+	rc := relay.Config{Addr: fmt.Sprintf(":%d", cfg.TURNPort), Secret: secret, TTL: cfg.TURNTTL, Host: cfg.PublicIP, Logger: logger}
+	if cfg.PublicIP != "" {
+		rc.PublicIP = net.ParseIP(cfg.PublicIP)
+	} else {
+		rc.Host = firstHostIPv4()
+	}
+	return relay.New(rc)
+}
+
+// firstHostIPv4 is this host's first non-loopback IPv4 address, or
+// 127.0.0.1.
+func firstHostIPv4() string {
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
+			return n.IP.String()
+		}
+	}
+	return "127.0.0.1"
+}
+
+// iceServersFor hands each participant the TURN server with credentials
+// minted for it; nil when there is no TURN server.
+func iceServersFor(r *relay.Server) func(string) []webrtc.ICEServer {
+	if r == nil {
+		return nil
+	}
+	return r.ICEServers
 }
 
 // noLimit maps a setting's 0 (no limit) to the negative value the
