@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -284,9 +285,13 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// synthetic writes VP8 frames (keyframe every 30) and Opus until stopped.
+// synthetic writes VP8 frames (keyframe every 30) and Opus until stopped;
+// video pauses while pauseVideo is set (audio goes on), and lastVideo is
+// when the last video packet was written.
 type synthetic struct {
 	video, audio *webrtc.TrackLocalStaticRTP
+	pauseVideo   atomic.Bool
+	lastVideo    atomic.Int64 // unix nanoseconds
 	stop, done   chan struct{}
 }
 
@@ -317,13 +322,16 @@ func (s *synthetic) run() {
 			return
 		case <-tick.C:
 		}
-		hdr := byte(0x01)
-		if frame%30 == 0 {
-			hdr = 0x00
+		if !s.pauseVideo.Load() {
+			hdr := byte(0x01)
+			if frame%30 == 0 {
+				hdr = 0x00
+			}
+			_ = s.video.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: vseq, Timestamp: uint32(frame * 4500), Marker: true},
+				Payload: append([]byte{0x10, hdr}, make([]byte, 200)...)})
+			s.lastVideo.Store(time.Now().UnixNano())
+			vseq++
 		}
-		_ = s.video.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: vseq, Timestamp: uint32(frame * 4500), Marker: true},
-			Payload: append([]byte{0x10, hdr}, make([]byte, 200)...)})
-		vseq++
 		_ = s.audio.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: uint32(frame * 960)}, Payload: make([]byte, 60)})
 		aseq++
 	}

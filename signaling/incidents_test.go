@@ -10,11 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 	"github.com/pion/webrtc/v4/pkg/media"
 	"github.com/pion/webrtc/v4/pkg/media/ivfreader"
@@ -57,67 +55,6 @@ func listIncidents(t *testing.T, srv *vigiltest.Server, room, query, bearer stri
 		}
 	}
 	return status, r.Incidents, body
-}
-
-// feed publishes synthetic VP8 (valid payload descriptors, keyframe every
-// 30 frames) and Opus every 20 ms; video stops when pauseVideo is set,
-// audio goes on.
-type feed struct {
-	video, audio *webrtc.TrackLocalStaticRTP
-	pauseVideo   atomic.Bool
-	lastVideo    atomic.Int64 // unix nanoseconds of the last video packet written
-	stop, done   chan struct{}
-}
-
-func newFeed(t *testing.T, stream string) *feed {
-	t.Helper()
-	v, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "v", stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &feed{video: v, audio: a, stop: make(chan struct{}), done: make(chan struct{})}
-	go f.run()
-	t.Cleanup(f.close)
-	return f
-}
-
-func (f *feed) run() {
-	defer close(f.done)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var vseq, aseq uint16
-	for frame := 0; ; frame++ {
-		select {
-		case <-f.stop:
-			return
-		case <-tick.C:
-		}
-		if !f.pauseVideo.Load() {
-			hdr := byte(0x01)
-			if frame%30 == 0 {
-				hdr = 0x00
-			}
-			_ = f.video.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: vseq, Timestamp: uint32(frame * 4500), Marker: true},
-				Payload: append([]byte{0x10, hdr}, make([]byte, 200)...)})
-			f.lastVideo.Store(time.Now().UnixNano())
-			vseq++
-		}
-		_ = f.audio.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: uint32(frame * 960)}, Payload: make([]byte, 60)})
-		aseq++
-	}
-}
-
-func (f *feed) close() {
-	select {
-	case <-f.stop:
-	default:
-		close(f.stop)
-	}
-	<-f.done
 }
 
 // examRoom makes a proctoring room with a proctor on a WebSocket and an
@@ -170,7 +107,7 @@ func incidentEvent(t *testing.T, c *wsClient, d time.Duration, cond func(inciden
 func TestVideoFrozen(t *testing.T) {
 	leakCheck(t)
 	srv := vigiltest.Start(t)
-	f := newFeed(t, "cand")
+	f := newSynthetic(t, "cand")
 	proctor, candidate := examRoom(t, srv, "exam-frozen", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
 
 	time.Sleep(1500 * time.Millisecond) // flowing, and admitted
@@ -421,7 +358,7 @@ func TestIncidentsSurviveRestart(t *testing.T) {
 func TestIncidentMessagesAndAPI(t *testing.T) {
 	leakCheck(t)
 	srv := vigiltest.Start(t)
-	f := newFeed(t, "cand")
+	f := newSynthetic(t, "cand")
 	proctor, candidate := examRoom(t, srv, "exam-api", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
 	msg := func(typ string, data any) []byte { return mustJSON(map[string]any{"type": typ, "data": data}) }
 
@@ -570,7 +507,7 @@ func TestIncidentMessagesAndAPI(t *testing.T) {
 func TestTrackEnded(t *testing.T) {
 	leakCheck(t)
 	srv := vigiltest.Start(t)
-	f := newFeed(t, "cand")
+	f := newSynthetic(t, "cand")
 	proctor, candidate := examRoom(t, srv, "exam-ended", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
 	var mic *webrtc.RTPSender
 	for _, s := range candidate.pc.GetSenders() {

@@ -65,7 +65,7 @@ func TestProctorReadsRoomRecordings(t *testing.T) {
 	srv := vigiltest.StartWith(t, vigiltest.Options{RecordingsDir: dir, Now: func() time.Time {
 		return time.Now().Add(time.Duration(skew.Load()))
 	}})
-	f := newFeed(t, "cand")
+	f := newSynthetic(t, "cand")
 	proctor, _ := examRoom(t, srv, "exam", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
 	srv.CreateRoom(t, "other", "proctoring")
 	proctorTok := srv.Token(t, "exam", "proc", "proctor")

@@ -133,7 +133,7 @@ func TestRecordingFailedOnRoomFeed(t *testing.T) {
 	proctor.waitEvent("joined", nil)
 	cands := map[string]*wsClient{}
 	for _, id := range []string{"full", "fine"} {
-		f := newFeed(t, id)
+		f := newSynthetic(t, id)
 		c := dial(t, srv, "exam-rec", id, "candidate")
 		c.waitEvent("joined", nil)
 		c.publish(map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
