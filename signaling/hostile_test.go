@@ -63,36 +63,7 @@ func joinedICEServers(t *testing.T, srv *vigiltest.Server, room, identity string
 // api and cfg, and drains its events over a WebSocket.
 func attach(t *testing.T, srv *vigiltest.Server, sid string, api *webrtc.API, cfg webrtc.Configuration) *wsClient {
 	t.Helper()
-	pc, err := api.NewPeerConnection(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &wsClient{t: t, srv: srv, session: sid, pc: pc, received: map[string]int{}, byMid: map[string]trackInfo{}, closed: make(chan struct{})}
-	pc.OnTrack(func(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
-		var mid string
-		for _, tx := range pc.GetTransceivers() {
-			if tx.Receiver() == recv {
-				mid = tx.Mid()
-			}
-		}
-		for {
-			if _, _, err := tr.ReadRTP(); err != nil {
-				return
-			}
-			c.mu.Lock()
-			info := c.byMid[mid]
-			c.received[info.Identity+"/"+info.Source]++
-			c.mu.Unlock()
-		}
-	})
-	pc.OnICECandidate(func(cand *webrtc.ICECandidate) {
-		if cand != nil {
-			c.send("candidate", "", cand.ToJSON())
-		}
-	})
-	c.connect(0)
-	t.Cleanup(c.close)
-	return c
+	return attachVia(t, srv, sid, api, cfg, "ws")
 }
 
 // selectedPair is the candidate pair the client's media goes over.

@@ -26,7 +26,14 @@ func dialVia(t *testing.T, srv *vigiltest.Server, room, identity, role, transpor
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := pionAPI(t).NewPeerConnection(webrtc.Configuration{})
+	return attachVia(t, srv, sid, pionAPI(t), webrtc.Configuration{}, transport)
+}
+
+// attachVia makes a wsClient of an open session with a pion connection
+// of api and cfg, and drains its events over transport.
+func attachVia(t *testing.T, srv *vigiltest.Server, sid string, api *webrtc.API, cfg webrtc.Configuration, transport string) *wsClient {
+	t.Helper()
+	pc, err := api.NewPeerConnection(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
