@@ -1,0 +1,410 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// Short beats keep the tests fast.
+const (
+	testHeartbeat = 100 * time.Millisecond
+	testLease     = 500 * time.Millisecond
+	// waitFor's deadline: generous, for a loaded 2-core machine.
+	testDeadline = 15 * time.Second
+)
+
+// testRedis is a private redis-server on a loopback port, which a test
+// can stop and start again (empty: no persistence) on the same port.
+type testRedis struct {
+	t      *testing.T
+	bin    string
+	dir    string
+	port   int
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// startRedis starts a redis-server for t and stops it at t's cleanup.
+// The test fails (it does not skip) when redis-server is missing.
+func startRedis(t *testing.T) *testRedis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal("redis-server is not on PATH; the cluster tests need a real Redis: run `make deps`")
+	}
+	r := &testRedis{t: t, bin: bin, dir: t.TempDir()}
+	t.Cleanup(r.Stop)
+	for attempt := 1; ; attempt++ {
+		r.port = freePort(t)
+		err := r.start()
+		if err == nil {
+			return r
+		}
+		if attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("redis-server on port %d: %v; another port", r.port, err)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func (r *testRedis) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+
+func (r *testRedis) URL() string { return "redis://" + r.Addr() + "/0" }
+
+// Start starts the server again, on the same port, empty.
+func (r *testRedis) Start() {
+	r.t.Helper()
+	if err := r.start(); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *testRedis) start() error {
+	logfile := filepath.Join(r.dir, "redis.log")
+	cmd := exec.Command(r.bin,
+		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no",
+		"--dir", r.dir, "--logfile", logfile)
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(testDeadline)
+	for time.Now().Before(deadline) {
+		if pingRedis(r.Addr()) == nil {
+			r.cmd, r.exited = cmd, exited
+			return nil
+		}
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(logfile)
+			return fmt.Errorf("redis-server exited:\n%s", log)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+	return fmt.Errorf("redis-server on %s does not answer PING", r.Addr())
+}
+
+// Stop kills the server (as a crash would) and waits for it to exit.
+func (r *testRedis) Stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.exited
+	r.cmd = nil
+}
+
+func pingRedis(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := io.WriteString(conn, "PING\r\n"); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != "+PONG" {
+		return fmt.Errorf("PING: %q", line)
+	}
+	return nil
+}
+
+// rawClient is a plain client, to look at the keys behind the API.
+func rawClient(t *testing.T, addr string) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// testPrefix is a key prefix of t's own.
+func testPrefix(t *testing.T) string {
+	return "test:" + strings.ReplaceAll(t.Name(), "/", ":") + ":"
+}
+
+// testLogger logs into t's output.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// newNode starts a node with the test beats and t's prefix; h (if not
+// nil) holds its rooms. It is closed at t's cleanup.
+func newNode(t *testing.T, redisURL, id string, h *holder, mod ...func(*Config)) *Cluster {
+	t.Helper()
+	cfg := Config{
+		RedisURL:  redisURL,
+		NodeID:    id,
+		URL:       "http://" + id + ".test:7880",
+		Heartbeat: testHeartbeat,
+		Lease:     testLease,
+		Prefix:    testPrefix(t),
+		Logger:    testLogger(t).With("test_node", id),
+	}
+	if h != nil {
+		cfg.Rooms, cfg.Adopt, cfg.Lost, cfg.Load = h.list, h.adopt, h.lose, h.load
+	}
+	for _, f := range mod {
+		f(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("New(%s): %v", id, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// holder stands for signaling: the rooms a node holds, and what Adopt
+// and Lost did to them.
+type holder struct {
+	mu      sync.Mutex
+	rooms   map[string]RoomRecord
+	adopted map[string]int
+	lost    map[string]int
+}
+
+func newHolder() *holder {
+	return &holder{rooms: map[string]RoomRecord{}, adopted: map[string]int{}, lost: map[string]int{}}
+}
+
+func (h *holder) add(r RoomRecord) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.rooms[r.Name] = r
+}
+
+func (h *holder) remove(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.rooms, name)
+}
+
+func (h *holder) list() []RoomRecord {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Collect(maps.Values(h.rooms))
+}
+
+func (h *holder) names() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Sorted(maps.Keys(h.rooms))
+}
+
+func (h *holder) adopt(r RoomRecord) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.rooms[r.Name] = r
+	h.adopted[r.Name]++
+}
+
+func (h *holder) lose(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.rooms, name)
+	h.lost[name]++
+}
+
+func (h *holder) load() Load {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return Load{Rooms: len(h.rooms)}
+}
+
+func (h *holder) counts() (adopted, lost map[string]int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return maps.Clone(h.adopted), maps.Clone(h.lost)
+}
+
+// waitFor polls cond until it holds, failing t after testDeadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(testDeadline)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*testDeadline)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// proxy is a TCP proxy to Redis that a test can cut, to cut one node off
+// while the others still reach Redis.
+type proxy struct {
+	ln     net.Listener
+	target string
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	cut    bool
+	conns  map[net.Conn]struct{}
+	frozen map[net.Conn]bool
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}, frozen: map[net.Conn]bool{}}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.Cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *proxy) URL() string { return "redis://" + p.ln.Addr().String() + "/0" }
+
+// Cut closes every proxied connection and, until Restore, every new one.
+func (p *proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+}
+
+// Freeze makes every proxied connection a black hole: whatever is sent
+// on it is dropped, and it is not closed (a Redis host that vanished).
+// New connections work.
+func (p *proxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		p.frozen[c] = true
+	}
+}
+
+func (p *proxy) isFrozen(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.frozen[c]
+}
+
+func (p *proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+}
+
+func (p *proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, c)
+	delete(p.frozen, c)
+}
+
+func (p *proxy) accept() {
+	defer p.wg.Done()
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.DialTimeout("tcp", p.target, time.Second)
+		if err != nil {
+			_ = in.Close()
+			continue
+		}
+		if !p.track(in) || !p.track(out) {
+			_ = in.Close()
+			_ = out.Close()
+			p.untrack(in)
+			continue
+		}
+		p.wg.Add(2)
+		pipe := func(dst, src net.Conn) {
+			defer p.wg.Done()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := src.Read(buf)
+				if n > 0 && !p.isFrozen(src) {
+					if _, err := dst.Write(buf[:n]); err != nil {
+						break
+					}
+				}
+				if err != nil {
+					break
+				}
+			}
+			_ = dst.Close()
+			_ = src.Close()
+			p.untrack(dst)
+			p.untrack(src)
+		}
+		go pipe(in, out)
+		go pipe(out, in)
+	}
+}
