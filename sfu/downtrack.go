@@ -28,6 +28,7 @@ type DownTrack struct {
 	binding atomic.Pointer[binding]
 	st      downStats   // counters, for SFU.Stats
 	resync  atomic.Bool // set when bound: wait for a keyframe
+	ready   atomic.Bool // the subscriber's DTLS is up: what is written reaches it
 	gated   atomic.Bool // forward nothing for now (a proctor not talking)
 
 	// mu guards the source and the rewriting state. It is taken for each
@@ -39,6 +40,7 @@ type DownTrack struct {
 	maxLayer  int      // the highest simulcast layer asked for, or layerDefault
 	info      TrackInfo
 	waitKey   bool
+	askedKey  bool // a keyframe was asked for since waitKey was set
 	started   bool
 	rebase    bool // the next forwarded packet is the first of a new source
 	seqOffset uint16
@@ -47,6 +49,12 @@ type DownTrack struct {
 	lastTS    uint32
 	lastAt    time.Time
 	hdr       rtp.Header // scratch for the header written, see writeRTP
+	// sentLog maps the last packets sent (video) to the up-track
+	// packets they were, for NACKs (packetcache.go); made when bound.
+	sentLog []sentPacket
+
+	nackBuf                 []byte // the RTCP reader's, for NACK answers
+	retransmits, nackMisses atomic.Uint64
 }
 
 type binding struct {
@@ -94,12 +102,21 @@ func (d *DownTrack) trackInfo() TrackInfo {
 func (d *DownTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, error) {
 	for _, c := range ctx.CodecParameters() {
 		if codecMatch(d.codec, c.RTPCodecCapability) {
+			if d.kind == webrtc.RTPCodecTypeVideo {
+				// Only video answers NACKs: Opus is negotiated
+				// without them, its decoder conceals a loss.
+				d.mu.Lock()
+				if d.sentLog == nil {
+					d.sentLog = make([]sentPacket, sentLogSize)
+				}
+				d.mu.Unlock()
+			}
 			d.binding.Store(&binding{ssrc: ctx.SSRC(), pt: c.PayloadType, w: ctx.WriteStream()})
 			if d.kind == webrtc.RTPCodecTypeVideo {
+				// writeRTP asks for the keyframe once the subscriber
+				// can receive it: one asked for now would arrive before
+				// DTLS is up and be lost.
 				d.resync.Store(true)
-				if up := d.source(); up != nil {
-					up.requestKeyframe()
-				}
 			}
 			return c, nil
 		}
@@ -145,12 +162,19 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 		}
 	}()
 	if d.resync.CompareAndSwap(true, false) {
-		d.waitKey = true
+		d.waitKey, d.askedKey = true, false
 	}
 	if d.waitKey {
-		if !keyframe {
+		ready := d.canReceive()
+		if !keyframe || !ready {
 			if d.started && !d.rebase {
 				d.seqOffset++ // hide the dropped packet from the receiver
+			}
+			if ready && !d.askedKey {
+				// Asked here, not when the wait began: before the
+				// subscriber's DTLS is up, the keyframe would be lost.
+				d.askedKey = true
+				from.requestFirstKeyframe()
 			}
 			return
 		}
@@ -179,10 +203,20 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 	hdr.PayloadType = uint8(b.pt)
 	hdr.SequenceNumber = pkt.SequenceNumber - d.seqOffset
 	hdr.Timestamp = pkt.Timestamp - d.tsOffset
-	if _, err := b.w.WriteRTP(hdr, pkt.Payload); err != nil && d.kind == webrtc.RTPCodecTypeVideo {
+	n, err := b.w.WriteRTP(hdr, pkt.Payload)
+	switch {
+	case err != nil && d.kind == webrtc.RTPCodecTypeVideo:
 		// A failed write loses part of a frame: resume on a keyframe.
-		d.waitKey = true
+		d.waitKey, d.askedKey = true, true
 		from.requestKeyframe()
+	case n == 0 && err == nil && !d.started:
+		// pion drops what is written before SRTP is up (DTLS connected
+		// comes a moment before): wait for the next keyframe.
+		d.ready.Store(false)
+		d.waitKey, d.askedKey = d.kind == webrtc.RTPCodecTypeVideo, false
+		return
+	case err == nil:
+		d.logSent(from, pkt.SequenceNumber, hdr.SequenceNumber, hdr.Timestamp)
 	}
 	d.st.sent(hdr.MarshalSize() + len(pkt.Payload))
 	d.started = true
@@ -202,8 +236,25 @@ func (d *DownTrack) skip(from *UpTrack) {
 		d.seqOffset++
 	}
 	if d.kind == webrtc.RTPCodecTypeVideo {
-		d.waitKey = true
+		d.waitKey, d.askedKey = true, false
 	}
+}
+
+// canReceive reports whether the subscriber's DTLS is connected, so
+// that a packet written now reaches it. Called with mu held, only while
+// waiting for a keyframe.
+func (d *DownTrack) canReceive() bool {
+	if d.ready.Load() {
+		return true
+	}
+	if d.sender == nil {
+		return true // not ours to know (tests' bare down-tracks)
+	}
+	if d.sender.Transport().State() != webrtc.DTLSTransportStateConnected {
+		return false
+	}
+	d.ready.Store(true)
+	return true
 }
 
 // switchTo makes up the source (nil: idle). The receiver's stream goes
@@ -222,7 +273,9 @@ func (d *DownTrack) switchTo(up *UpTrack) bool {
 	if d.started {
 		d.rebase = true
 	}
-	d.waitKey = d.kind == webrtc.RTPCodecTypeVideo
+	// The keyframe is asked for by writeRTP on the new source's next
+	// packet, once the subscriber can receive it.
+	d.waitKey, d.askedKey = d.kind == webrtc.RTPCodecTypeVideo, false
 	d.mu.Unlock()
 	if old != nil && old != up {
 		old.removeDown(d)
@@ -238,7 +291,6 @@ func (d *DownTrack) switchTo(up *UpTrack) bool {
 		d.mu.Unlock()
 		return false
 	}
-	up.requestKeyframe()
 	return true
 }
 
@@ -257,8 +309,8 @@ func (d *DownTrack) detach() {
 }
 
 // readRTCP reads the subscriber's RTCP for this track until the sender
-// stops; PLI and FIR become keyframe requests to the publisher. NACKs are
-// answered by the NACK responder interceptor, which needs this read too.
+// stops; PLI and FIR become keyframe requests to the publisher, NACKs
+// are answered from the up-track's packet cache (packetcache.go).
 func (d *DownTrack) readRTCP(wg *sync.WaitGroup) {
 	defer wg.Done()
 	stats := &d.sub.room.sfu.stats
@@ -272,7 +324,9 @@ func (d *DownTrack) readRTCP(wg *sync.WaitGroup) {
 		now := time.Now()
 		for _, p := range pkts {
 			d.countRTCP(p, now)
-			switch p.(type) {
+			switch p := p.(type) {
+			case *rtcp.TransportLayerNack:
+				d.answerNACK(p)
 			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
 				if up := d.source(); up != nil {
 					up.requestKeyframe()

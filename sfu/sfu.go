@@ -16,6 +16,7 @@ import (
 	"github.com/pion/interceptor"
 	"github.com/pion/interceptor/pkg/cc"
 	"github.com/pion/interceptor/pkg/gcc"
+	"github.com/pion/interceptor/pkg/nack"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
@@ -37,6 +38,13 @@ type Config struct {
 	// TURN with credentials minted for it) to ICEServers, in its joined
 	// event and in WHIP/WHEP Link headers.
 	ICEServersFor func(identity string) []webrtc.ICEServer
+	// SocketBuffer is the receive and send buffer asked for on the media
+	// UDP socket, in bytes: it absorbs the bursts that come while the
+	// server is off the CPU (the kernel's default, about 200 KB, holds
+	// some 90 full-size packets). 0 means DefaultSocketBuffer; negative
+	// leaves the kernel's default. Linux caps it at net.core.rmem_max
+	// and wmem_max unless the process has CAP_NET_ADMIN.
+	SocketBuffer int
 	// IncludeLoopback offers 127.0.0.1 candidates, so that a browser on the
 	// same machine can connect.
 	IncludeLoopback bool
@@ -95,6 +103,10 @@ type SFU struct {
 	stats statsRegistry // live tracks and totals, for Stats
 }
 
+// DefaultSocketBuffer is Config.SocketBuffer's default: 4 MiB, about
+// 80 ms of 500 Mbit/s.
+const DefaultSocketBuffer = 4 << 20
+
 // DefaultMaxTracks is Config.MaxTracks's default: a camera, a microphone
 // and a screen, with room for one being replaced.
 const DefaultMaxTracks = 6
@@ -125,11 +137,27 @@ func New(cfg Config) (*SFU, error) {
 	if cfg.MediaTimeout <= 0 {
 		cfg.MediaTimeout = 5 * time.Second
 	}
+	if cfg.SocketBuffer == 0 {
+		cfg.SocketBuffer = DefaultSocketBuffer
+	}
 	conn, err := net.ListenPacket("udp4", cfg.UDPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("sfu: media UDP port: %w", err)
 	}
 	s := &SFU{cfg: cfg, log: cfg.Logger, conn: conn, rooms: map[string]*Room{}}
+	if cfg.SocketBuffer > 0 {
+		rcv, snd, err := setSocketBuffers(conn, cfg.SocketBuffer)
+		switch {
+		case err != nil:
+			s.log.Warn("media socket buffers", "err", err)
+		case rcv > 0 && rcv < cfg.SocketBuffer:
+			s.log.Warn("media socket buffers smaller than asked (raise net.core.rmem_max and wmem_max)",
+				"asked", cfg.SocketBuffer, "rcvbuf", rcv, "sndbuf", snd)
+		default:
+			// The kernel reports twice what it grants (its bookkeeping).
+			s.log.Info("media socket buffers", "asked", cfg.SocketBuffer, "rcvbuf", rcv, "sndbuf", snd)
+		}
+	}
 	logs := pionLogs{log: cfg.Logger}
 	s.mux = webrtc.NewICEUDPMux(logs.NewLogger("udpmux"), conn)
 
@@ -149,6 +177,16 @@ func New(cfg Config) (*SFU, error) {
 		networks = append(networks, webrtc.NetworkTypeTCP4)
 	}
 	se.SetNetworkTypes(networks)
+	// ICE-lite: the server only answers the clients' checks and takes
+	// the pair a client nominates. Its candidates are all host ones (its
+	// addresses, the public IP, ICE-TCP passive), which is what lite is
+	// for, and a full agent here connects late: every host candidate of
+	// one address family shares the UDP mux's connection, whichever
+	// candidate's reader takes a datagram is charged with it, so the
+	// answer to the triggered check a nomination starts is often read
+	// as another pair's, and the pair waits for the next 200 ms round
+	// of checks (docs/benchmarks.md, "Join time").
+	se.SetLite(true)
 	se.SetIncludeLoopbackCandidate(cfg.IncludeLoopback)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	// AEAD-AES-GCM costs a sixth of AES-CM+HMAC per packet (FIELD.md).
@@ -245,7 +283,9 @@ func registerHeaderExtensions(me *webrtc.MediaEngine) error {
 }
 
 // interceptors builds what runs on every packet of every connection: NACK
-// generator (what we receive) and responder (what we send), sender and
+// generator (what we receive; NACKs of what we send are answered by the
+// up-tracks' packet caches, packetcache.go, not by pion's responder,
+// which copied every packet into a buffer per down-track), sender and
 // receiver reports, transport-wide congestion control feedback for what
 // publishers send us (so that their encoders ramp up and enable their
 // simulcast layers), and, for what we send, transport-wide sequence
@@ -253,9 +293,11 @@ func registerHeaderExtensions(me *webrtc.MediaEngine) error {
 // caps the simulcast layers a subscriber gets.
 func (s *SFU) interceptors(me *webrtc.MediaEngine) (*interceptor.Registry, error) {
 	ir := &interceptor.Registry{}
-	if err := webrtc.ConfigureNack(me, ir); err != nil {
+	generator, err := nack.NewGeneratorInterceptor()
+	if err != nil {
 		return nil, err
 	}
+	ir.Add(generator)
 	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
 		return nil, err
 	}

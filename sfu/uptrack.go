@@ -46,6 +46,10 @@ type UpTrack struct {
 	// publishes it again.
 	silenced atomic.Bool
 
+	// cache keeps a video track's recent packets for NACKs from its
+	// subscribers (packetcache.go); nil for audio and once ended.
+	cache atomic.Pointer[packetCache]
+
 	downs cowList[*DownTrack]
 	sinks cowList[PacketSink]
 	muted atomic.Bool
@@ -59,7 +63,9 @@ type UpTrack struct {
 	stopped  bool
 	lastKF   time.Time
 	kfTimer  *time.Timer
-	kfQueued bool
+	kfQueued bool // a PLI is due at kfDue
+	kfDue    time.Time
+	kfGen    uint64 // which timer is kfTimer
 }
 
 // Info describes the track.
@@ -161,10 +167,21 @@ func (u *UpTrack) read() *UpTrack {
 	}()
 	defer u.stop()
 	video := u.track.Kind() == webrtc.RTPCodecTypeVideo
-	buf := make([]byte, 1500)
+	var cache *packetCache
+	if video {
+		// Video is read into the cache's buffers and stays there for
+		// NACKs: no copy.
+		cache = newPacketCache()
+		u.cache.Store(cache)
+		defer u.cache.Store(nil)
+	}
+	buf := make([]byte, mtu)
 	var pkt rtp.Packet
 	windowStart, windowBytes := time.Now(), uint64(0)
 	for {
+		if cache != nil {
+			buf = cache.buffer()
+		}
 		n, _, err := u.track.Read(buf)
 		if err != nil {
 			return nil
@@ -176,6 +193,9 @@ func (u *UpTrack) read() *UpTrack {
 		}
 		if err := pkt.Unmarshal(buf[:n]); err != nil {
 			continue
+		}
+		if cache != nil {
+			cache.put(pkt.SequenceNumber, n)
 		}
 		now := time.Now()
 		u.lastPacket.Store(now.UnixNano())
@@ -189,6 +209,9 @@ func (u *UpTrack) read() *UpTrack {
 			}
 		}
 		key := video && isKeyframe(u.codec.MimeType, pkt.Payload)
+		if key {
+			u.keyframeArrived()
+		}
 		for _, s := range u.sinks.load() {
 			s.WritePacket(&pkt, key)
 		}
@@ -296,32 +319,79 @@ func (u *UpTrack) isStopped() bool {
 	return u.stopped
 }
 
+// firstKeyframeGap is the least time between two keyframe requests when
+// the second is for a subscriber with no picture yet (it joined, or
+// its source changed): libwebrtc encoders ignore a keyframe request
+// less than 300 ms after the last keyframe they made, so asking sooner
+// would be lost, and a join storm costs the publisher at most about
+// three keyframes a second.
+const firstKeyframeGap = 300 * time.Millisecond
+
 // requestKeyframe asks the publisher for a keyframe (PLI), at most once
 // per KeyframeInterval; a request inside the interval is sent when it ends.
 func (u *UpTrack) requestKeyframe() {
+	u.askKeyframe(u.publisher.room.sfu.cfg.KeyframeInterval)
+}
+
+// requestFirstKeyframe asks for a keyframe for a subscriber that has
+// nothing to show yet: sent at once unless one was sent in the last
+// firstKeyframeGap (or KeyframeInterval, if shorter), else when that
+// gap ends. One keyframe serves every subscriber waiting for it.
+func (u *UpTrack) requestFirstKeyframe() {
+	u.askKeyframe(min(firstKeyframeGap, u.publisher.room.sfu.cfg.KeyframeInterval))
+}
+
+// askKeyframe sends a PLI if none was sent in the last gap, else makes
+// sure one is sent when the gap ends (a request already queued for
+// later is brought forward).
+func (u *UpTrack) askKeyframe(gap time.Duration) {
 	if u.track.Kind() != webrtc.RTPCodecTypeVideo {
 		return
 	}
-	interval := u.publisher.room.sfu.cfg.KeyframeInterval
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.stopped || u.kfQueued {
+	if u.stopped {
 		return
 	}
-	wait := interval - time.Since(u.lastKF)
-	if wait <= 0 {
+	due := u.lastKF.Add(gap)
+	if !time.Now().Before(due) {
+		u.kfQueued = false // a queued request is served by this one
+		if u.kfTimer != nil {
+			u.kfTimer.Stop()
+		}
 		u.sendPLILocked()
 		return
 	}
-	u.kfQueued = true
-	u.kfTimer = time.AfterFunc(wait, func() {
+	if u.kfQueued && !due.Before(u.kfDue) {
+		return
+	}
+	if u.kfTimer != nil {
+		u.kfTimer.Stop()
+	}
+	u.kfQueued, u.kfDue = true, due
+	u.kfGen++
+	gen := u.kfGen
+	u.kfTimer = time.AfterFunc(time.Until(due), func() {
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		u.kfQueued = false
-		if !u.stopped {
-			u.sendPLILocked()
+		// A timer stopped too late finds its request served or replaced.
+		if !u.kfQueued || u.kfGen != gen || u.stopped {
+			return
 		}
+		u.kfQueued = false
+		u.sendPLILocked()
 	})
+}
+
+// keyframeArrived drops a queued keyframe request: the keyframe being
+// read serves whoever asked (every waiting down-track starts on it).
+func (u *UpTrack) keyframeArrived() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.kfQueued {
+		u.kfQueued = false
+		u.kfTimer.Stop()
+	}
 }
 
 func (u *UpTrack) sendPLILocked() {
