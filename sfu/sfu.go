@@ -59,8 +59,8 @@ type Config struct {
 	// KeyframeInterval is the least time between two keyframe requests to
 	// one publisher; 0 means 500ms.
 	KeyframeInterval time.Duration
-	// DisconnectTimeout and FailedTimeout tune ICE; zero keeps pion's
-	// (5s and 25s).
+	// DisconnectTimeout and FailedTimeout tune ICE; zero means 5s and
+	// 25s (pion's defaults for a full agent).
 	DisconnectTimeout, FailedTimeout time.Duration
 	// ReconnectGrace is how long a participant whose media connection is
 	// lost (ICE disconnected or failed) stays in its room, "reconnecting",
@@ -202,16 +202,17 @@ func New(cfg Config) (*SFU, error) {
 			return nil, fmt.Errorf("sfu: public IPs: %w", err)
 		}
 	}
-	if cfg.DisconnectTimeout > 0 || cfg.FailedTimeout > 0 {
-		d, f := cfg.DisconnectTimeout, cfg.FailedTimeout
-		if d <= 0 {
-			d = 5 * time.Second
-		}
-		if f <= 0 {
-			f = 25 * time.Second
-		}
-		se.SetICETimeouts(d, f, 2*time.Second)
+	// Always explicit: an ICE-lite agent's own default disconnect timeout
+	// is 10 s, not the 5 s that the reconnect rules (reconnect.go) and
+	// the docs state.
+	d, f := cfg.DisconnectTimeout, cfg.FailedTimeout
+	if d <= 0 {
+		d = 5 * time.Second
 	}
+	if f <= 0 {
+		f = 25 * time.Second
+	}
+	se.SetICETimeouts(d, f, 2*time.Second)
 
 	me := &webrtc.MediaEngine{}
 	if err := registerCodecs(me); err != nil {
