@@ -14,11 +14,12 @@ build:
 	$(GO) build -o $(BIN)/vigil ./cmd/vigil
 
 # deps installs what the tests need on a fresh Debian machine: Chromium
-# (browser tests) and ffmpeg (recording checks). Skipped when present.
+# (browser tests), ffmpeg (recording checks) and redis-server (cluster
+# tests start private Redis servers of their own). Skipped when present.
 deps:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then \
-		echo "installing chromium and ffmpeg"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ffmpeg >/dev/null; \
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then \
+		echo "installing chromium, ffmpeg and redis-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ffmpeg redis-server >/dev/null; \
 	fi
 
 lint: vet fmt-check

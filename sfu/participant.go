@@ -40,6 +40,7 @@ type Participant struct {
 	pendingICE     []webrtc.ICECandidateInit
 
 	mode    Mode
+	relay   *relayed                           // a relayed participant's borrowed pc (cascade.go), or nil
 	bwe     estimator                          // what the connection carries to the client, or nil
 	quit    chan struct{}                      // closed when leaving starts
 	joinSeq uint64                             // order of joining the room, set under the room's lock
@@ -78,12 +79,12 @@ func randomID(prefix string) string {
 }
 
 func newParticipant(r *Room, cfg JoinConfig) (*Participant, error) {
-	pc, err := r.sfu.api.NewPeerConnection(webrtc.Configuration{})
+	pc, err := r.connectionFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("sfu: new peer connection: %w", err)
 	}
 	p := &Participant{
-		room: r, identity: cfg.Identity, role: cfg.Role, sink: cfg.Sink, mode: cfg.Mode,
+		room: r, identity: cfg.Identity, role: cfg.Role, sink: cfg.Sink, mode: cfg.Mode, relay: cfg.relay,
 		log:       r.log.With("participant", cfg.Identity),
 		pc:        pc,
 		streamID:  randomID("ST"),
@@ -96,6 +97,10 @@ func newParticipant(r *Room, cfg JoinConfig) (*Participant, error) {
 		talk:      map[string]bool{},
 		simulcast: map[string][]string{},
 		groups:    map[string]*layerGroup{},
+	}
+	if p.relay != nil {
+		p.connected = true // as its publisher is on its node; the relay's callbacks are not ours
+		return p, nil
 	}
 	if e, ok := r.sfu.estimators.LoadAndDelete(pc.ID()); ok {
 		p.bwe = e.(cc.BandwidthEstimator)
@@ -600,6 +605,10 @@ func (p *Participant) leaveWith(ev LeftEvent, fromRoom bool) {
 }
 
 func (p *Participant) closePC() {
+	if p.relay != nil {
+		p.relay.release() // the relay's connection stays open
+		return
+	}
 	if err := p.pc.Close(); err != nil {
 		p.log.Debug("close peer connection", "err", err)
 	}

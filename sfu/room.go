@@ -64,6 +64,8 @@ type JoinConfig struct {
 	// Mode is how the participant negotiates; the zero value is a
 	// signaled participant, to whom the server sends offers.
 	Mode Mode
+
+	relay *relayed // a ModeRelayed participant's borrowed connection (cascade.go)
 }
 
 // Join adds a participant. An identity already in the room is replaced:

@@ -266,6 +266,7 @@ func (s *Server) revokeTokens(c *gin.Context) {
 	// the room by the time we look (openSession checks again after
 	// joining).
 	at := s.tokens.Revoke(r.Name(), req.Identity)
+	s.revokeInCluster(r.Name(), req.Identity, at)
 	out := revokeResponse{Room: r.Name(), Identity: req.Identity, RevokedAt: at.UTC()}
 	if p := r.Participant(req.Identity); p != nil {
 		p.Leave(sfu.ReasonRevoked)

@@ -91,6 +91,10 @@ type statusResponse struct {
 // healthz answers 200 while the process serves HTTP at all.
 func (s *Server) healthz(c *gin.Context) {
 	c.Header("Cache-Control", "no-store")
+	if cl := s.cfg.Cluster; cl != nil {
+		c.JSON(http.StatusOK, clusterHealth{Status: "ok", Node: cl.ID(), Redis: cl.Available()})
+		return
+	}
 	c.JSON(http.StatusOK, statusResponse{Status: "ok"})
 }
 
@@ -166,7 +170,7 @@ func (s *Server) drainLoop() {
 	for {
 		rooms := s.sfu.Rooms()
 		for _, r := range rooms {
-			if len(r.List()) == 0 {
+			if len(r.List()) == 0 && !s.handOff(r) {
 				r.Close(sfu.ReasonRoomClosed)
 			}
 		}

@@ -26,6 +26,8 @@ type roomResponse struct {
 	MaxParticipants int                   `json:"max_participants"`
 	AutoRecord      bool                  `json:"auto_record"`
 	Participants    []participantResponse `json:"participants"`
+	// Node is the node that holds the room (cluster mode only).
+	Node string `json:"node,omitempty"`
 }
 
 // describeRoom describes r; transports comes from s.transports.
@@ -41,6 +43,10 @@ func describeRoom(r *sfu.Room, ts map[*sfu.Participant]string) roomResponse {
 }
 
 func (s *Server) createRoom(c *gin.Context) {
+	if s.cfg.Cluster != nil {
+		s.createRoomCluster(c)
+		return
+	}
 	var req createRoomRequest
 	if err := s.bindJSON(c, &req); err != nil {
 		writeError(c, err)
@@ -69,12 +75,16 @@ type listRoomsResponse struct {
 }
 
 func (s *Server) listRooms(c *gin.Context) {
+	if _, peer := s.fromPeer(c); s.cfg.Cluster != nil && !peer && c.Query("scope") != "local" {
+		s.listRoomsCluster(c)
+		return
+	}
 	rooms := s.sfu.Rooms()
 	sort.Slice(rooms, func(i, j int) bool { return rooms[i].Name() < rooms[j].Name() })
 	ts := s.transports("")
 	out := listRoomsResponse{Rooms: make([]roomResponse, 0, len(rooms))}
 	for _, r := range rooms {
-		out.Rooms = append(out.Rooms, describeRoom(r, ts))
+		out.Rooms = append(out.Rooms, s.describe(r, ts))
 	}
 	c.JSON(http.StatusOK, out)
 }
@@ -85,7 +95,7 @@ func (s *Server) getRoom(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, describeRoom(r, s.transports(r.Name())))
+	c.JSON(http.StatusOK, s.describe(r, s.transports(r.Name())))
 }
 
 // deleteRoom ends a room: every participant leaves with reason
@@ -98,6 +108,11 @@ func (s *Server) deleteRoom(c *gin.Context) {
 		return
 	}
 	r.Close(sfu.ReasonRoomClosed)
+	if s.cfg.Cluster != nil {
+		if err := s.forgetRoom(r.Name()); err != nil {
+			s.log.Warn("cluster: delete a room's record; retried when Redis is back", "room", r.Name(), "err", err)
+		}
+	}
 	c.Status(http.StatusNoContent)
 }
 
@@ -184,15 +199,29 @@ type openSessionResponse struct {
 }
 
 func (s *Server) openSession(c *gin.Context) {
+	edgeDone, err := s.prepareEdge(c) // cascade.go
+	if edgeDone != nil {
+		defer edgeDone()
+	}
+	if err != nil {
+		writeError(c, err)
+		return
+	}
 	claims, room, err := s.authorizeJoin(c.Request, c.Param("room"))
 	if err != nil {
 		writeError(c, err)
+		return
+	}
+	if s.spillToEdge(c, claims, room) {
 		return
 	}
 	ss, err := s.newSession(room, claims)
 	if err != nil {
 		writeError(c, err)
 		return
+	}
+	if s.isRelayJoin(c, claims) {
+		s.noteRelay(ss.Participant())
 	}
 	if s.tokens.Revoked(claims) {
 		// Revoked while joining: the revocation may have looked for the

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
 	"github.com/vigil-media/vigil/patterns"
@@ -76,6 +77,17 @@ type Config struct {
 	// CORSOrigins may call the API and the signaling transports from
 	// their pages ("*": any origin); by default only the same origin.
 	CORSOrigins []string
+	// Cluster, if set, makes this server one node of a cluster
+	// (cluster.go, docs/cluster.md); nil: a single node.
+	Cluster *cluster.Cluster
+	// EdgeViewers is how many viewers of one broadcast room this node
+	// holds before it sends further viewers to edge nodes, which relay
+	// the room from it (cascade.go); 0 means DefaultEdgeViewers, a
+	// negative number never. Cluster mode only.
+	EdgeViewers int
+	// EdgeIdle is how long an edge keeps a replica with no viewer before
+	// it closes it and its relay; 0 means 10s.
+	EdgeIdle time.Duration
 }
 
 // Server serves the API, the transports and the web client.
@@ -88,6 +100,11 @@ type Server struct {
 	admin  [32]byte // SHA-256 of the admin key, compared in constant time
 
 	joins, mints *addrLimiter // per client address; nil: no limit
+
+	peerKey []byte          // the key of peer auths (cluster.go)
+	peers   *http.Transport // relayed requests to other nodes
+	cl      clusterState    // cluster mode (cluster.go)
+	cascade cascadeState    // cascaded broadcasts (cascade.go)
 
 	waiters *patterns.Waiters     // long polls held at once
 	idem    *patterns.Idempotency // replies to POSTed messages, by key
@@ -132,6 +149,8 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
 		tokens:    NewTokens(cfg.AdminKey, cfg.Now),
+		peerKey:   peerKey(cfg.AdminKey),
+		peers:     newPeerTransport(),
 		admin:     sha256.Sum256([]byte(cfg.AdminKey)),
 		sessions:  map[string]*Session{},
 		feeds:     map[string]*roomFeed{},
@@ -141,6 +160,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
 	s.initOps()
+	if cfg.Cluster != nil {
+		s.startCluster()
+		s.startCascade()
+	}
 	s.engine = s.routes()
 	if err := s.engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("signaling: trusted proxies: %w", err)
@@ -160,6 +183,9 @@ func (s *Server) routes() *gin.Engine {
 		s.log.Error("panic in handler", "path", c.Request.URL.Path, "panic", v)
 		writeError(c, errors.New("panic"))
 	}))
+	// Cluster mode relays a room's calls to its node, before CORS: the
+	// node that serves the call sets the CORS headers.
+	e.Use(s.clusterRoute)
 	e.Use(s.corsMiddleware)
 	e.HandleMethodNotAllowed = true
 	e.NoRoute(func(c *gin.Context) { writeError(c, ErrNotFound) })
@@ -264,6 +290,8 @@ func (s *Server) Close(timeout time.Duration) {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
+	s.closeCascade()
+	s.stopCluster()
 	if err := s.sfu.Close(); err != nil {
 		s.log.Debug("close sfu", "err", err)
 	}

@@ -49,7 +49,7 @@ func newSessionID() string {
 // the session.
 func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
 	ss := &Session{
-		srv: s, id: newSessionID(), room: room.Name(), identity: claims.Subject,
+		srv: s, id: s.newID(), room: room.Name(), identity: claims.Subject,
 		log:   s.log.With("room", room.Name(), "participant", claims.Subject),
 		out:   patterns.NewLog(patterns.LogConfig{Capacity: s.cfg.OutboxCapacity}),
 		stop:  make(chan struct{}),

@@ -146,6 +146,24 @@ func (t *Tokens) Revoke(room, identity string) time.Time {
 	return now
 }
 
+// RevokeAt records a revocation made at `at` on another node of the
+// cluster: the tokens of identity in room issued up to that second stop
+// verifying. One older than every token it could cover is ignored.
+func (t *Tokens) RevokeAt(room, identity string, at time.Time) {
+	now := t.now()
+	if at.Unix() < now.Add(-MaxTokenTTL-time.Second).Unix() {
+		return
+	}
+	key := revocationKey{room, identity}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pruneLocked(now)
+	rv := t.revoked[key]
+	rv.revokedUpTo = max(rv.revokedUpTo, at.Unix())
+	rv.issued = max(rv.issued, rv.revokedUpTo)
+	t.revoked[key] = rv
+}
+
 // pruneLocked forgets revocations whose tokens have all expired: each
 // covers tokens with iat at or before revokedUpTo, which expire at most
 // MaxTokenTTL later.

@@ -221,9 +221,22 @@ func (s *Server) whipPost(kind string) gin.HandlerFunc {
 			writeError(c, err)
 			return
 		}
+		if kind == "whep" {
+			edgeDone, err := s.prepareEdge(c) // cascade.go
+			if edgeDone != nil {
+				defer edgeDone()
+			}
+			if err != nil {
+				writeError(c, err)
+				return
+			}
+		}
 		claims, room, err := s.authorizeJoin(c.Request, c.Param("room"))
 		if err != nil {
 			writeError(c, err)
+			return
+		}
+		if kind == "whep" && s.spillToEdge(c, claims, room) {
 			return
 		}
 		role := sfu.Role(claims.Role)
@@ -262,7 +275,7 @@ func (s *Server) whipPost(kind string) gin.HandlerFunc {
 			}
 		}
 
-		sink := &resourceSink{srv: s, id: newSessionID()}
+		sink := &resourceSink{srv: s, id: s.newID()}
 		res := &resource{id: sink.id, kind: kind, room: room.Name()}
 		s.mu.Lock()
 		if s.closing {

@@ -49,13 +49,16 @@ const (
 	RecordingFailed    = "recording.failed"
 	IncidentCreated    = "incident.created"
 	ServerDraining     = "server.draining"
+	// RoomRehomed is sent by the node that took over a room whose node
+	// died (cluster mode, docs/cluster.md).
+	RoomRehomed = "room.rehomed"
 )
 
 // Types lists every event type.
 var Types = []string{
 	RoomCreated, RoomClosed, ParticipantJoined, ParticipantLeft, ParticipantUpdated,
 	TrackPublished, TrackUnpublished, TrackMuted,
-	RecordingStarted, RecordingCompleted, RecordingFailed, IncidentCreated, ServerDraining,
+	RecordingStarted, RecordingCompleted, RecordingFailed, IncidentCreated, ServerDraining, RoomRehomed,
 }
 
 // SignatureHeader carries "t=<unix seconds>,v1=<hex HMAC-SHA256(secret,

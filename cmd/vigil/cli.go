@@ -236,6 +236,12 @@ func configFrom(l *layered) (config, error) {
 	if c.PublicIP != "" && net.ParseIP(c.PublicIP) == nil {
 		return c, fmt.Errorf("%s: public ip %q is not an IP address", where("public-ip"), c.PublicIP)
 	}
+	if err := clusterConfig(l, &c, where); err != nil {
+		return c, err
+	}
+	if c.EdgeViewers, err = strconv.Atoi(l.get("cluster-edge-viewers")); err != nil || c.EdgeViewers < 0 {
+		return c, fmt.Errorf("%s: %q: want a number of viewers, 0 or more", where("cluster-edge-viewers"), l.get("cluster-edge-viewers"))
+	}
 	c.WebhookURLs = commaList(l.get("webhook-urls"))
 	if len(c.WebhookURLs) > 0 && c.WebhookSecret == "" {
 		return c, errors.New("webhook urls need a webhook secret (-webhook-secret, VIGIL_WEBHOOK_SECRET or webhook_secret)")

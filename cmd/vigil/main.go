@@ -21,11 +21,13 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/pion/webrtc/v4"
+	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
 	"github.com/vigil-media/vigil/recordings"
@@ -69,6 +71,12 @@ type config struct {
 	JoinRate      float64
 	MintRate      float64
 	MaxBodyBytes  int64
+	RedisURL      string // cluster mode when set (cluster.go)
+	NodeID        string
+	NodeURL       string
+	Heartbeat     time.Duration
+	Lease         time.Duration
+	EdgeViewers   int // viewers of a broadcast before edges serve more (signaling/cascade.go)
 }
 
 // parseICEServers reads VIGIL_ICE_SERVERS: a JSON array of RTCIceServer,
@@ -176,23 +184,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer hooks.Close(5 * time.Second) // after the rooms: their last events go out
-	gin.SetMode(gin.ReleaseMode)
-	sig, err := signaling.New(signaling.Config{
-		SFU: media, AdminKey: cfg.AdminKey, Logger: logger, Recordings: rec, Incidents: monitor,
-		Metrics: metrics.New(version), Webhooks: hooks, DrainTimeout: cfg.DrainTimeout,
-		GracePeriod: cfg.GracePeriod, MaxBodyBytes: cfg.MaxBodyBytes, CORSOrigins: cfg.CORSOrigins, TrustedProxies: cfg.Proxies,
-		MessageRate: float64(noLimit(cfg.MessageRate)), JoinRate: float64(noLimit(cfg.JoinRate)), MintRate: float64(noLimit(cfg.MintRate)),
-	})
-	if err != nil {
-		_ = media.Close()
-		return err
-	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		_ = media.Close()
 		return fmt.Errorf("http: %w", err)
 	}
-	hs := &http.Server{Handler: sig.Handler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
+	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
 	scheme := "http"
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -204,6 +201,36 @@ func run(args []string, stdout, stderr io.Writer) error {
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		ln, scheme = tls.NewListener(ln, hs.TLSConfig), "https"
 	}
+	// Cluster mode: join before serving; the node's rooms are the
+	// signaling server's once it exists (sigRef).
+	var cl *cluster.Cluster
+	var sigRef atomic.Pointer[signaling.Server]
+	if cfg.RedisURL != "" {
+		if cl, err = joinCluster(cfg, ln.Addr(), scheme, media, &sigRef, logger); err != nil {
+			_ = ln.Close()
+			_ = media.Close()
+			return fmt.Errorf("join the cluster: %w", err)
+		}
+		logger.Info("cluster: joined", "node", cl.ID(), "url", cl.URL())
+	}
+	gin.SetMode(gin.ReleaseMode)
+	sig, err := signaling.New(signaling.Config{
+		SFU: media, AdminKey: cfg.AdminKey, Logger: logger, Recordings: rec, Incidents: monitor,
+		Metrics: metrics.New(version), Webhooks: hooks, DrainTimeout: cfg.DrainTimeout,
+		GracePeriod: cfg.GracePeriod, MaxBodyBytes: cfg.MaxBodyBytes, CORSOrigins: cfg.CORSOrigins, TrustedProxies: cfg.Proxies,
+		MessageRate: float64(noLimit(cfg.MessageRate)), JoinRate: float64(noLimit(cfg.JoinRate)), MintRate: float64(noLimit(cfg.MintRate)),
+		Cluster: cl, EdgeViewers: noLimit(cfg.EdgeViewers),
+	})
+	if err != nil {
+		if cl != nil {
+			_ = cl.Close()
+		}
+		_ = ln.Close()
+		_ = media.Close()
+		return err
+	}
+	sigRef.Store(sig)
+	hs.Handler = sig.Handler()
 
 	fmt.Fprintf(stdout, "Vigil is running. Open %s in a browser.\n", strings.Replace(browseURL(ln.Addr()), "http:", scheme+":", 1))
 	if generated {
@@ -221,6 +248,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	select {
 	case err := <-serveErr:
 		sig.Close(5 * time.Second)
+		closeCluster(cl, logger)
 		return fmt.Errorf("http: %w", err)
 	case <-ctx.Done():
 	case <-sig.Drained():
@@ -229,6 +257,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	logger.Info("shutting down")
 	// Sessions first, so every client is told why, then the listener.
 	sig.Close(5 * time.Second)
+	// Then leave the cluster: the rooms of this node move to others at
+	// their next heartbeat, without waiting for the lease.
+	closeCluster(cl, logger)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := hs.Shutdown(shutdownCtx); err != nil {

@@ -56,6 +56,12 @@ func settings() []setting {
 		{flag: "join-rate", env: "VIGIL_JOIN_RATE", key: "join_rate", def: "10", usage: "session opens and WHIP/WHEP POSTs a second per client address (`rate`), bursts of twice that; 0: no limit"},
 		{flag: "mint-rate", env: "VIGIL_MINT_RATE", key: "mint_rate", def: "50", usage: "token mints a second per client address (`rate`), bursts of twice that; 0: no limit"},
 		{flag: "max-body-bytes", env: "VIGIL_MAX_BODY_BYTES", key: "max_body_bytes", def: "65536", usage: "largest JSON request body (`bytes`)"},
+		{flag: "redis-url", env: "VIGIL_REDIS_URL", key: "redis_url", usage: "redis:// `URL` of the Redis that joins nodes into a cluster (docs/cluster.md); none: a single node", secret: true},
+		{flag: "node-id", env: "VIGIL_NODE_ID", key: "node_id", usage: "this node's `id` in the cluster: letters, digits, '_' or '-'; random when empty"},
+		{flag: "node-url", env: "VIGIL_NODE_URL", key: "node_url", usage: "`URL` other nodes reach this node's HTTP server at; derived from the listen address when empty"},
+		{flag: "cluster-heartbeat", env: "VIGIL_CLUSTER_HEARTBEAT", key: "cluster_heartbeat", def: "1s", usage: "how often a node renews its lease in the cluster (`duration`)"},
+		{flag: "cluster-lease", env: "VIGIL_CLUSTER_LEASE", key: "cluster_lease", def: "5s", usage: "how long a node that stops renewing stays live; its rooms move to another node after it (`duration`)"},
+		{flag: "cluster-edge-viewers", env: "VIGIL_CLUSTER_EDGE_VIEWERS", key: "cluster_edge_viewers", def: "500", usage: "viewers of one broadcast room a node holds before further viewers are served by other nodes, which relay the room from it (`n`); 0: never"},
 	}
 }
 

@@ -19,9 +19,10 @@
 // for the life of the page. After a drop the transport reconnects with
 // backoff (250 ms doubling to 5 s) from the last seq, well within the
 // server's 15 s grace period. When the session is gone (404
-// session_not_found, cursor_too_old, invalid_cursor) it opens a new
-// session and tells its owner to start over; the owner can ask for that
-// too (restart).
+// session_not_found, cursor_too_old, invalid_cursor), or its room moved
+// to another node of a cluster (`left` with reason room_moved), it opens
+// a new session and tells its owner to start over; the owner can ask for
+// that too (restart).
 
 import { api, ApiError } from './api.js';
 import { TRANSPORTS, FALLBACK_ORDER } from './transports.js';
@@ -215,6 +216,12 @@ export class Session {
     if (typeof ev.seq === 'number') {
       if (ev.seq <= this.lastSeq) return;
       this.lastSeq = ev.seq;
+    }
+    if (ev.type === 'left' && ev.data && ev.data.reason === 'room_moved') {
+      // The room moved to another node of a cluster: a new session with
+      // the same token finds it there (docs/cluster.md).
+      this.#restart();
+      return;
     }
     if (ev.type === 'left') this.ended = true;
     this.onEvent(ev);

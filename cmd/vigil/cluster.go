@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/url"
+	"regexp"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/vigil-media/vigil/cluster"
+	"github.com/vigil-media/vigil/sfu"
+	"github.com/vigil-media/vigil/signaling"
+)
+
+// Cluster mode (docs/cluster.md): with redis_url set, this process is one
+// node of a cluster joined through Redis.
+
+var nodeIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// clusterConfig reads and checks the cluster settings.
+func clusterConfig(l *layered, c *config, where func(string) string) error {
+	c.RedisURL, c.NodeID, c.NodeURL = l.get("redis-url"), l.get("node-id"), l.get("node-url")
+	var err error
+	if c.Heartbeat, err = time.ParseDuration(l.get("cluster-heartbeat")); err != nil || c.Heartbeat <= 0 {
+		return fmt.Errorf("%s: heartbeat %q: want a positive duration", where("cluster-heartbeat"), l.get("cluster-heartbeat"))
+	}
+	if c.Lease, err = time.ParseDuration(l.get("cluster-lease")); err != nil || c.Lease < 2*c.Heartbeat {
+		return fmt.Errorf("%s: lease %q: want a duration of at least two heartbeats (%v)", where("cluster-lease"), l.get("cluster-lease"), 2*c.Heartbeat)
+	}
+	if c.NodeID != "" && !nodeIDRE.MatchString(c.NodeID) {
+		return fmt.Errorf("%s: node id %q: want 1 to 64 letters, digits, '_' or '-'", where("node-id"), c.NodeID)
+	}
+	if c.NodeURL != "" {
+		u, err := url.Parse(c.NodeURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s: node url %q: want http://host:port or https://host:port", where("node-url"), c.NodeURL)
+		}
+	}
+	if c.RedisURL != "" {
+		u, err := url.Parse(c.RedisURL)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			return fmt.Errorf("%s: want a redis:// or rediss:// URL", where("redis-url"))
+		}
+	}
+	return nil
+}
+
+// nodeURL is how other nodes reach this one: node_url, else the listen
+// address with this host's first non-loopback IPv4 address for a
+// wildcard one.
+func nodeURL(c config, addr net.Addr, scheme string) string {
+	if c.NodeURL != "" {
+		return c.NodeURL
+	}
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return scheme + "://" + addr.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = firstHostIPv4()
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
+}
+
+// joinCluster makes this process a node of the cluster: its load is read
+// from the media core, and rooms are adopted, lost and listed by the
+// signaling server once sig holds it (before that, this node has none).
+func joinCluster(c config, addr net.Addr, scheme string, media *sfu.SFU, sig *atomic.Pointer[signaling.Server], logger *slog.Logger) (*cluster.Cluster, error) {
+	// go-redis logs each failed dial; the cluster logs an outage once.
+	redis.SetLogger(redisLog{logger})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return cluster.New(ctx, cluster.Config{
+		RedisURL: c.RedisURL, NodeID: c.NodeID, URL: nodeURL(c, addr, scheme),
+		Heartbeat: c.Heartbeat, Lease: c.Lease, Logger: logger,
+		Load: func() cluster.Load {
+			if s := sig.Load(); s != nil && s.Draining() {
+				// A draining node takes no new room.
+				return cluster.Load{Rooms: math.MaxInt32, Participants: math.MaxInt32}
+			}
+			var l cluster.Load
+			for _, r := range media.Rooms() {
+				l.Rooms++
+				l.Participants += len(r.List())
+			}
+			return l
+		},
+		Rooms: func() []cluster.RoomRecord {
+			if s := sig.Load(); s != nil {
+				return s.ClusterRooms()
+			}
+			return nil
+		},
+		Adopt: func(rec cluster.RoomRecord) {
+			if s := sig.Load(); s != nil {
+				s.AdoptRoom(rec)
+			}
+		},
+		Lost: func(name string) {
+			if s := sig.Load(); s != nil {
+				s.LoseRoom(name)
+			}
+		},
+	})
+}
+
+// closeCluster leaves the cluster, if this node is in one.
+func closeCluster(cl *cluster.Cluster, logger *slog.Logger) {
+	if cl == nil {
+		return
+	}
+	if err := cl.Close(); err != nil {
+		logger.Warn("cluster: leave", "err", err)
+	}
+}
+
+// redisLog passes go-redis's own log lines (a failed dial each) on at
+// debug level.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug("redis client: " + fmt.Sprintf(format, v...))
+}
