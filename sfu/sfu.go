@@ -455,7 +455,11 @@ func (s *SFU) removeRoom(r *Room) {
 
 // Close ends every room (participants leave with ReasonShutdown, their
 // peer connections closed) and releases the media port.
-func (s *SFU) Close() error {
+func (s *SFU) Close() error { return s.CloseWith(ReasonShutdown) }
+
+// CloseWith is Close with another reason for the participants: a node of
+// a cluster that stops tells them that their room moves on.
+func (s *SFU) CloseWith(reason string) error {
 	s.mu.Lock()
 	s.closed = true
 	rooms := make([]*Room, 0, len(s.rooms))
@@ -464,7 +468,7 @@ func (s *SFU) Close() error {
 	}
 	s.mu.Unlock()
 	for _, r := range rooms {
-		r.Close(ReasonShutdown)
+		r.Close(reason)
 	}
 	return s.closePorts()
 }

@@ -100,7 +100,9 @@ func (s *Server) closeCascade() {
 		unsub()
 	}
 	for _, r := range reps {
-		r.stop(sfu.ReasonShutdown)
+		// The broadcast goes on at its owner: the viewers start over
+		// there (or at another edge).
+		r.stop(ReasonRoomMoved)
 	}
 	s.cascade.wg.Wait()
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/gorilla/websocket"
 	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/signaling"
@@ -594,5 +595,76 @@ func TestClusterRevocationReachesEveryNode(t *testing.T) {
 		if _, err := n.Sig.Tokens().Verify(fresh); err != nil {
 			t.Errorf("a token minted after the revocation, on %s: %v", n.ID, err)
 		}
+	}
+}
+
+// TestClusterShutdownMovesParticipants: a node of a cluster that stops
+// cleanly tells its participants room_moved (not server_shutdown: their
+// room goes on elsewhere), keeps the room in the map, and the room is
+// re-homed to another node once it has left.
+func TestClusterShutdownMovesParticipants(t *testing.T) {
+	rd := vigiltest.StartRedis(t)
+	prefix := testPrefix(t)
+	a := startNode(t, rd, prefix, "a", nil)
+	b := startNode(t, rd, prefix, "b", nil)
+	if resp, body := call(t, b.URL, "POST", "/v1/rooms", adminH(), `{"name":"live","kind":"conference"}`); resp.StatusCode != 201 || !strings.Contains(string(body), `"node":"a"`) {
+		t.Fatalf("create: %d %s, want it on a", resp.StatusCode, body)
+	}
+	tok, _, err := b.Sig.Tokens().Mint("live", "ann", "participant", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := call(t, b.URL, "POST", "/v1/rooms/live/sessions", map[string]string{"Authorization": "Bearer " + tok}, "")
+	var open struct {
+		SessionID string `json:"session_id"`
+	}
+	if resp.StatusCode != 201 || json.Unmarshal(body, &open) != nil || !strings.HasPrefix(open.SessionID, "a.") {
+		t.Fatalf("open a session through b: %d %s, want one of a's", resp.StatusCode, body)
+	}
+	// The session's socket goes through b, relayed to a.
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(b.URL, "http")+"/v1/sessions/"+open.SessionID+"/ws?cursor=0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	left := make(chan string, 1)
+	go func() {
+		for {
+			var ev struct {
+				Type string `json:"type"`
+				Data struct {
+					Identity string `json:"identity"`
+					Reason   string `json:"reason"`
+				} `json:"data"`
+			}
+			if err := conn.ReadJSON(&ev); err != nil {
+				close(left)
+				return
+			}
+			if ev.Type == "left" {
+				left <- ev.Data.Reason
+				return
+			}
+		}
+	}()
+	a.Sig.Close(2 * time.Second)
+	if err := a.Cl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case reason, ok := <-left:
+		if !ok || reason != signaling.ReasonRoomMoved {
+			t.Fatalf("left with %q (socket still open: %v), want %q", reason, ok, signaling.ReasonRoomMoved)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no left event 5 s after the node stopped")
+	}
+	waitFor(t, 5*time.Second, "the room re-homed to b", func() bool {
+		_, err := b.SFU.Room("live")
+		return err == nil
+	})
+	resp, body = call(t, b.URL, "POST", "/v1/rooms/live/sessions", map[string]string{"Authorization": "Bearer " + tok}, "")
+	if resp.StatusCode != 201 || !strings.Contains(string(body), `"session_id":"b.`) {
+		t.Fatalf("a new session with the same token: %d %s, want one of b's", resp.StatusCode, body)
 	}
 }

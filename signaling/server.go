@@ -286,13 +286,20 @@ func (s *Server) bindJSON(c *gin.Context, v any) error {
 
 // Close refuses new sessions, ends every room (each participant told
 // why) and waits up to timeout for transports to deliver the last events.
+// A node of a cluster tells its participants room_moved rather than
+// server_shutdown: its rooms stay in the map and are re-homed once it has
+// left the cluster, so clients open new sessions and find them there.
 func (s *Server) Close(timeout time.Duration) {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
 	s.closeCascade()
 	s.stopCluster()
-	if err := s.sfu.Close(); err != nil {
+	reason := sfu.ReasonShutdown
+	if s.cfg.Cluster != nil {
+		reason = ReasonRoomMoved
+	}
+	if err := s.sfu.CloseWith(reason); err != nil {
 		s.log.Debug("close sfu", "err", err)
 	}
 	s.mu.Lock()
@@ -302,7 +309,7 @@ func (s *Server) Close(timeout time.Duration) {
 	}
 	s.mu.Unlock()
 	for _, ss := range sessions {
-		ss.end(sfu.ReasonShutdown)
+		ss.end(reason)
 	}
 	done := make(chan struct{})
 	go func() {
