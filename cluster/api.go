@@ -323,3 +323,28 @@ func (c *Cluster) call(parent context.Context, op string, f func(ctx context.Con
 	}
 	return nil
 }
+
+// hashesOf reads the members of the set at key set and then, in one
+// pipeline, the hash at keyOf(member) of each: hashes[i] is members[i]'s,
+// empty if its key is gone. It runs inside a call.
+func (c *Cluster) hashesOf(ctx context.Context, set string, keyOf func(member string) string) (members []string, hashes []map[string]string, err error) {
+	members, err = c.rdb.SMembers(ctx, set).Result()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmds := make([]*redis.MapStringStringCmd, len(members))
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, m := range members {
+			cmds[i] = p.HGetAll(ctx, keyOf(m))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	hashes = make([]map[string]string, len(cmds))
+	for i, cmd := range cmds {
+		hashes[i] = cmd.Val()
+	}
+	return members, hashes, nil
+}

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // renew registers or renews this node's key for one lease, with the load
@@ -65,22 +63,12 @@ func (c *Cluster) Nodes(ctx context.Context) ([]Node, error) {
 // whose key is gone.
 func (c *Cluster) readNodes(ctx context.Context) (live []Node, dead []string, err error) {
 	err = c.call(ctx, "nodes", func(ctx context.Context) error {
-		ids, err := c.rdb.SMembers(ctx, c.keys.nodes()).Result()
-		if err != nil {
-			return err
-		}
-		cmds := make([]*redis.MapStringStringCmd, len(ids))
-		_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, id := range ids {
-				cmds[i] = p.HGetAll(ctx, c.keys.node(id))
-			}
-			return nil
-		})
+		ids, hashes, err := c.hashesOf(ctx, c.keys.nodes(), c.keys.node)
 		if err != nil {
 			return err
 		}
 		for i, id := range ids {
-			if h := cmds[i].Val(); len(h) > 0 {
+			if h := hashes[i]; len(h) > 0 {
 				live = append(live, parseNode(id, h))
 			} else {
 				dead = append(dead, id)

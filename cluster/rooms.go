@@ -73,22 +73,12 @@ func (c *Cluster) Room(ctx context.Context, name string) (RoomRecord, error) {
 func (c *Cluster) Rooms(ctx context.Context) ([]RoomRecord, error) {
 	var recs []RoomRecord
 	err := c.call(ctx, "rooms", func(ctx context.Context) error {
-		names, err := c.rdb.SMembers(ctx, c.keys.rooms()).Result()
-		if err != nil {
-			return err
-		}
-		cmds := make([]*redis.MapStringStringCmd, len(names))
-		_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, name := range names {
-				cmds[i] = p.HGetAll(ctx, c.keys.room(name))
-			}
-			return nil
-		})
+		names, hashes, err := c.hashesOf(ctx, c.keys.rooms(), c.keys.room)
 		if err != nil {
 			return err
 		}
 		for i, name := range names {
-			if h := cmds[i].Val(); len(h) > 0 {
+			if h := hashes[i]; len(h) > 0 {
 				recs = append(recs, parseRoom(name, h))
 			}
 		}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"time"
 
 	"github.com/pion/dtls/v3"
 	"github.com/pion/ice/v4"
@@ -75,16 +74,7 @@ func (s *SFU) NewRelayConnection() (*webrtc.PeerConnection, error) {
 			return nil, fmt.Errorf("sfu: relay public IPs: %w", err)
 		}
 	}
-	if cfg.DisconnectTimeout > 0 || cfg.FailedTimeout > 0 {
-		d, f := cfg.DisconnectTimeout, cfg.FailedTimeout
-		if d <= 0 {
-			d = 5 * time.Second
-		}
-		if f <= 0 {
-			f = 25 * time.Second
-		}
-		se.SetICETimeouts(d, f, 2*time.Second)
-	}
+	setICETimeouts(&se, cfg)
 	me := &webrtc.MediaEngine{}
 	if err := registerCodecs(me); err != nil {
 		return nil, err

@@ -205,14 +205,7 @@ func New(cfg Config) (*SFU, error) {
 	// Always explicit: an ICE-lite agent's own default disconnect timeout
 	// is 10 s, not the 5 s that the reconnect rules (reconnect.go) and
 	// the docs state.
-	d, f := cfg.DisconnectTimeout, cfg.FailedTimeout
-	if d <= 0 {
-		d = 5 * time.Second
-	}
-	if f <= 0 {
-		f = 25 * time.Second
-	}
-	se.SetICETimeouts(d, f, 2*time.Second)
+	setICETimeouts(&se, cfg)
 
 	me := &webrtc.MediaEngine{}
 	if err := registerCodecs(me); err != nil {
@@ -226,6 +219,21 @@ func New(cfg Config) (*SFU, error) {
 	}
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
 	return s, nil
+}
+
+// setICETimeouts gives se the ICE timeouts of cfg: DisconnectTimeout
+// (zero: 5 s), FailedTimeout (zero: 25 s) and a keepalive every 2 s,
+// pion's defaults for a full agent, set explicitly so that they hold for
+// an ICE-lite one too.
+func setICETimeouts(se *webrtc.SettingEngine, cfg Config) {
+	d, f := cfg.DisconnectTimeout, cfg.FailedTimeout
+	if d <= 0 {
+		d = 5 * time.Second
+	}
+	if f <= 0 {
+		f = 25 * time.Second
+	}
+	se.SetICETimeouts(d, f, 2*time.Second)
 }
 
 // registerCodecs registers the codecs Vigil forwards: Opus, VP8, VP9 and

@@ -4,24 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp/codecs"
 	"github.com/pion/webrtc/v4"
-	"github.com/pion/webrtc/v4/pkg/media"
-	"github.com/pion/webrtc/v4/pkg/media/ivfreader"
 	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/signaling"
 	"github.com/vigil-media/vigil/signaling/vigiltest"
@@ -73,36 +67,20 @@ func startCascadeNode(t *testing.T, redis *vigiltest.Redis, prefix, id string, e
 		t.Fatal(err)
 	}
 	ln := &trackingListener{Listener: inner}
-	var sig atomic.Pointer[signaling.Server]
+	var hooks signaling.ClusterHooks
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := cluster.New(ctx, cluster.Config{
+	cl, err := cluster.New(ctx, hooks.Configure(cluster.Config{
 		RedisURL: redis.URL, NodeID: id, URL: "http://" + ln.Addr().String(), Prefix: prefix,
 		Heartbeat: 100 * time.Millisecond, Lease: time.Second, Logger: slog.New(slog.DiscardHandler),
-		Rooms: func() []cluster.RoomRecord {
-			if s := sig.Load(); s != nil {
-				return s.ClusterRooms()
-			}
-			return nil
-		},
-		Adopt: func(rec cluster.RoomRecord) {
-			if s := sig.Load(); s != nil {
-				s.AdoptRoom(rec)
-			}
-		},
-		Lost: func(name string) {
-			if s := sig.Load(); s != nil {
-				s.LoseRoom(name)
-			}
-		},
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := vigiltest.StartWith(t, vigiltest.Options{Configure: func(c *signaling.Config) {
 		c.Cluster, c.EdgeViewers, c.EdgeIdle = cl, 1, edgeIdle
 	}})
-	sig.Store(srv.Sig)
+	hooks.Bind(srv.Sig)
 	hs := &http.Server{Handler: srv.Sig.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan struct{})
 	go func() {
@@ -163,7 +141,7 @@ func joinFrameViewer(t *testing.T, srv *vigiltest.Server, room, identity string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := pionAPI(t).NewPeerConnection(webrtc.Configuration{})
+	pc, err := vigiltest.PionAPI(t).NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,81 +257,16 @@ func (v *frameViewer) decoded(t *testing.T) (first, decoded time.Duration) {
 	return v.firstAt.Sub(v.joined), v.decodedAt.Sub(v.joined)
 }
 
-// keyPlayer plays the VP8 frames of an IVF file at 15 fps, with Opus
-// beside, as an encoder does: a keyframe request (PLI or FIR) makes the
-// next frame sent a keyframe (the file's next one), so that a figure of
-// the time to the first picture is not the file's keyframe interval.
-type keyPlayer struct {
-	video, audio *webrtc.TrackLocalStaticSample
-	wantKey      atomic.Bool
-	stop, done   chan struct{}
-}
-
-func playKeyframesOnDemand(t *testing.T, path, stream string) *keyPlayer {
+// hostVP8 joins "host" to room on srv as its host, publishing real VP8
+// (and Opus) as camera and microphone. The keyframe requests that reach
+// the camera are passed on to the player, as an encoder would answer
+// them: a figure of the time to the first picture is then not the file's
+// keyframe interval.
+func hostVP8(t *testing.T, srv *vigiltest.Server, room string) {
 	t.Helper()
-	fh, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fh.Close()
-	r, _, err := ivfreader.NewWith(fh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var frames [][]byte
-	for {
-		fr, _, err := r.ParseNextFrame()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		frames = append(frames, fr)
-	}
-	v, err := webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "v", stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &keyPlayer{video: v, audio: a, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		vt := time.NewTicker(time.Second / 15)
-		defer vt.Stop()
-		at := time.NewTicker(20 * time.Millisecond)
-		defer at.Stop()
-		for i := 0; ; {
-			select {
-			case <-p.stop:
-				return
-			case <-vt.C:
-				if p.wantKey.Swap(false) {
-					for frames[i%len(frames)][0]&0x01 != 0 { // the P bit of the frame tag: 0 on a keyframe
-						i++
-					}
-				}
-				_ = v.WriteSample(media.Sample{Data: frames[i%len(frames)], Duration: time.Second / 15})
-				i++
-			case <-at.C:
-				_ = a.WriteSample(media.Sample{Data: []byte{0xf8, 0xff, 0xfe}, Duration: 20 * time.Millisecond})
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		close(p.stop)
-		<-p.done
-	})
-	return p
-}
-
-// publishKeyPlayer publishes p's tracks as c's camera and microphone,
-// passing the keyframe requests that reach the camera on to p.
-func publishKeyPlayer(t *testing.T, c *wsClient, p *keyPlayer) {
-	t.Helper()
+	p := playVP8(t, vp8File(t), "host")
+	c := dial(t, srv, room, "host", "host")
+	c.waitEvent("joined", nil)
 	for _, tr := range []webrtc.TrackLocal{p.video, p.audio} {
 		tx, err := c.pc.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
 		if err != nil {
@@ -425,10 +338,7 @@ func TestCascadeEdgeViewersDecode(t *testing.T) {
 	}
 	feedEvents(t, a.srv, "show") // the feed starts now
 
-	player := playKeyframesOnDemand(t, vp8File(t), "host")
-	host := dial(t, a.srv, "show", "host", "host")
-	host.waitEvent("joined", nil)
-	publishKeyPlayer(t, host, player)
+	hostVP8(t, a.srv, "show")
 	local := joinFrameViewer(t, a.srv, "show", "v1")
 	if !strings.HasPrefix(local.session, "a.") {
 		t.Fatalf("the first viewer's session %q is not a's", local.session)
@@ -528,10 +438,7 @@ func TestCascadeIdleReplicaCloses(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	a.srv.CreateRoom(t, "talk", "broadcast")
 	feedEvents(t, a.srv, "talk") // the feed starts now
-	player := playKeyframesOnDemand(t, vp8File(t), "host")
-	host := dial(t, a.srv, "talk", "host", "host")
-	host.waitEvent("joined", nil)
-	publishKeyPlayer(t, host, player)
+	hostVP8(t, a.srv, "talk")
 	dial(t, a.srv, "talk", "v1", "viewer").waitEvent("joined", nil)
 
 	// Through a itself: a, full, sends the viewer to the least loaded
@@ -587,10 +494,7 @@ func TestCascadeOwnerLostMovesViewers(t *testing.T) {
 	nodes := startCascade(t, 0, "a", "b")
 	a, b := nodes[0], nodes[1]
 	a.srv.CreateRoom(t, "gone", "broadcast")
-	player := playKeyframesOnDemand(t, vp8File(t), "host")
-	host := dial(t, a.srv, "gone", "host", "host")
-	host.waitEvent("joined", nil)
-	publishKeyPlayer(t, host, player)
+	hostVP8(t, a.srv, "gone")
 	dial(t, a.srv, "gone", "v1", "viewer").waitEvent("joined", nil)
 	v := joinFrameViewer(t, b.srv, "gone", "v2")
 	if !strings.HasPrefix(v.session, "b.") {

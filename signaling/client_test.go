@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/pion/ice/v4"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 	"github.com/vigil-media/vigil/signaling/vigiltest"
@@ -52,20 +51,6 @@ type trackInfo struct {
 	ID       string `json:"id"`
 	Identity string `json:"identity"`
 	Source   string `json:"source"`
-}
-
-func pionAPI(t *testing.T) *webrtc.API {
-	t.Helper()
-	se := webrtc.SettingEngine{}
-	se.SetIncludeLoopbackCandidate(true)
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
-	me := &webrtc.MediaEngine{}
-	if err := me.RegisterDefaultCodecs(); err != nil {
-		t.Fatal(err)
-	}
-	return webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me))
 }
 
 func wsURL(srv *vigiltest.Server, session string, cursor uint64) string {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -17,6 +18,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -877,6 +879,82 @@ func (s *Server) keepRecord(rec cluster.RoomRecord) {
 	s.cl.mu.Lock()
 	defer s.cl.mu.Unlock()
 	s.cl.records[rec.Name] = rec
+}
+
+// clusterLoad is this node's load figure (cluster.Config.Load): its rooms
+// (edge replicas included) and their participants; a draining node,
+// which takes no new room, reports the most there is.
+func (s *Server) clusterLoad() cluster.Load {
+	if s.Draining() {
+		return cluster.Load{Rooms: math.MaxInt32, Participants: math.MaxInt32}
+	}
+	var l cluster.Load
+	for _, r := range s.sfu.Rooms() {
+		l.Rooms++
+		l.Participants += len(r.List())
+	}
+	return l
+}
+
+// ClusterHooks are the callbacks of a node's cluster.Config (Load, Rooms,
+// Adopt and Lost) served by a Server that does not exist yet: the
+// cluster.Cluster is made first, since New takes it in Config.Cluster.
+// Its zero value is ready; Configure fills a cluster.Config, and Bind hands
+// the callbacks the Server once New has returned. Until then the node
+// has no load and holds, adopts and loses no room (every room comes
+// through the Server). It must not be copied after first use.
+//
+//	var hooks signaling.ClusterHooks
+//	cl, err := cluster.New(ctx, hooks.Configure(cluster.Config{RedisURL: ..., URL: ...}))
+//	...
+//	srv, err := signaling.New(signaling.Config{SFU: media, Cluster: cl, ...})
+//	...
+//	hooks.Bind(srv)
+type ClusterHooks struct {
+	srv atomic.Pointer[Server]
+}
+
+// Bind makes s serve the callbacks.
+func (h *ClusterHooks) Bind(s *Server) { h.srv.Store(s) }
+
+// Configure returns cfg with its Load, Rooms, Adopt and Lost set to h's.
+func (h *ClusterHooks) Configure(cfg cluster.Config) cluster.Config {
+	cfg.Load, cfg.Rooms, cfg.Adopt, cfg.Lost = h.Load, h.Rooms, h.Adopt, h.Lost
+	return cfg
+}
+
+// Load is cluster.Config.Load: the bound Server's rooms and participants,
+// or the most there is while it drains; zeros before Bind.
+func (h *ClusterHooks) Load() cluster.Load {
+	if s := h.srv.Load(); s != nil {
+		return s.clusterLoad()
+	}
+	return cluster.Load{}
+}
+
+// Rooms is cluster.Config.Rooms: the bound Server's ClusterRooms; none
+// before Bind.
+func (h *ClusterHooks) Rooms() []cluster.RoomRecord {
+	if s := h.srv.Load(); s != nil {
+		return s.ClusterRooms()
+	}
+	return nil
+}
+
+// Adopt is cluster.Config.Adopt: the bound Server's AdoptRoom; nothing
+// before Bind.
+func (h *ClusterHooks) Adopt(rec cluster.RoomRecord) {
+	if s := h.srv.Load(); s != nil {
+		s.AdoptRoom(rec)
+	}
+}
+
+// Lost is cluster.Config.Lost: the bound Server's LoseRoom; nothing
+// before Bind.
+func (h *ClusterHooks) Lost(name string) {
+	if s := h.srv.Load(); s != nil {
+		s.LoseRoom(name)
+	}
 }
 
 // Revocations across nodes.

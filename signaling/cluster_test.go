@@ -59,37 +59,13 @@ func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure f
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sig atomic.Pointer[signaling.Server]
+	var hooks signaling.ClusterHooks
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cl, err := cluster.New(ctx, cluster.Config{
+	cl, err := cluster.New(ctx, hooks.Configure(cluster.Config{
 		RedisURL: rd.URL, NodeID: id, URL: url, Heartbeat: 100 * time.Millisecond, Lease: 600 * time.Millisecond,
 		Prefix: prefix, Logger: logger,
-		Load: func() cluster.Load {
-			var l cluster.Load
-			for _, r := range media.Rooms() {
-				l.Rooms++
-				l.Participants += len(r.List())
-			}
-			return l
-		},
-		Rooms: func() []cluster.RoomRecord {
-			if s := sig.Load(); s != nil {
-				return s.ClusterRooms()
-			}
-			return nil
-		},
-		Adopt: func(rec cluster.RoomRecord) {
-			if s := sig.Load(); s != nil {
-				s.AdoptRoom(rec)
-			}
-		},
-		Lost: func(name string) {
-			if s := sig.Load(); s != nil {
-				s.LoseRoom(name)
-			}
-		},
-	})
+	}))
 	if err != nil {
 		_ = media.Close()
 		t.Fatal(err)
@@ -102,7 +78,7 @@ func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure f
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig.Store(s)
+	hooks.Bind(s)
 	h := s.Handler()
 	handler.Store(&h)
 	hs.Start()

@@ -176,7 +176,7 @@ func TestRelayOnlyClients(t *testing.T) {
 	// WHEP: the Link headers carry the TURN URLs with credentials minted
 	// for the viewer.
 	srv.CreateRoom(t, "live", "broadcast")
-	pc, err := pionAPI(t).NewPeerConnection(webrtc.Configuration{})
+	pc, err := vigiltest.PionAPI(t).NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		t.Fatal(err)
 	}

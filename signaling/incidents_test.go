@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -182,9 +183,12 @@ func vp8File(t *testing.T) string {
 }
 
 // vp8Player sends the frames of an IVF file in a loop, at 15 fps, through
-// pion's VP8 packetizer, with Opus beside it.
+// pion's VP8 packetizer, with Opus beside it. Once wantKey is set (by a
+// publisher that passes keyframe requests on: publishVP8), the next frame
+// sent is a keyframe (the file's next one), as an encoder would do.
 type vp8Player struct {
 	video, audio *webrtc.TrackLocalStaticSample
+	wantKey      atomic.Bool
 	stop, done   chan struct{}
 }
 
@@ -230,6 +234,11 @@ func playVP8(t *testing.T, path, stream string) *vp8Player {
 			case <-p.stop:
 				return
 			case <-vt.C:
+				if p.wantKey.Swap(false) {
+					for frames[i%len(frames)][0]&0x01 != 0 { // the P bit of the frame tag: 0 on a keyframe
+						i++
+					}
+				}
 				_ = v.WriteSample(media.Sample{Data: frames[i%len(frames)], Duration: time.Second / 15})
 				i++
 			case <-at.C:

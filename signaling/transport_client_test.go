@@ -26,7 +26,7 @@ func dialVia(t *testing.T, srv *vigiltest.Server, room, identity, role, transpor
 	if err != nil {
 		t.Fatal(err)
 	}
-	return attachVia(t, srv, sid, pionAPI(t), webrtc.Configuration{}, transport)
+	return attachVia(t, srv, sid, vigiltest.PionAPI(t), webrtc.Configuration{}, transport)
 }
 
 // attachVia makes a wsClient of an open session with a pion connection

@@ -55,7 +55,7 @@ func whipRequest(t *testing.T, method, url, token, contentType, body string, hdr
 // newWHIPClient makes an offer with the given transceivers and posts it.
 func newWHIPClient(t *testing.T, srv *vigiltest.Server, path, token string, setup func(pc *webrtc.PeerConnection)) *whipClient {
 	t.Helper()
-	pc, err := pionAPI(t).NewPeerConnection(webrtc.Configuration{})
+	pc, err := vigiltest.PionAPI(t).NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func TestWHIPAndWHEPErrors(t *testing.T) {
 	host := srv.Token(t, "live", "h", "host")
 	viewerTok := srv.Token(t, "live", "v", "viewer")
 	ghost, _, _ := srv.Sig.Tokens().Mint("ghost", "h", "host", time.Minute)
-	pc, _ := pionAPI(t).NewPeerConnection(webrtc.Configuration{})
+	pc, _ := vigiltest.PionAPI(t).NewPeerConnection(webrtc.Configuration{})
 	defer pc.Close()
 	if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
 		t.Fatal(err)

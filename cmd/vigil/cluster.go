@@ -4,16 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/url"
 	"regexp"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/vigil-media/vigil/cluster"
-	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/signaling"
 )
 
@@ -67,46 +64,18 @@ func nodeURL(c config, addr net.Addr, scheme string) string {
 	return scheme + "://" + net.JoinHostPort(host, port)
 }
 
-// joinCluster makes this process a node of the cluster: its load is read
-// from the media core, and rooms are adopted, lost and listed by the
-// signaling server once sig holds it (before that, this node has none).
-func joinCluster(c config, addr net.Addr, scheme string, media *sfu.SFU, sig *atomic.Pointer[signaling.Server], logger *slog.Logger) (*cluster.Cluster, error) {
+// joinCluster makes this process a node of the cluster: its load is
+// read, and its rooms adopted, lost and listed, by the signaling server
+// once hooks is bound to it (before that, this node has none).
+func joinCluster(c config, addr net.Addr, scheme string, hooks *signaling.ClusterHooks, logger *slog.Logger) (*cluster.Cluster, error) {
 	// go-redis logs each failed dial; the cluster logs an outage once.
 	redis.SetLogger(redisLog{logger})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return cluster.New(ctx, cluster.Config{
+	return cluster.New(ctx, hooks.Configure(cluster.Config{
 		RedisURL: c.RedisURL, NodeID: c.NodeID, URL: nodeURL(c, addr, scheme),
 		Heartbeat: c.Heartbeat, Lease: c.Lease, Logger: logger,
-		Load: func() cluster.Load {
-			if s := sig.Load(); s != nil && s.Draining() {
-				// A draining node takes no new room.
-				return cluster.Load{Rooms: math.MaxInt32, Participants: math.MaxInt32}
-			}
-			var l cluster.Load
-			for _, r := range media.Rooms() {
-				l.Rooms++
-				l.Participants += len(r.List())
-			}
-			return l
-		},
-		Rooms: func() []cluster.RoomRecord {
-			if s := sig.Load(); s != nil {
-				return s.ClusterRooms()
-			}
-			return nil
-		},
-		Adopt: func(rec cluster.RoomRecord) {
-			if s := sig.Load(); s != nil {
-				s.AdoptRoom(rec)
-			}
-		},
-		Lost: func(name string) {
-			if s := sig.Load(); s != nil {
-				s.LoseRoom(name)
-			}
-		},
-	})
+	}))
 }
 
 // closeCluster leaves the cluster, if this node is in one.

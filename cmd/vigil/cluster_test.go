@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/pion/ice/v4"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 	"github.com/vigil-media/vigil/signaling/vigiltest"
@@ -278,20 +277,6 @@ func (c *mediaClient) history() string {
 	return strings.Join(c.reasons, "; ")
 }
 
-func loopbackAPI(t *testing.T) *webrtc.API {
-	t.Helper()
-	se := webrtc.SettingEngine{}
-	se.SetIncludeLoopbackCandidate(true)
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
-	me := &webrtc.MediaEngine{}
-	if err := me.RegisterDefaultCodecs(); err != nil {
-		t.Fatal(err)
-	}
-	return webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me))
-}
-
 // roomView is what GET /v1/rooms/{room} says.
 type roomView struct {
 	Name         string
@@ -367,7 +352,7 @@ func TestClusterThreeNodes(t *testing.T) {
 	for _, n := range nodes {
 		byID[n.id] = n
 	}
-	api := loopbackAPI(t)
+	api := vigiltest.PionAPI(t)
 
 	// (a) Create through a, join through b (publisher) and c (subscriber).
 	owner := createRoom(t, nodes[0], "live")

@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -202,11 +201,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		ln, scheme = tls.NewListener(ln, hs.TLSConfig), "https"
 	}
 	// Cluster mode: join before serving; the node's rooms are the
-	// signaling server's once it exists (sigRef).
+	// signaling server's once it exists (clusterHooks).
 	var cl *cluster.Cluster
-	var sigRef atomic.Pointer[signaling.Server]
+	var clusterHooks signaling.ClusterHooks
 	if cfg.RedisURL != "" {
-		if cl, err = joinCluster(cfg, ln.Addr(), scheme, media, &sigRef, logger); err != nil {
+		if cl, err = joinCluster(cfg, ln.Addr(), scheme, &clusterHooks, logger); err != nil {
 			_ = ln.Close()
 			_ = media.Close()
 			return fmt.Errorf("join the cluster: %w", err)
@@ -229,7 +228,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		_ = media.Close()
 		return err
 	}
-	sigRef.Store(sig)
+	clusterHooks.Bind(sig)
 	hs.Handler = sig.Handler()
 
 	fmt.Fprintf(stdout, "Vigil is running. Open %s in a browser.\n", strings.Replace(browseURL(ln.Addr()), "http:", scheme+":", 1))

@@ -16,12 +16,12 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/pion/ice/v4"
 	"github.com/pion/webrtc/v4"
 	"github.com/pion/webrtc/v4/pkg/media"
 	"github.com/pion/webrtc/v4/pkg/media/ivfreader"
 	"github.com/pion/webrtc/v4/pkg/media/oggreader"
 	"github.com/vigil-media/vigil/recordings"
+	"github.com/vigil-media/vigil/signaling/vigiltest"
 )
 
 // encodedFrames makes seconds of real VP8 (30 fps, a keyframe a second)
@@ -122,16 +122,7 @@ func TestSIGTERMWithRecordings(t *testing.T) {
 	if code, body := p.do(t, "POST", "/v1/rooms", "k", `{"name":"exam","kind":"proctoring","auto_record":true}`); code != 201 {
 		t.Fatalf("create room: %d %s", code, body)
 	}
-	se := webrtc.SettingEngine{}
-	se.SetIncludeLoopbackCandidate(true)
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
-	me := &webrtc.MediaEngine{}
-	if err := me.RegisterDefaultCodecs(); err != nil {
-		t.Fatal(err)
-	}
-	api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me))
+	api := vigiltest.PionAPI(t)
 
 	stop := make(chan struct{})
 	var writers sync.WaitGroup
