@@ -41,6 +41,7 @@ type DownTrack struct {
 	info      TrackInfo
 	waitKey   bool
 	askedKey  bool // a keyframe was asked for since waitKey was set
+	shedding  bool // waitKey was set because the reader is behind (overload.go)
 	started   bool
 	rebase    bool // the next forwarded packet is the first of a new source
 	seqOffset uint16
@@ -55,6 +56,9 @@ type DownTrack struct {
 
 	nackBuf                 []byte // the RTCP reader's, for NACK answers
 	retransmits, nackMisses atomic.Uint64
+	// shedDrops counts packets not forwarded because the source's reader
+	// was behind (overload.go).
+	shedDrops atomic.Uint64
 }
 
 type binding struct {
@@ -153,7 +157,7 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 		if d.started {
 			d.rebase = true
 		}
-		d.waitKey = false
+		d.waitKey, d.shedding = false, false
 	}
 	defer func() {
 		d.mu.Unlock()
@@ -162,13 +166,16 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 		}
 	}()
 	if d.resync.CompareAndSwap(true, false) {
-		d.waitKey, d.askedKey = true, false
+		d.waitKey, d.askedKey, d.shedding = true, false, false
 	}
 	if d.waitKey {
 		ready := d.canReceive()
 		if !keyframe || !ready {
 			if d.started && !d.rebase {
 				d.seqOffset++ // hide the dropped packet from the receiver
+			}
+			if d.shedding {
+				d.shedDrops.Add(1)
 			}
 			if ready && !d.askedKey {
 				// Asked here, not when the wait began: before the
@@ -178,7 +185,7 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 			}
 			return
 		}
-		d.waitKey = false
+		d.waitKey, d.shedding = false, false
 	}
 	if d.rebase {
 		// Continue the receiver's sequence and clock from the last packet
@@ -207,13 +214,13 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 	switch {
 	case err != nil && d.kind == webrtc.RTPCodecTypeVideo:
 		// A failed write loses part of a frame: resume on a keyframe.
-		d.waitKey, d.askedKey = true, true
+		d.waitKey, d.askedKey, d.shedding = true, true, false
 		from.requestKeyframe()
 	case n == 0 && err == nil && !d.started:
 		// pion drops what is written before SRTP is up (DTLS connected
 		// comes a moment before): wait for the next keyframe.
 		d.ready.Store(false)
-		d.waitKey, d.askedKey = d.kind == webrtc.RTPCodecTypeVideo, false
+		d.waitKey, d.askedKey, d.shedding = d.kind == webrtc.RTPCodecTypeVideo, false, false
 		return
 	case err == nil:
 		d.logSent(from, pkt.SequenceNumber, hdr.SequenceNumber, hdr.Timestamp)
@@ -236,7 +243,7 @@ func (d *DownTrack) skip(from *UpTrack) {
 		d.seqOffset++
 	}
 	if d.kind == webrtc.RTPCodecTypeVideo {
-		d.waitKey, d.askedKey = true, false
+		d.waitKey, d.askedKey, d.shedding = true, false, false
 	}
 }
 
@@ -275,7 +282,7 @@ func (d *DownTrack) switchTo(up *UpTrack) bool {
 	}
 	// The keyframe is asked for by writeRTP on the new source's next
 	// packet, once the subscriber can receive it.
-	d.waitKey, d.askedKey = d.kind == webrtc.RTPCodecTypeVideo, false
+	d.waitKey, d.askedKey, d.shedding = d.kind == webrtc.RTPCodecTypeVideo, false, false
 	d.mu.Unlock()
 	if old != nil && old != up {
 		old.removeDown(d)

@@ -35,6 +35,12 @@ type Stats struct {
 	// RTCP feedback from subscribers.
 	NACKs, PLIs, FIRs uint64
 
+	// Overload (overload.go): OverloadSheds counts the times an
+	// up-track's reader was behind and made part of its subscribers drop
+	// video to the next keyframe; PacketsShed, the video packets not
+	// forwarded to a subscriber because of it.
+	OverloadSheds, PacketsShed uint64
+
 	// RTT and Jitter come from subscribers' receiver reports, in seconds.
 	RTT, Jitter Summary
 }
@@ -213,6 +219,7 @@ func addUp(s *Stats, u *UpTrack) {
 	s.PacketsReceived += u.packets.Load()
 	s.BytesReceived += u.bytes.Load()
 	s.PacketsLost += u.lost()
+	s.OverloadSheds += u.overloadSheds.Load()
 }
 
 func addDown(s *Stats, d *DownTrack) {
@@ -223,6 +230,7 @@ func addDown(s *Stats, d *DownTrack) {
 	s.NACKs += st.nacks.Load()
 	s.PLIs += st.plis.Load()
 	s.FIRs += st.firs.Load()
+	s.PacketsShed += d.shedDrops.Load()
 	s.RTT.Count += st.rttN.Load()
 	s.RTT.Sum += time.Duration(st.rttSum.Load()).Seconds()
 	s.Jitter.Count += st.jitterN.Load()
@@ -245,6 +253,7 @@ func (s *SFU) Stats() Stats {
 	out.PacketsReceived, out.BytesReceived, out.PacketsLost = t.PacketsReceived, t.BytesReceived, t.PacketsLost
 	out.PacketsForwarded, out.BytesForwarded, out.PacketsLostDownstream = t.PacketsForwarded, t.BytesForwarded, t.PacketsLostDownstream
 	out.NACKs, out.PLIs, out.FIRs = t.NACKs, t.PLIs, t.FIRs
+	out.OverloadSheds, out.PacketsShed = t.OverloadSheds, t.PacketsShed
 	out.RTT.Count, out.RTT.Sum = t.RTT.Count, t.RTT.Sum
 	out.Jitter.Count, out.Jitter.Sum = t.Jitter.Count, t.Jitter.Sum
 	for u := range reg.ups {

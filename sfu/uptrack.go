@@ -55,6 +55,8 @@ type UpTrack struct {
 	muted atomic.Bool
 
 	packets, bytes atomic.Uint64
+	overloadSheds  atomic.Uint64 // shed steps of the reader (overload.go)
+	lateAt         atomic.Int64  // audio: unix ns when the reader was last overloadDelay late
 	seq            seqStats      // expected packets, for loss; reader-owned
 	bitrate        atomic.Uint64 // bits/s over the last second or so
 	lastPacket     atomic.Int64  // unix nanoseconds of the last packet read
@@ -178,10 +180,18 @@ func (u *UpTrack) read() *UpTrack {
 	buf := make([]byte, mtu)
 	var pkt rtp.Packet
 	windowStart, windowBytes := time.Now(), uint64(0)
+	// How late the reader is (overload.go).
+	lag := newLagMeter(u.codec.ClockRate, windowStart)
+	lateKey := false // a keyframe was refused for being late
+	// The publisher's audio tracks, looked up now and then: video gives
+	// way to them when they are late.
+	var audio []*UpTrack
+	var audioAt time.Time
 	for {
 		if cache != nil {
 			buf = cache.buffer()
 		}
+		readStart := time.Now()
 		n, _, err := u.track.Read(buf)
 		if err != nil {
 			return nil
@@ -209,19 +219,48 @@ func (u *UpTrack) read() *UpTrack {
 			}
 		}
 		key := video && isKeyframe(u.codec.MimeType, pkt.Payload)
-		if key {
-			u.keyframeArrived()
+		shed := false
+		if video {
+			if now.Sub(audioAt) >= time.Second {
+				audio, audioAt = u.publisherAudio(audio[:0]), now
+			}
+			audioLate := false
+			for _, a := range audio {
+				if now.UnixNano()-a.lateAt.Load() < int64(2*overloadDelay) {
+					audioLate = true
+				}
+			}
+			_, shed = lag.late(pkt.Timestamp, key, readStart, now, audioLate)
+		} else if l, _ := lag.late(pkt.Timestamp, false, readStart, now, false); l >= overloadDelay {
+			u.lateAt.Store(now.UnixNano())
 		}
 		for _, s := range u.sinks.load() {
 			s.WritePacket(&pkt, key)
 		}
+		if key && lag.behind {
+			// Too late to start anyone on (overload.go): asked
+			// for again once the reader has caught up.
+			key, lateKey = false, true
+		} else if lateKey && !lag.behind {
+			lateKey = false
+			u.requestKeyframe()
+		}
+		if key {
+			u.keyframeArrived()
+		}
+		downs := u.downs.load()
 		if u.muted.Load() {
-			for _, d := range u.downs.load() {
+			for _, d := range downs {
 				d.skip(u)
 			}
 			continue
 		}
-		for _, d := range u.downs.load() {
+		if shed {
+			// Behind: part of the subscribers drop to the next
+			// keyframe, from this frame on (overload.go).
+			u.shed(&lag, downs)
+		}
+		for _, d := range downs {
 			d.writeRTP(u, &pkt, key, now)
 		}
 	}
