@@ -126,6 +126,8 @@ var (
 	dNACKs         = desc("vigil_rtcp_nacks_total", "RTCP NACKs received from subscribers.")
 	dPLIs          = desc("vigil_rtcp_plis_total", "RTCP picture loss indications received from subscribers.")
 	dFIRs          = desc("vigil_rtcp_firs_total", "RTCP full intra requests received from subscribers.")
+	dSheds         = desc("vigil_overload_sheds_total", "Times an up-track's reader fell behind and made down-tracks drop video to the next keyframe.")
+	dShedPackets   = desc("vigil_overload_shed_packets_total", "Video packets not forwarded because their down-track was shedding load.")
 	dRTT           = desc("vigil_rtt_seconds", "Round-trip time to subscribers from RTCP receiver reports: count and sum over every report, quantiles over the latest value of each forwarded track.")
 	dJitter        = desc("vigil_jitter_seconds", "Interarrival jitter subscribers report: count and sum over every report, quantiles over the latest value of each forwarded track.")
 	dRecActive     = desc("vigil_recordings_active", "Recordings in progress.")
@@ -139,7 +141,7 @@ var (
 	dHookResults   = desc("vigil_webhook_deliveries_total", "Webhook deliveries by result: delivered (2xx), failed (given up after every attempt), dropped (queue full).", "result")
 	dHookRetries   = desc("vigil_webhook_retries_total", "Webhook attempts after a failed one.")
 	dHookQueued    = desc("vigil_webhook_queue_length", "Webhook events waiting to be sent, over every URL.")
-	scrapeDescs    = []*prometheus.Desc{dRooms, dParticipants, dPublished, dSubscribed, dRecvPackets, dRecvBytes, dFwdPackets, dFwdBytes, dLost, dNACKs, dPLIs, dFIRs, dRTT, dJitter, dRecActive, dRecByStatus, dRecBytes, dRecErrors, dRecDropped, dSessions, dDraining, dHookEmitted, dHookResults, dHookRetries, dHookQueued}
+	scrapeDescs    = []*prometheus.Desc{dRooms, dParticipants, dPublished, dSubscribed, dRecvPackets, dRecvBytes, dFwdPackets, dFwdBytes, dLost, dNACKs, dPLIs, dFIRs, dSheds, dShedPackets, dRTT, dJitter, dRecActive, dRecByStatus, dRecBytes, dRecErrors, dRecDropped, dSessions, dDraining, dHookEmitted, dHookResults, dHookRetries, dHookQueued}
 	knownTransport = []string{"ws", "sse", "longpoll", "poll", "whip", "whep", "none"}
 )
 
@@ -184,6 +186,8 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		counter(dNACKs, st.NACKs)
 		counter(dPLIs, st.PLIs)
 		counter(dFIRs, st.FIRs)
+		counter(dSheds, st.OverloadSheds)
+		counter(dShedPackets, st.PacketsShed)
 		summary(ch, dRTT, st.RTT)
 		summary(ch, dJitter, st.Jitter)
 	}
