@@ -64,3 +64,12 @@ bench:
 bench-full:
 	@mkdir -p $(BIN)
 	$(GO) run ./cmd/vigil-load bench -cpuprofile $(CURDIR)/$(BIN)/forward.cpu.prof
+
+# bench-cluster runs the fan-out benchmark against 1 and 2 cluster nodes
+# joined by a private redis-server, each node held to 0.45 of a core by a
+# cgroup v1 CPU quota (needs root), subscribers entering round-robin; it
+# reports the most subscribers held with each node count (about 5
+# minutes; "vigil-load cluster -short" takes one). See docs/benchmarks.md.
+.PHONY: bench-cluster
+bench-cluster:
+	$(GO) run ./cmd/vigil-load cluster

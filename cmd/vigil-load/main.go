@@ -18,6 +18,9 @@
 //	            the server's CPU per forwarded packet
 //	bench       the short version of every media scenario and of the
 //	            forwarding Go benchmark, as one table (make bench)
+//	cluster     the fan-out scenario against 1 and 2 Vigil nodes joined by
+//	            a private Redis, each held to the same CPU budget: the
+//	            most subscribers held with each (make bench-cluster)
 //
 // Run "vigil-load <command> -h" for the flags of a command.
 package main
@@ -45,6 +48,7 @@ var commands = []command{
 	{"transports", "compare the signaling transports under a ramp of idle clients", runTransports, false},
 	{"media", "forward synthetic media through Vigil and a stock-pion baseline", runMedia, false},
 	{"bench", "the short version of every media benchmark, and the Go forwarding benchmark", runBench, false},
+	{"cluster", "the fan-out benchmark on 1 and 2 cluster nodes, each with the same CPU budget", runCluster, false},
 	// The stock-pion forwarder the media benchmarks compare Vigil with;
 	// started by media and bench themselves.
 	{"baseline-server", "a minimal stock-pion WHIP/WHEP forwarder (the baseline)", runBaselineServer, true},

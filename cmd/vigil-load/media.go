@@ -220,6 +220,7 @@ type shared struct {
 	tokens  map[string]string // identity -> Vigil token (valid on every fresh Vigil)
 	tokMu   sync.Mutex
 	room    string
+	cluster *clusterRun // vigil-load cluster: the steps' nodes (cluster.go)
 }
 
 // gen is one run's generator state.

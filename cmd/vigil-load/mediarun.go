@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -40,6 +41,7 @@ type mediaResult struct {
 	Attempts         int
 	OK               bool
 	Why              string
+	Cluster          *clusterFigures // vigil-load cluster: each node's share (cluster.go)
 }
 
 func (r *mediaResult) serverUSPerPkt() float64 {
@@ -117,9 +119,15 @@ type mediaTarget struct {
 	udp  int
 	srv  *server
 	base string
+	// cluster, with vigil-load cluster: the step's nodes; its hooks do
+	// nothing when nil (cluster.go).
+	cluster *clusterStep
 }
 
-func (sh *shared) target(ctx context.Context, cfg *mediaConfig, tg string) (*mediaTarget, error) {
+func (sh *shared) target(ctx context.Context, cfg *mediaConfig, tg string, n int) (*mediaTarget, error) {
+	if sh.cluster != nil {
+		return sh.cluster.target(ctx, tg, n)
+	}
 	if !cfg.Spawn {
 		return &mediaTarget{api: &api{base: cfg.URL, adminKey: cfg.AdminKey, hc: sh.hc}, pid: cfg.ServerPID, udp: cfg.ServerUDP, base: cfg.URL}, nil
 	}
@@ -161,6 +169,7 @@ type subSpec struct {
 	identity, follow string
 	kinds            []string
 	streams          []*stream
+	base             string // the server it enters through; "": the target's
 }
 
 // plan lays out a step's publishers.
@@ -246,7 +255,7 @@ func subscriptions(cfg *mediaConfig, n int, pubs []*publisher) (subs, storm []su
 func (sh *shared) step(ctx context.Context, cfg *mediaConfig, tg string, n int) (res mediaResult) {
 	res = mediaResult{Scenario: cfg.Scenario, Target: tg, N: n}
 	g := &gen{shared: sh, epoch: time.Now()}
-	t, err := sh.target(ctx, cfg, tg)
+	t, err := sh.target(ctx, cfg, tg, n)
 	if err != nil {
 		res.Why = "server: " + err.Error()
 		return res
@@ -254,6 +263,7 @@ func (sh *shared) step(ctx context.Context, cfg *mediaConfig, tg string, n int) 
 	if t.srv != nil {
 		defer t.srv.stop()
 	}
+	defer t.cluster.stop()
 	if err := t.api.createRoom(ctx, sh.room, roomKind(cfg)); err != nil && (t.srv != nil || !isExists(err)) {
 		res.Why = "room: " + err.Error()
 		return res
@@ -289,6 +299,7 @@ func (sh *shared) step(ctx context.Context, cfg *mediaConfig, tg string, n int) 
 		p.run(pctx)
 	}
 	subSpecs, stormSpecs := subscriptions(cfg, n, pubs)
+	t.cluster.spread(subSpecs)
 	res.Sessions = len(subSpecs)
 	role := subRole(cfg)
 	// Mint every token before the joins, outside what is measured.
@@ -335,7 +346,7 @@ func (sh *shared) step(ctx context.Context, cfg *mediaConfig, tg string, n int) 
 		thinMu.Lock()
 		thins = append(thins, th)
 		thinMu.Unlock()
-		if err := th.join(ctx, t.base, sh.room); err != nil {
+		if err := th.join(ctx, cmp.Or(spec.base, t.base), sh.room); err != nil {
 			joinErrs.Add(1)
 			firstErr.CompareAndSwap(nil, spec.identity+": "+err.Error())
 		}
@@ -368,6 +379,7 @@ func (sh *shared) step(ctx context.Context, cfg *mediaConfig, tg string, n int) 
 
 	// The window.
 	before, haveProc := sampleProc(t.pid)
+	t.cluster.begin(ctx)
 	res.HaveProc = haveProc
 	gen0, _ := readProc(0)
 	host0, _ := readHostBusy()
@@ -430,6 +442,7 @@ func (sh *shared) step(ctx context.Context, cfg *mediaConfig, tg string, n int) 
 	}
 	res.Window = time.Since(start)
 	after, _ := sampleProc(t.pid)
+	t.cluster.end(ctx)
 	gen1, _ := readProc(0)
 	host1, _ := readHostBusy()
 	res.Total = totalPackets(subs) + totalPackets(storm) - total0
@@ -444,6 +457,7 @@ func (sh *shared) step(ctx context.Context, cfg *mediaConfig, tg string, n int) 
 	res.GenCPU = gen1.CPU - gen0.CPU
 	res.OtherCPU = max(0, host1-host0-res.ServerCPU-res.GenCPU)
 	res.PeakRSS = after.HWMKiB
+	t.cluster.fold(&res)
 	for _, p := range pubs {
 		res.PLIs += p.plis.Load()
 		res.Keyframes += p.keys.Load()

@@ -28,6 +28,9 @@ type spawner struct {
 	baseline bool
 	// extraArgs are appended to the server's command line.
 	extraArgs []string
+	// env, when set, adds to the server's environment (a later value
+	// wins), given its HTTP address: vigil-load cluster's node settings.
+	env func(addr string) []string
 }
 
 // newBaselineSpawner starts the stock-pion baseline forwarder, this very
@@ -131,6 +134,9 @@ func (s *spawner) start(ctx context.Context) (*server, error) {
 		"VIGIL_MAX_PARTICIPANTS=0",
 		"VIGIL_DATA_DIR="+filepath.Join(s.dir, "data"),
 	)
+	if s.env != nil {
+		cmd.Env = append(cmd.Env, s.env(addr)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

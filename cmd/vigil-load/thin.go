@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -96,6 +97,7 @@ type thin struct {
 	net      *thinNet
 	ip       [4]byte // 127.1.x.y, on net's port
 	location string  // the resource, for DELETE
+	base     string  // the server joined through, for DELETE
 
 	localUfrag, localPwd   string
 	remoteUfrag, remotePwd string
@@ -230,7 +232,7 @@ func (t *thin) join(ctx context.Context, base, room string) error {
 	if resp.StatusCode != http.StatusCreated {
 		return fmt.Errorf("POST /whep: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
-	t.location = resp.Header.Get("Location")
+	t.location, t.base = resp.Header.Get("Location"), base
 	t.mu.Lock()
 	t.st.answeredAt = time.Now()
 	t.mu.Unlock()
@@ -403,8 +405,10 @@ func (t *thin) stun(msg *stun.Message, b []byte) {
 	}
 }
 
-// close ends the session: DELETE on the resource, then the socket.
+// close ends the session: DELETE on the resource (through the server
+// it joined through, else base), then the socket.
 func (t *thin) close(ctx context.Context, base string) {
+	base = cmp.Or(t.base, base)
 	if t.location != "" {
 		req, err := http.NewRequestWithContext(ctx, http.MethodDelete, base+t.location, nil)
 		if err == nil {
