@@ -364,12 +364,21 @@ func (s *Server) newReplica(room *sfu.Room, owner cluster.Node) (*replica, error
 	pc.OnTrack(r.onTrack)
 	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
 		if st == webrtc.PeerConnectionStateFailed {
+			// The owner closing the relay's connection (its room
+			// closed) fails it here too, and may do so before the
+			// relay's socket delivers the left event that says why:
+			// give the socket a moment to tell room_closed from a lost
+			// owner (stop is a no-op once stopped).
 			r.log.Warn("relay media connection failed")
-			r.stop(ReasonRoomMoved)
+			time.AfterFunc(relayFailedGrace, func() { r.stop(ReasonRoomMoved) })
 		}
 	})
 	return r, nil
 }
+
+// relayFailedGrace is how long a replica whose relay connection failed
+// waits for the relay's socket to say why before it closes as moved.
+const relayFailedGrace = time.Second
 
 // joinDone ends a join under way.
 func (r *replica) joinDone() {

@@ -121,6 +121,9 @@ type pxClient struct {
 	events []event
 	done   chan struct{} // closed when the current socket's reader ends
 	offers int           // server offers answered
+	// dropped: the test closed the socket on purpose; a reply the reader
+	// was about to send on it is not an error.
+	dropped bool
 }
 
 func pxAPI(t *testing.T) *webrtc.API {
@@ -169,7 +172,7 @@ func (c *pxClient) connect(cursor uint64) {
 	}
 	done := make(chan struct{})
 	c.mu.Lock()
-	c.conn, c.done = conn, done
+	c.conn, c.done, c.dropped = conn, done, false
 	c.mu.Unlock()
 	go func() {
 		defer close(done)
@@ -192,6 +195,7 @@ func (c *pxClient) connect(cursor uint64) {
 func (c *pxClient) dropSocket() {
 	c.mu.Lock()
 	conn, done := c.conn, c.done
+	c.dropped = true
 	c.mu.Unlock()
 	if conn != nil {
 		_ = conn.Close()
@@ -211,6 +215,9 @@ func (c *pxClient) lastSeq() uint64 {
 func (c *pxClient) send(typ string, data any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.dropped {
+		return
+	}
 	if err := c.conn.WriteJSON(map[string]any{"type": typ, "data": data}); err != nil {
 		c.t.Errorf("send %s: %v", typ, err)
 	}
