@@ -54,11 +54,15 @@ const (
 // node serves as an edge, and the relays the rooms it owns feed.
 type cascadeState struct {
 	mu       sync.Mutex
-	replicas map[string]*replica       // edge: by room name
-	relays   map[*sfu.Participant]bool // owner: the relays' participants
-	closed   bool
-	wg       sync.WaitGroup // replica goroutines
-	unsub    func()         // the bus subscription
+	replicas map[string]*replica // edge: by room name
+	// closing counts, by room name, the replicas stopped whose room is
+	// not closed yet: still replicas, not rooms of this node, so that the
+	// cluster's reconcile does not take one for a room this node lost.
+	closing map[string]int
+	relays  map[*sfu.Participant]bool // owner: the relays' participants
+	closed  bool
+	wg      sync.WaitGroup // replica goroutines
+	unsub   func()         // the bus subscription
 }
 
 func (s *Server) edgeViewers() int {
@@ -113,7 +117,7 @@ func (s *Server) isReplica(name string) bool {
 	s.cascade.mu.Lock()
 	defer s.cascade.mu.Unlock()
 	r := s.cascade.replicas[name]
-	return r != nil && !r.roomGone.Load()
+	return (r != nil && !r.roomGone.Load()) || s.cascade.closing[name] > 0
 }
 
 // isRelayJoin reports whether a session POST is a relay's: a peer's
@@ -492,6 +496,10 @@ func (r *replica) stopUnless(reason string, ifIdle bool) bool {
 	if s.cascade.replicas[r.name] == r {
 		delete(s.cascade.replicas, r.name)
 	}
+	if s.cascade.closing == nil {
+		s.cascade.closing = map[string]int{}
+	}
+	s.cascade.closing[r.name]++ // until teardown has closed the room
 	s.cascade.mu.Unlock()
 	close(r.quit)
 	r.cancel() // a link being opened
@@ -511,6 +519,12 @@ func (r *replica) teardown() {
 	r.mu.Unlock()
 	r.fail(fmt.Errorf("%w: the replica closed (%s)", ErrRoomMoved, reason))
 	r.room.Close(reason)
+	s := r.srv
+	s.cascade.mu.Lock()
+	if s.cascade.closing[r.name]--; s.cascade.closing[r.name] <= 0 {
+		delete(s.cascade.closing, r.name)
+	}
+	s.cascade.mu.Unlock()
 	// The viewers that were here leave the owner's feed at once (watch
 	// has stopped: it would tell one at a time).
 	r.mu.Lock()
