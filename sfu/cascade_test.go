@@ -24,20 +24,11 @@ func joinRelayViewer(t *testing.T, r *Room, identity string) *relayViewer {
 	v := &relayViewer{}
 	v.peer = joinPeerWith(t, r, identity, RoleViewer, func(c *peer) {
 		c.pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
-			kind := tr.Kind().String()
 			if tr.Kind() == webrtc.RTPCodecTypeVideo {
 				v.videoSSRC.Store(uint32(tr.SSRC()))
 			}
 			defer v.ended.Add(1)
-			for {
-				pkt, _, err := tr.ReadRTP()
-				if err != nil {
-					return
-				}
-				c.mu.Lock()
-				c.received[kind] = append(c.received[kind], pkt.SequenceNumber)
-				c.mu.Unlock()
-			}
+			c.read(tr, nil)
 		})
 	})
 	return v

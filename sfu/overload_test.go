@@ -240,27 +240,19 @@ func TestOverloadShedsVideoToKeyframe(t *testing.T) {
 	var nAudio atomic.Int64
 	sub := joinPeerWith(t, room, "viewer", RoleViewer, func(c *peer) {
 		c.pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
-			kind := tr.Kind().String()
-			for {
-				pkt, _, err := tr.ReadRTP()
-				if err != nil {
-					return
-				}
-				c.mu.Lock()
-				c.received[kind] = append(c.received[kind], pkt.SequenceNumber)
-				c.mu.Unlock()
+			c.read(tr, func(kind string, pkt *rtp.Packet) {
 				if kind == "audio" {
 					nAudio.Add(1)
-					continue
+					return
 				}
 				if len(pkt.Payload) < 4 {
-					continue
+					return
 				}
 				mu.Lock()
 				got = append(got, shedPacket{seq: pkt.SequenceNumber, pubSeq: binary.BigEndian.Uint16(pkt.Payload[2:]),
 					key: vp8Keyframe(pkt.Payload), marker: pkt.Marker})
 				mu.Unlock()
-			}
+			})
 		})
 	})
 	defer sub.close()

@@ -78,18 +78,7 @@ func joinPeerWith(t *testing.T, r *Room, identity string, role Role, setup func(
 	}
 	c := &peer{t: t, pc: pc, sink: chanSink{ch: make(chan Event, 1024)}, received: map[string][]uint16{},
 		byMid: map[string]TrackInfo{}, stop: make(chan struct{})}
-	pc.OnTrack(func(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
-		kind := tr.Kind().String()
-		for {
-			pkt, _, err := tr.ReadRTP()
-			if err != nil {
-				return
-			}
-			c.mu.Lock()
-			c.received[kind] = append(c.received[kind], pkt.SequenceNumber)
-			c.mu.Unlock()
-		}
-	})
+	pc.OnTrack(func(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) { c.read(tr, nil) })
 	if setup != nil {
 		setup(c)
 	}
@@ -279,4 +268,22 @@ func continuous(seqs []uint16) bool {
 		}
 	}
 	return true
+}
+
+// read records the sequence number of every packet of tr in c.received
+// until the track ends, and hands each packet to each, if set.
+func (c *peer) read(tr *webrtc.TrackRemote, each func(kind string, pkt *rtp.Packet)) {
+	kind := tr.Kind().String()
+	for {
+		pkt, _, err := tr.ReadRTP()
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		c.received[kind] = append(c.received[kind], pkt.SequenceNumber)
+		c.mu.Unlock()
+		if each != nil {
+			each(kind, pkt)
+		}
+	}
 }

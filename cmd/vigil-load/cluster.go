@@ -1061,18 +1061,7 @@ func clusterTable(rs []mediaResult) *table {
 		align:  []bool{false, true, true, true, false, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, false},
 	}
 	for _, r := range rs {
-		result := "ok"
-		if !r.OK {
-			result = "limit: " + r.Why
-		} else if r.Why != "" {
-			result = "ok: " + r.Why
-		}
-		if r.Attempts > 1 {
-			result += fmt.Sprintf(" (best of %d)", r.Attempts)
-		}
-		if r.contended() {
-			result += " (contended)"
-		}
+		result := r.resultText()
 		for _, f := range r.nodes() {
 			if f.MetricErr != "" {
 				result += fmt.Sprintf(" (%s: no metrics: %s)", f.ID, f.MetricErr)

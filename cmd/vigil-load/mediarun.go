@@ -68,6 +68,23 @@ func (r *mediaResult) pps() float64 {
 // contended: other processes took more than one CPU on average.
 func (r *mediaResult) contended() bool { return r.Window > 0 && r.OtherCPU > r.Window }
 
+// resultText is a step's verdict as the tables print it.
+func (r *mediaResult) resultText() string {
+	result := "ok"
+	if !r.OK {
+		result = "limit: " + r.Why
+	} else if r.Why != "" {
+		result = "ok: " + r.Why
+	}
+	if r.Attempts > 1 {
+		result += fmt.Sprintf(" (best of %d)", r.Attempts)
+	}
+	if r.contended() {
+		result += " (contended)"
+	}
+	return result
+}
+
 // runScenario runs the ramp on every target, alternating targets at each
 // size, each target's ramp stopping at its first failing step.
 func (sh *shared) runScenario(ctx context.Context, cfg *mediaConfig) []mediaResult {
@@ -621,18 +638,7 @@ func mediaTable(rs []mediaResult) *table {
 		align:  []bool{false, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, false},
 	}
 	for _, r := range rs {
-		result := "ok"
-		if !r.OK {
-			result = "limit: " + r.Why
-		} else if r.Why != "" {
-			result = "ok: " + r.Why
-		}
-		if r.Attempts > 1 {
-			result += fmt.Sprintf(" (best of %d)", r.Attempts)
-		}
-		if r.contended() {
-			result += " (contended)"
-		}
+		result := r.resultText()
 		srvPct := "-"
 		if r.HaveProc && r.Window > 0 {
 			srvPct = fmt.Sprintf("%.0f", 100*r.ServerCPU.Seconds()/r.Window.Seconds())
