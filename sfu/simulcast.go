@@ -174,6 +174,7 @@ func (p *Participant) allocate() {
 	}
 	role, bwe := p.role, p.bwe
 	p.mu.Unlock()
+	now := time.Now()
 	budget := int64(1) << 62
 	if bwe != nil {
 		budget = int64(bwe.GetTargetBitrate())
@@ -194,7 +195,7 @@ func (p *Participant) allocate() {
 			budget -= int64(up.bitrate.Load())
 			continue
 		}
-		layers := up.group.present()
+		layers := liveLayers(up.group.present(), now)
 		if len(layers) == 0 {
 			continue
 		}
@@ -225,6 +226,28 @@ func (p *Participant) allocate() {
 	for _, c := range choices {
 		c.d.requestLayer(c.layers[c.pick])
 	}
+}
+
+// layerSilence is how long a simulcast layer may send nothing before the
+// allocation stops choosing it.
+const layerSilence = 2 * time.Second
+
+// liveLayers drops from ls (lowest first) the layers silent for
+// layerSilence: one the publisher's encoder turned off (a browser keeps
+// an upper layer off while its estimate is low, or never enables it). A
+// subscriber switched to it would wait for a keyframe that never comes.
+// If every layer is silent, all are kept.
+func liveLayers(ls []*UpTrack, now time.Time) []*UpTrack {
+	live := make([]*UpTrack, 0, len(ls))
+	for _, l := range ls {
+		if now.Sub(l.LastPacket()) < layerSilence {
+			live = append(live, l)
+		}
+	}
+	if len(live) == 0 {
+		return ls
+	}
+	return live
 }
 
 // requestLayer makes up the layer to forward: at once if nothing is

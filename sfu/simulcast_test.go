@@ -1,6 +1,7 @@
 package sfu
 
 import (
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -254,4 +255,39 @@ func TestProctorGetsTheLowLayerByDefault(t *testing.T) {
 	checkSwitches(t, log.snapshot())
 	proctor.close()
 	cand.close()
+}
+
+// TestLiveLayers: a layer silent for layerSilence is not chosen, unless
+// every layer is.
+func TestLiveLayers(t *testing.T) {
+	now := time.Now()
+	layer := func(rid string, silent time.Duration) *UpTrack {
+		u := &UpTrack{rid: rid}
+		if silent >= 0 {
+			u.lastPacket.Store(now.Add(-silent).UnixNano())
+		}
+		return u
+	}
+	rids := func(ls []*UpTrack) (out []string) {
+		for _, l := range ls {
+			out = append(out, l.rid)
+		}
+		return out
+	}
+	q, h := layer("q", 10*time.Millisecond), layer("h", time.Second)
+	off, never := layer("f", 3*time.Second), layer("f", -1)
+	for _, tc := range []struct {
+		name string
+		in   []*UpTrack
+		want []string
+	}{
+		{"all live", []*UpTrack{q, h}, []string{"q", "h"}},
+		{"top layer turned off", []*UpTrack{q, h, off}, []string{"q", "h"}},
+		{"top layer never sent", []*UpTrack{q, h, never}, []string{"q", "h"}},
+		{"all silent", []*UpTrack{off, never}, []string{"f", "f"}},
+	} {
+		if got := rids(liveLayers(tc.in, now)); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
 }
