@@ -296,9 +296,11 @@ func (u *UpTrack) layers() []*UpTrack {
 	return u.group.present()
 }
 
-// recordedLayer is the layer a sink of u records: the highest present.
+// recordedLayer is the layer a sink of u records: the highest present
+// that is sending (liveLayers). It is chosen once, when the sink is
+// added.
 func (u *UpTrack) recordedLayer() *UpTrack {
-	ls := u.layers()
+	ls := liveLayers(u.layers(), time.Now())
 	if len(ls) == 0 {
 		return u
 	}
