@@ -143,26 +143,12 @@ func (p *publisher) join(ctx context.Context, base, room string) error {
 		return err
 	}
 	<-gather
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/whip/"+room, strings.NewReader(p.pc.LocalDescription().SDP))
+	answer, location, err := postSDP(ctx, p.g.hc, base+"/whip/"+room, p.token, p.pc.LocalDescription().SDP)
 	if err != nil {
-		return err
+		return fmt.Errorf("POST /whip: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/sdp")
-	req.Header.Set("Authorization", "Bearer "+p.token)
-	resp, err := p.g.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	resp.Body.Close()
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusCreated {
-		return fmt.Errorf("POST /whip: %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
-	p.location = resp.Header.Get("Location")
-	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: string(body)}); err != nil {
+	p.location = location
+	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
 		return err
 	}
 	select {
@@ -302,4 +288,29 @@ func (p *publisher) close(ctx context.Context, base string) {
 	}
 	_ = p.pc.Close()
 	p.wg.Wait()
+}
+
+// postSDP POSTs an SDP offer with a bearer token (WHIP, WHEP) and
+// returns the answer and the resource's Location; any status but 201 is
+// an error carrying the reply.
+func postSDP(ctx context.Context, hc *http.Client, url, token, offer string) (answer, location string, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(offer))
+	if err != nil {
+		return "", "", err
+	}
+	req.Header.Set("Content-Type", "application/sdp")
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", "", err
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	if err != nil {
+		return "", "", err
+	}
+	if resp.StatusCode != http.StatusCreated {
+		return "", "", fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return string(body), resp.Header.Get("Location"), nil
 }

@@ -214,29 +214,15 @@ func (t *thin) join(ctx context.Context, base, room string) error {
 	if t.follow != "" {
 		u += "?identity=" + t.follow
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(t.offer()))
+	answer, location, err := postSDP(ctx, t.g.hc, u, t.token, t.offer())
 	if err != nil {
-		return err
+		return fmt.Errorf("POST /whep: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/sdp")
-	req.Header.Set("Authorization", "Bearer "+t.token)
-	resp, err := t.g.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	resp.Body.Close()
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusCreated {
-		return fmt.Errorf("POST /whep: %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
-	t.location, t.base = resp.Header.Get("Location"), base
+	t.location, t.base = location, base
 	t.mu.Lock()
 	t.st.answeredAt = time.Now()
 	t.mu.Unlock()
-	ans, err := parseAnswer(string(body))
+	ans, err := parseAnswer(answer)
 	if err != nil {
 		return err
 	}
