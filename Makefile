@@ -48,7 +48,7 @@ clean:
 # CPU 1; about 4 minutes. See docs/benchmarks.md.
 .PHONY: bench-transports
 bench-transports:
-	$(GO) run ./cmd/vigil-load transports -spawn -clients 50,100,200,400,800,1200 -events 60 -rate 20
+	$(GO) run ./tools/vigil-load transports -spawn -clients 50,100,200,400,800,1200 -events 60 -rate 20
 
 # bench runs the short version of the forwarding benchmarks (about 2.5
 # minutes): fan-out, audio room, meeting, added latency, join storm, each
@@ -59,11 +59,11 @@ bench-transports:
 # up in docs/benchmarks.md (about 12 minutes).
 .PHONY: bench bench-full
 bench:
-	$(GO) run ./cmd/vigil-load bench -short
+	$(GO) run ./tools/vigil-load bench -short
 
 bench-full:
 	@mkdir -p $(BIN)
-	$(GO) run ./cmd/vigil-load bench -cpuprofile $(CURDIR)/$(BIN)/forward.cpu.prof
+	$(GO) run ./tools/vigil-load bench -cpuprofile $(CURDIR)/$(BIN)/forward.cpu.prof
 
 # bench-cluster runs the fan-out benchmark against 1 and 2 cluster nodes
 # joined by a private redis-server, each node held to 0.45 of a core by a
@@ -72,4 +72,4 @@ bench-full:
 # minutes; "vigil-load cluster -short" takes one). See docs/benchmarks.md.
 .PHONY: bench-cluster
 bench-cluster:
-	$(GO) run ./cmd/vigil-load cluster
+	$(GO) run ./tools/vigil-load cluster

@@ -1,24 +1,19 @@
 package cluster
 
 import (
-	"bufio"
 	"context"
-	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/vigil-media/vigil/internal/redisserver"
 	"go.uber.org/goleak"
 )
 
@@ -35,14 +30,11 @@ const (
 )
 
 // testRedis is a private redis-server on a loopback port, which a test
-// can stop and start again (empty: no persistence) on the same port.
+// can stop and start again (empty: no persistence) on the same port: a
+// testing.T wrapper over internal/redisserver.
 type testRedis struct {
-	t      *testing.T
-	bin    string
-	dir    string
-	port   int
-	cmd    *exec.Cmd
-	exited chan struct{}
+	t   *testing.T
+	srv *redisserver.Server
 }
 
 // startRedis starts a redis-server for t and stops it at t's cleanup.
@@ -53,19 +45,13 @@ func startRedis(t *testing.T) *testRedis {
 	if err != nil {
 		t.Fatal("redis-server is not on PATH; the cluster tests need a real Redis: run `make deps`")
 	}
-	r := &testRedis{t: t, bin: bin, dir: t.TempDir()}
-	t.Cleanup(r.Stop)
-	for attempt := 1; ; attempt++ {
-		r.port = freePort(t)
-		err := r.start()
-		if err == nil {
-			return r
-		}
-		if attempt == 5 {
-			t.Fatal(err)
-		}
-		t.Logf("redis-server on port %d: %v; another port", r.port, err)
+	srv, err := redisserver.Start(context.Background(), redisserver.Options{Path: bin, Dir: t.TempDir(), Timeout: testDeadline})
+	if err != nil {
+		t.Fatal(err)
 	}
+	r := &testRedis{t: t, srv: srv}
+	t.Cleanup(r.Stop)
+	return r
 }
 
 func freePort(t *testing.T) int {
@@ -78,76 +64,20 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func (r *testRedis) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+func (r *testRedis) Addr() string { return r.srv.Addr() }
 
-func (r *testRedis) URL() string { return "redis://" + r.Addr() + "/0" }
+func (r *testRedis) URL() string { return r.srv.URL() }
 
 // Start starts the server again, on the same port, empty.
 func (r *testRedis) Start() {
 	r.t.Helper()
-	if err := r.start(); err != nil {
+	if err := r.srv.Start(context.Background()); err != nil {
 		r.t.Fatal(err)
 	}
 }
 
-func (r *testRedis) start() error {
-	logfile := filepath.Join(r.dir, "redis.log")
-	cmd := exec.Command(r.bin,
-		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no",
-		"--dir", r.dir, "--logfile", logfile)
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	deadline := time.Now().Add(testDeadline)
-	for time.Now().Before(deadline) {
-		if pingRedis(r.Addr()) == nil {
-			r.cmd, r.exited = cmd, exited
-			return nil
-		}
-		select {
-		case <-exited:
-			log, _ := os.ReadFile(logfile)
-			return fmt.Errorf("redis-server exited:\n%s", log)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	_ = cmd.Process.Kill()
-	<-exited
-	return fmt.Errorf("redis-server on %s does not answer PING", r.Addr())
-}
-
 // Stop kills the server (as a crash would) and waits for it to exit.
-func (r *testRedis) Stop() {
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	<-r.exited
-	r.cmd = nil
-}
-
-func pingRedis(addr string) error {
-	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := io.WriteString(conn, "PING\r\n"); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if strings.TrimSpace(line) != "+PONG" {
-		return fmt.Errorf("PING: %q", line)
-	}
-	return nil
-}
+func (r *testRedis) Stop() { r.srv.Stop() }
 
 // rawClient is a plain client, to look at the keys behind the API.
 func rawClient(t *testing.T, addr string) *redis.Client {

@@ -1,0 +1,5 @@
+//go:build linux
+
+package media
+
+const sysRecvmmsg = 299
