@@ -153,21 +153,3 @@ func (s *Server) incidentSnapshot(c *gin.Context) {
 	c.Header("X-Content-Type-Options", "nosniff")
 	c.Data(http.StatusOK, "image/jpeg", b)
 }
-
-// reportIncident applies a report_incident message.
-func (s *Server) reportIncident(p *sfu.Participant, msg *ReportIncidentMessage) error {
-	if s.cfg.Incidents == nil {
-		return ErrIncidentsDisabled
-	}
-	_, err := s.cfg.Incidents.Report(p, msg.Type, msg.Note)
-	return err
-}
-
-// flagIncident applies a flag_incident message.
-func (s *Server) flagIncident(p *sfu.Participant, msg *FlagIncidentMessage) error {
-	if s.cfg.Incidents == nil {
-		return ErrIncidentsDisabled
-	}
-	_, err := s.cfg.Incidents.Flag(p, msg.Identity, msg.Note)
-	return err
-}

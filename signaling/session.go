@@ -203,7 +203,7 @@ func (ss *Session) loop() {
 		case <-ss.stop:
 			return
 		case m := <-ss.inbox:
-			err := ss.srv.dispatch(ss.p, m)
+			err := dispatch(messageEnv{p: ss.p, incidents: ss.srv.cfg.Incidents}, m)
 			switch {
 			case m.reply != nil:
 				m.reply <- err
