@@ -34,36 +34,6 @@ type participantResponse struct {
 	Tracks  []trackResponse `json:"tracks"`
 }
 
-// transports maps each participant of room (of every room if room is "")
-// that has a session to the name of the transport attached to it (""
-// when none is).
-func (s *Server) transports(room string) map[*sfu.Participant]string {
-	s.mu.Lock()
-	var ours []*Session
-	for _, ss := range s.sessions {
-		if room == "" || ss.room == room {
-			ours = append(ours, ss)
-		}
-	}
-	s.mu.Unlock()
-	out := make(map[*sfu.Participant]string, len(ours))
-	for _, ss := range ours {
-		if p := ss.Participant(); p != nil {
-			out[p] = ss.Transport()
-		}
-	}
-	return out
-}
-
-// transportOf is transports for p alone.
-func (s *Server) transportOf(p *sfu.Participant) map[*sfu.Participant]string {
-	out := map[*sfu.Participant]string{}
-	if ss := s.sessionFor(p.Room().Name(), p.Identity()); ss != nil && ss.Participant() == p {
-		out[p] = ss.Transport()
-	}
-	return out
-}
-
 // describeParticipant describes p; transports comes from s.transports.
 func describeParticipant(p *sfu.Participant, transports map[*sfu.Participant]string) participantResponse {
 	out := participantResponse{
@@ -123,7 +93,7 @@ func (s *Server) getParticipant(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, describeParticipant(p, s.transportOf(p)))
+	c.JSON(http.StatusOK, describeParticipant(p, s.hub.transportOf(p)))
 }
 
 // updateParticipantRequest is the body of PATCH .../participants/{identity}.
@@ -157,7 +127,7 @@ func (s *Server) updateParticipant(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, describeParticipant(p, s.transportOf(p)))
+	c.JSON(http.StatusOK, describeParticipant(p, s.hub.transportOf(p)))
 }
 
 // kickRequest is the optional body of POST .../kick.

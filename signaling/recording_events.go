@@ -38,9 +38,7 @@ func (s *Server) recordingToFeed(ev recordings.Event) {
 	default:
 		return
 	}
-	s.mu.Lock()
-	f := s.feeds[ev.Recording.Room]
-	s.mu.Unlock()
+	f := s.hub.feed(ev.Recording.Room)
 	if f == nil {
 		return
 	}

@@ -22,7 +22,6 @@ import (
 	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
-	"github.com/vigil-media/vigil/patterns"
 	"github.com/vigil-media/vigil/recordings"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/web"
@@ -106,16 +105,14 @@ type Server struct {
 	cl      clusterState    // cluster mode (cluster.go)
 	cascade cascadeState    // cascaded broadcasts (cascade.go)
 
-	waiters *patterns.Waiters     // long polls held at once
-	idem    *patterns.Idempotency // replies to POSTed messages, by key
+	hub *sessionHub // sessions, admin room feeds and their transports (hub.go)
 
+	// mu guards closing, ops and resources. Taken while holding it:
+	// nothing of ours.
 	mu        sync.Mutex
-	sessions  map[string]*Session
-	feeds     map[string]*roomFeed // admin event streams, by room
 	resources map[string]*resource // WHIP and WHEP sessions, by id
 	closing   bool
-	ops       opsState       // drain mode (ops.go)
-	conns     sync.WaitGroup // attached transports
+	ops       opsState // drain mode (ops.go)
 }
 
 // New builds the server. cfg.SFU and cfg.AdminKey are required.
@@ -152,12 +149,9 @@ func New(cfg Config) (*Server, error) {
 		peerKey:   peerKey(cfg.AdminKey),
 		peers:     newPeerTransport(),
 		admin:     sha256.Sum256([]byte(cfg.AdminKey)),
-		sessions:  map[string]*Session{},
-		feeds:     map[string]*roomFeed{},
 		resources: map[string]*resource{},
-		waiters:   patterns.NewWaiters(cfg.MaxLongPolls),
-		idem:      patterns.NewIdempotency(patterns.IdempotencyConfig{TTL: 10 * time.Minute, MaxEntries: 100000}),
 	}
+	s.hub = newSessionHub(s)
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
 	s.initOps()
 	if cfg.Cluster != nil {
@@ -199,16 +193,10 @@ func (s *Server) routes() *gin.Engine {
 	v1.GET("/openapi.json", s.serveOpenAPI)
 	v1.POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
 	v1.DELETE("/sessions/:session", s.closeSession)
-	v1.GET("/sessions/:session/ws", s.serveWS(s.sessionStream))
-	v1.GET("/sessions/:session/events", s.serveSSE(s.sessionStream))
-	v1.GET("/sessions/:session/poll", s.servePoll(s.sessionStream))
-	v1.POST("/sessions/:session/messages", s.postMessage)
+	s.hub.routes(v1)
 	s.incidentRoutes(v1)        // admin key or a proctor's join token
 	s.recordingReaderRoutes(v1) // admin key, a proctor's join token or a signed URL
-	feed := v1.Group("/rooms/:room/events", s.requireAdmin)
-	feed.GET("", s.serveSSE(s.feedStream))
-	feed.GET("/ws", s.serveWS(s.feedStream))
-	feed.GET("/poll", s.servePoll(s.feedStream))
+	s.hub.feedRoutes(v1.Group("/rooms/:room/events", s.requireAdmin))
 
 	s.whipRoutes(e)
 	s.opsRoutes(e)
@@ -293,6 +281,7 @@ func (s *Server) Close(timeout time.Duration) {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
+	s.hub.refuse()
 	s.closeCascade()
 	s.stopCluster()
 	reason := sfu.ReasonShutdown
@@ -302,26 +291,16 @@ func (s *Server) Close(timeout time.Duration) {
 	if err := s.sfu.CloseWith(reason); err != nil {
 		s.log.Debug("close sfu", "err", err)
 	}
-	s.mu.Lock()
-	sessions := make([]*Session, 0, len(s.sessions))
-	for _, ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
-	s.mu.Unlock()
-	for _, ss := range sessions {
-		ss.end(reason)
-	}
-	done := make(chan struct{})
-	go func() {
-		s.conns.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		s.log.Warn("transports still open after shutdown timeout")
-	}
-	for _, ss := range sessions {
-		ss.release()
-	}
+	s.hub.close(reason, timeout)
+}
+
+// newSession opens a session in room for the token's holder; rooms.go
+// calls it (sessionHub.open).
+func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
+	return s.hub.open(room, claims)
+}
+
+// transports is sessionHub.transports, for rooms.go and cluster.go.
+func (s *Server) transports(room string) map[*sfu.Participant]string {
+	return s.hub.transports(room)
 }
