@@ -17,5 +17,5 @@ func (s *Server) adminRoutes(g *gin.RouterGroup) {
 	g.PATCH("/rooms/:room/participants/:identity", s.updateParticipant)
 	g.POST("/rooms/:room/participants/:identity/kick", s.kickParticipant)
 	g.POST("/rooms/:room/participants/:identity/tracks/:source/mute", s.muteTrack)
-	s.recordingRoutes(g)
+	s.evidence.adminRoutes(g)
 }

@@ -36,7 +36,7 @@ func (s *Server) initOps() {
 	m.WatchServer(s.serverStats)
 	if s.cfg.Recordings != nil {
 		m.WatchRecordings(s.cfg.Recordings.Stats)
-		s.cfg.Recordings.OnEvent(s.recordingToFeed) // recording_* on the admin room feeds
+		s.cfg.Recordings.OnEvent(s.evidence.recordingToFeed) // recording_* on the admin room feeds
 	}
 	if h := s.cfg.Webhooks; h.Enabled() {
 		m.WatchWebhooks(h.Stats)

@@ -6,7 +6,6 @@ package signaling
 
 import (
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -105,7 +103,8 @@ type Server struct {
 	cl      clusterState    // cluster mode (cluster.go)
 	cascade cascadeState    // cascaded broadcasts (cascade.go)
 
-	hub *sessionHub // sessions, admin room feeds and their transports (hub.go)
+	hub      *sessionHub  // sessions, admin room feeds and their transports (hub.go)
+	evidence *evidenceAPI // incidents, recordings, proctoring (evidence.go)
 
 	// mu guards closing, ops and resources. Taken while holding it:
 	// nothing of ours.
@@ -152,6 +151,7 @@ func New(cfg Config) (*Server, error) {
 		resources: map[string]*resource{},
 	}
 	s.hub = newSessionHub(s)
+	s.evidence = newEvidenceAPI(s, s.hub.feed)
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
 	s.initOps()
 	if cfg.Cluster != nil {
@@ -189,13 +189,11 @@ func (s *Server) routes() *gin.Engine {
 
 	v1 := e.Group("/v1")
 	s.adminRoutes(v1.Group("", s.requireAdmin))
-	s.proctoringRoutes(v1.Group("", s.requireAdmin))
 	v1.GET("/openapi.json", s.serveOpenAPI)
 	v1.POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
 	v1.DELETE("/sessions/:session", s.closeSession)
 	s.hub.routes(v1)
-	s.incidentRoutes(v1)        // admin key or a proctor's join token
-	s.recordingReaderRoutes(v1) // admin key, a proctor's join token or a signed URL
+	s.evidence.routes(v1)
 	s.hub.feedRoutes(v1.Group("/rooms/:room/events", s.requireAdmin))
 
 	s.whipRoutes(e)
@@ -228,26 +226,6 @@ func (s *Server) logRequests(c *gin.Context) {
 	s.cfg.Metrics.ObserveHTTP(c.FullPath(), c.Request.Method, c.Writer.Status(), time.Since(start))
 	s.log.Debug("http", "method", c.Request.Method, "path", c.Request.URL.Path,
 		"status", c.Writer.Status(), "duration", time.Since(start))
-}
-
-// requireAdmin checks the bearer admin key in constant time.
-func (s *Server) requireAdmin(c *gin.Context) {
-	key, ok := bearer(c.Request)
-	sum := sha256.Sum256([]byte(key))
-	if !ok || subtle.ConstantTimeCompare(sum[:], s.admin[:]) != 1 {
-		writeError(c, ErrUnauthorized)
-		return
-	}
-	c.Next()
-}
-
-func bearer(r *http.Request) (string, bool) {
-	h := r.Header.Get("Authorization")
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-		return "", false
-	}
-	return strings.TrimSpace(tok), true
 }
 
 // bindJSON decodes a size-limited JSON body into v, refusing unknown
