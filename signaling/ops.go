@@ -61,10 +61,8 @@ func (s *Server) opsRoutes(e *gin.Engine) {
 func (s *Server) serverStats() metrics.ServerStats {
 	s.mu.Lock()
 	out := metrics.ServerStats{Sessions: map[string]int{}, Draining: s.ops.draining}
-	for _, r := range s.resources {
-		out.Sessions[r.kind]++
-	}
 	s.mu.Unlock()
+	s.resources.count(out.Sessions)
 	s.hub.countTransports(out.Sessions)
 	return out
 }

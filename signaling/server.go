@@ -106,12 +106,12 @@ type Server struct {
 	hub      *sessionHub  // sessions, admin room feeds and their transports (hub.go)
 	evidence *evidenceAPI // incidents, recordings, proctoring (evidence.go)
 
-	// mu guards closing, ops and resources. Taken while holding it:
-	// nothing of ours.
-	mu        sync.Mutex
-	resources map[string]*resource // WHIP and WHEP sessions, by id
-	closing   bool
-	ops       opsState // drain mode (ops.go)
+	resources *resourceTable // WHIP and WHEP resources (whip_resources.go)
+
+	// mu guards closing and ops. Nothing is locked while holding it.
+	mu      sync.Mutex
+	closing bool
+	ops     opsState // drain mode (ops.go)
 }
 
 // New builds the server. cfg.SFU and cfg.AdminKey are required.
@@ -144,12 +144,12 @@ func New(cfg Config) (*Server, error) {
 	rate(&cfg.MintRate, DefaultMintRate)
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
-		tokens:    NewTokens(cfg.AdminKey, cfg.Now),
-		peerKey:   peerKey(cfg.AdminKey),
-		peers:     newPeerTransport(),
-		admin:     sha256.Sum256([]byte(cfg.AdminKey)),
-		resources: map[string]*resource{},
+		tokens:  NewTokens(cfg.AdminKey, cfg.Now),
+		peerKey: peerKey(cfg.AdminKey),
+		peers:   newPeerTransport(),
+		admin:   sha256.Sum256([]byte(cfg.AdminKey)),
 	}
+	s.resources = newResourceTable(s)
 	s.hub = newSessionHub(s)
 	s.evidence = newEvidenceAPI(s, s.hub.feed)
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
@@ -196,7 +196,8 @@ func (s *Server) routes() *gin.Engine {
 	s.evidence.routes(v1)
 	s.hub.feedRoutes(v1.Group("/rooms/:room/events", s.requireAdmin))
 
-	s.whipRoutes(e)
+	whipHandler{s.resources}.routes(e)
+	whepHandler{s.resources}.routes(e)
 	s.opsRoutes(e)
 
 	static := web.FS()
@@ -260,6 +261,7 @@ func (s *Server) Close(timeout time.Duration) {
 	s.closing = true
 	s.mu.Unlock()
 	s.hub.refuse()
+	s.resources.refuse()
 	s.closeCascade()
 	s.stopCluster()
 	reason := sfu.ReasonShutdown
