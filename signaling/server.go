@@ -105,6 +105,8 @@ type Server struct {
 
 	hub      *sessionHub  // sessions, admin room feeds and their transports (hub.go)
 	evidence *evidenceAPI // incidents, recordings, proctoring (evidence.go)
+	// participants is the admin API of participants (admin_participants.go).
+	participants *participantsAPI
 
 	resources *resourceTable // WHIP and WHEP resources (whip_resources.go)
 
@@ -152,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 	s.resources = newResourceTable(s)
 	s.hub = newSessionHub(s)
 	s.evidence = newEvidenceAPI(s, s.hub.feed)
+	s.participants = &participantsAPI{srv: s, hub: s.hub}
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
 	s.initOps()
 	if cfg.Cluster != nil {
