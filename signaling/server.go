@@ -1,7 +1,22 @@
 // Package signaling is Vigil's HTTP face: the admin REST API, join tokens,
 // sessions with their sequenced outbox, and one adapter per transport
-// (WebSocket so far) that drains that outbox. It also serves the web
-// client.
+// (WebSocket, SSE, long and short polling, posted messages) that drains
+// that outbox. It also serves the web client.
+//
+// Server is the composition root: configuration, the router, the
+// authentication middleware (auth.go) and Close. Each part owns its state
+// and registers its own routes:
+//
+//   - sessionHub (hub.go): the sessions (session.go), the admin room
+//     feeds (stream.go) and their transports (ws.go, sse.go, poll.go);
+//     client messages are one registry of types (messages.go);
+//   - resourceTable (whip_resources.go): the WHIP and WHEP resources,
+//     served by whipHandler and whepHandler (whip.go);
+//   - evidenceAPI (evidence.go): incidents, recordings, proctoring;
+//   - participantsAPI (admin_participants.go): the participants' admin API.
+//
+// The rooms API (rooms.go), operations (ops.go) and the cluster
+// (cluster.go, cascade.go) are still methods of Server.
 package signaling
 
 import (
@@ -192,7 +207,7 @@ func (s *Server) routes() *gin.Engine {
 
 	v1 := e.Group("/v1")
 	s.adminRoutes(v1.Group("", s.requireAdmin))
-	v1.GET("/openapi.json", s.serveOpenAPI)
+	v1.GET("/openapi.json", serveOpenAPI)
 	v1.POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
 	v1.DELETE("/sessions/:session", s.closeSession)
 	s.hub.routes(v1)
