@@ -11,11 +11,6 @@ func (s *Server) adminRoutes(g *gin.RouterGroup) {
 	g.GET("/rooms/:room", s.getRoom)
 	g.DELETE("/rooms/:room", s.deleteRoom)
 	g.POST("/rooms/:room/tokens", s.limitAddr(s.mints, "token mints"), s.mintToken)
-	g.POST("/rooms/:room/tokens/revoke", s.revokeTokens)
-	g.GET("/rooms/:room/participants", s.listParticipants)
-	g.GET("/rooms/:room/participants/:identity", s.getParticipant)
-	g.PATCH("/rooms/:room/participants/:identity", s.updateParticipant)
-	g.POST("/rooms/:room/participants/:identity/kick", s.kickParticipant)
-	g.POST("/rooms/:room/participants/:identity/tracks/:source/mute", s.muteTrack)
-	s.recordingRoutes(g)
+	s.participants.routes(g)
+	s.evidence.adminRoutes(g)
 }

@@ -12,6 +12,27 @@ import (
 	"github.com/vigil-media/vigil/sfu"
 )
 
+// participantsAPI is the admin API of the participants of a room: list,
+// describe, change the role, kick, mute a track, and revoke an identity's
+// tokens. It holds no state of its own, so no lock: the rooms and the
+// tokens guard theirs.
+type participantsAPI struct {
+	// srv is the composition root: the media core, the tokens, bindJSON
+	// and the cluster's revocations (revokeInCluster, cluster.go).
+	srv *Server
+	hub *sessionHub // the transport attached to each participant
+}
+
+// routes registers the routes of g, a group behind the admin key.
+func (a *participantsAPI) routes(g *gin.RouterGroup) {
+	g.POST("/rooms/:room/tokens/revoke", a.revokeTokens)
+	g.GET("/rooms/:room/participants", a.listParticipants)
+	g.GET("/rooms/:room/participants/:identity", a.getParticipant)
+	g.PATCH("/rooms/:room/participants/:identity", a.updateParticipant)
+	g.POST("/rooms/:room/participants/:identity/kick", a.kickParticipant)
+	g.POST("/rooms/:room/participants/:identity/tracks/:source/mute", a.muteTrack)
+}
+
 // maxKickMessageBytes caps the text an admin sends with a kick.
 const maxKickMessageBytes = 512
 
@@ -34,37 +55,7 @@ type participantResponse struct {
 	Tracks  []trackResponse `json:"tracks"`
 }
 
-// transports maps each participant of room (of every room if room is "")
-// that has a session to the name of the transport attached to it (""
-// when none is).
-func (s *Server) transports(room string) map[*sfu.Participant]string {
-	s.mu.Lock()
-	var ours []*Session
-	for _, ss := range s.sessions {
-		if room == "" || ss.room == room {
-			ours = append(ours, ss)
-		}
-	}
-	s.mu.Unlock()
-	out := make(map[*sfu.Participant]string, len(ours))
-	for _, ss := range ours {
-		if p := ss.Participant(); p != nil {
-			out[p] = ss.Transport()
-		}
-	}
-	return out
-}
-
-// transportOf is transports for p alone.
-func (s *Server) transportOf(p *sfu.Participant) map[*sfu.Participant]string {
-	out := map[*sfu.Participant]string{}
-	if ss := s.sessionFor(p.Room().Name(), p.Identity()); ss != nil && ss.Participant() == p {
-		out[p] = ss.Transport()
-	}
-	return out
-}
-
-// describeParticipant describes p; transports comes from s.transports.
+// describeParticipant describes p; transports comes from a.transports.
 func describeParticipant(p *sfu.Participant, transports map[*sfu.Participant]string) participantResponse {
 	out := participantResponse{
 		Identity: p.Identity(), Role: p.Role(),
@@ -84,8 +75,8 @@ func describeParticipant(p *sfu.Participant, transports map[*sfu.Participant]str
 }
 
 // participant looks up the room and the participant named in the path.
-func (s *Server) participant(c *gin.Context) (*sfu.Room, *sfu.Participant, error) {
-	r, err := s.sfu.Room(c.Param("room"))
+func (a *participantsAPI) participant(c *gin.Context) (*sfu.Room, *sfu.Participant, error) {
+	r, err := a.srv.sfu.Room(c.Param("room"))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -102,14 +93,14 @@ type listParticipantsResponse struct {
 	Participants []participantResponse `json:"participants"`
 }
 
-func (s *Server) listParticipants(c *gin.Context) {
-	r, err := s.sfu.Room(c.Param("room"))
+func (a *participantsAPI) listParticipants(c *gin.Context) {
+	r, err := a.srv.sfu.Room(c.Param("room"))
 	if err != nil {
 		writeError(c, err)
 		return
 	}
 	ps := r.List()
-	ts := s.transports(r.Name())
+	ts := a.hub.transports(r.Name())
 	out := listParticipantsResponse{Participants: make([]participantResponse, 0, len(ps))}
 	for _, p := range ps {
 		out.Participants = append(out.Participants, describeParticipant(p, ts))
@@ -117,13 +108,13 @@ func (s *Server) listParticipants(c *gin.Context) {
 	c.JSON(http.StatusOK, out)
 }
 
-func (s *Server) getParticipant(c *gin.Context) {
-	_, p, err := s.participant(c)
+func (a *participantsAPI) getParticipant(c *gin.Context) {
+	_, p, err := a.participant(c)
 	if err != nil {
 		writeError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, describeParticipant(p, s.transportOf(p)))
+	c.JSON(http.StatusOK, describeParticipant(p, a.hub.transportOf(p)))
 }
 
 // updateParticipantRequest is the body of PATCH .../participants/{identity}.
@@ -134,14 +125,14 @@ type updateParticipantRequest struct {
 // updateParticipant changes a participant's role, if its room's kind
 // allows: what it publishes, receives and sees changes at once. The role
 // lasts as long as the participant: rejoining takes the token's role.
-func (s *Server) updateParticipant(c *gin.Context) {
-	r, p, err := s.participant(c)
+func (a *participantsAPI) updateParticipant(c *gin.Context) {
+	r, p, err := a.participant(c)
 	if err != nil {
 		writeError(c, err)
 		return
 	}
 	var req updateParticipantRequest
-	if err := s.bindJSON(c, &req); err != nil {
+	if err := a.srv.bindJSON(c, &req); err != nil {
 		writeError(c, err)
 		return
 	}
@@ -157,7 +148,7 @@ func (s *Server) updateParticipant(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, describeParticipant(p, s.transportOf(p)))
+	c.JSON(http.StatusOK, describeParticipant(p, a.hub.transportOf(p)))
 }
 
 // kickRequest is the optional body of POST .../kick.
@@ -168,15 +159,15 @@ type kickRequest struct {
 // kickParticipant removes a participant: it gets a left event with
 // reason "kicked" and the admin's text as message, its media stops, and
 // the others see it leave with reason "kicked".
-func (s *Server) kickParticipant(c *gin.Context) {
-	_, p, err := s.participant(c)
+func (a *participantsAPI) kickParticipant(c *gin.Context) {
+	_, p, err := a.participant(c)
 	if err != nil {
 		writeError(c, err)
 		return
 	}
 	var req kickRequest
 	if c.Request.ContentLength != 0 {
-		if err := s.bindJSON(c, &req); err != nil {
+		if err := a.srv.bindJSON(c, &req); err != nil {
 			writeError(c, err)
 			return
 		}
@@ -197,8 +188,8 @@ type muteRequest struct {
 // muteTrack stops (or resumes) forwarding one of a participant's tracks.
 // The participant and those who see it get a track_muted event. The
 // source stays muted if the participant publishes it again.
-func (s *Server) muteTrack(c *gin.Context) {
-	_, p, err := s.participant(c)
+func (a *participantsAPI) muteTrack(c *gin.Context) {
+	_, p, err := a.participant(c)
 	if err != nil {
 		writeError(c, err)
 		return
@@ -209,7 +200,7 @@ func (s *Server) muteTrack(c *gin.Context) {
 		return
 	}
 	var req muteRequest
-	if err := s.bindJSON(c, &req); err != nil {
+	if err := a.srv.bindJSON(c, &req); err != nil {
 		writeError(c, err)
 		return
 	}
@@ -247,14 +238,14 @@ type revokeResponse struct {
 // revokeTokens makes every token of an identity in the room issued so far
 // stop working, and disconnects that identity's participant at once with
 // reason token_revoked.
-func (s *Server) revokeTokens(c *gin.Context) {
-	r, err := s.sfu.Room(c.Param("room"))
+func (a *participantsAPI) revokeTokens(c *gin.Context) {
+	r, err := a.srv.sfu.Room(c.Param("room"))
 	if err != nil {
 		writeError(c, err)
 		return
 	}
 	var req revokeRequest
-	if err := s.bindJSON(c, &req); err != nil {
+	if err := a.srv.bindJSON(c, &req); err != nil {
 		writeError(c, err)
 		return
 	}
@@ -265,8 +256,8 @@ func (s *Server) revokeTokens(c *gin.Context) {
 	// Revoke first: a join racing with this is either refused, or is in
 	// the room by the time we look (openSession checks again after
 	// joining).
-	at := s.tokens.Revoke(r.Name(), req.Identity)
-	s.revokeInCluster(r.Name(), req.Identity, at)
+	at := a.srv.tokens.Revoke(r.Name(), req.Identity)
+	a.srv.revokeInCluster(r.Name(), req.Identity, at)
 	out := revokeResponse{Room: r.Name(), Identity: req.Identity, RevokedAt: at.UTC()}
 	if p := r.Participant(req.Identity); p != nil {
 		p.Leave(sfu.ReasonRevoked)

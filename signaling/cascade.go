@@ -607,9 +607,7 @@ func (s *Server) edgePresence(m cluster.Message) {
 	if m.Origin == s.cfg.Cluster.ID() || s.isReplica(m.Room) {
 		return
 	}
-	s.mu.Lock()
-	f := s.feeds[m.Room]
-	s.mu.Unlock()
+	f := s.hub.feed(m.Room)
 	if f == nil {
 		return
 	}

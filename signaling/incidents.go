@@ -1,8 +1,6 @@
 package signaling
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/http"
@@ -23,17 +21,17 @@ const maxNoteBytes = 2048
 // incidentRoutes registers the incidents API (docs/api.md). Each route
 // takes the admin key, or the join token of a proctor of that room (what
 // the proctor's page holds); a candidate's token is refused.
-func (s *Server) incidentRoutes(g *gin.RouterGroup) {
-	r := g.Group("/rooms/:room/incidents", s.requireIncidentReader)
-	r.GET("", s.listIncidents)
-	r.GET("/:id", s.getIncident)
-	r.GET("/:id/snapshot", s.incidentSnapshot)
+func (a *evidenceAPI) incidentRoutes(g *gin.RouterGroup) {
+	r := g.Group("/rooms/:room/incidents", a.requireIncidentReader)
+	r.GET("", a.listIncidents)
+	r.GET("/:id", a.getIncident)
+	r.GET("/:id/snapshot", a.incidentSnapshot)
 }
 
 // requireIncidentReader lets through the admin key, or a valid join
 // token of a proctor of the room named in the path.
-func (s *Server) requireIncidentReader(c *gin.Context) {
-	claims, ok := s.adminOrToken(c)
+func (a *evidenceAPI) requireIncidentReader(c *gin.Context) {
+	claims, ok := a.srv.adminOrToken(c)
 	switch {
 	case !ok:
 		return
@@ -50,38 +48,13 @@ func (s *Server) requireIncidentReader(c *gin.Context) {
 	c.Next()
 }
 
-// adminOrToken authenticates a reader who may be an admin or hold a join
-// token: claims nil for the admin key (compared in constant time), the
-// token's claims otherwise; ok false once the error is written.
-func (s *Server) adminOrToken(c *gin.Context) (claims *Claims, ok bool) {
-	key, ok := bearer(c.Request)
-	if !ok {
-		writeError(c, ErrUnauthorized)
-		return nil, false
-	}
-	sum := sha256.Sum256([]byte(key))
-	if subtle.ConstantTimeCompare(sum[:], s.admin[:]) == 1 {
-		return nil, true
-	}
-	claims, err := s.tokens.Verify(key)
-	switch {
-	case errors.Is(err, ErrTokenExpired), errors.Is(err, ErrTokenRevoked):
-		writeError(c, err)
-		return nil, false
-	case err != nil:
-		writeError(c, fmt.Errorf("%w: neither the admin key nor a valid join token", ErrUnauthorized))
-		return nil, false
-	}
-	return claims, true
-}
-
 // incidentMonitor returns the Monitor or writes the error.
-func (s *Server) incidentMonitor(c *gin.Context) *incidents.Monitor {
-	if s.cfg.Incidents == nil {
+func (a *evidenceAPI) incidentMonitor(c *gin.Context) *incidents.Monitor {
+	if a.incidents == nil {
 		writeError(c, ErrIncidentsDisabled)
 		return nil
 	}
-	return s.cfg.Incidents
+	return a.incidents
 }
 
 // incidentList is the reply of GET /v1/rooms/{room}/incidents.
@@ -90,8 +63,8 @@ type incidentList struct {
 	Incidents []incidents.Incident `json:"incidents"`
 }
 
-func (s *Server) listIncidents(c *gin.Context) {
-	m := s.incidentMonitor(c)
+func (a *evidenceAPI) listIncidents(c *gin.Context) {
+	m := a.incidentMonitor(c)
 	if m == nil {
 		return
 	}
@@ -125,8 +98,8 @@ func (s *Server) listIncidents(c *gin.Context) {
 	c.JSON(http.StatusOK, incidentList{Room: room, Incidents: list})
 }
 
-func (s *Server) getIncident(c *gin.Context) {
-	m := s.incidentMonitor(c)
+func (a *evidenceAPI) getIncident(c *gin.Context) {
+	m := a.incidentMonitor(c)
 	if m == nil {
 		return
 	}
@@ -138,8 +111,8 @@ func (s *Server) getIncident(c *gin.Context) {
 	c.JSON(http.StatusOK, inc)
 }
 
-func (s *Server) incidentSnapshot(c *gin.Context) {
-	m := s.incidentMonitor(c)
+func (a *evidenceAPI) incidentSnapshot(c *gin.Context) {
+	m := a.incidentMonitor(c)
 	if m == nil {
 		return
 	}
@@ -152,22 +125,4 @@ func (s *Server) incidentSnapshot(c *gin.Context) {
 	c.Header("Cache-Control", "private, max-age=86400, immutable")
 	c.Header("X-Content-Type-Options", "nosniff")
 	c.Data(http.StatusOK, "image/jpeg", b)
-}
-
-// reportIncident applies a report_incident message.
-func (s *Server) reportIncident(p *sfu.Participant, msg *ReportIncidentMessage) error {
-	if s.cfg.Incidents == nil {
-		return ErrIncidentsDisabled
-	}
-	_, err := s.cfg.Incidents.Report(p, msg.Type, msg.Note)
-	return err
-}
-
-// flagIncident applies a flag_incident message.
-func (s *Server) flagIncident(p *sfu.Participant, msg *FlagIncidentMessage) error {
-	if s.cfg.Incidents == nil {
-		return ErrIncidentsDisabled
-	}
-	_, err := s.cfg.Incidents.Flag(p, msg.Identity, msg.Note)
-	return err
 }

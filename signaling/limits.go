@@ -55,7 +55,7 @@ func (b *bucket) take(now time.Time, rate, burst float64) (bool, time.Duration) 
 // rateLimiter is one token bucket; a nil one allows everything.
 type rateLimiter struct {
 	rate, burst float64
-	mu          sync.Mutex
+	mu          sync.Mutex // guards b; nothing is locked while holding it
 	b           bucket
 }
 
@@ -80,10 +80,12 @@ func (l *rateLimiter) allow() (bool, time.Duration) {
 // maxTrackedAddrs addresses are busy at once, new ones share one bucket.
 type addrLimiter struct {
 	rate, burst float64
-	mu          sync.Mutex
-	buckets     map[string]*bucket
-	overflow    bucket
-	swept       time.Time
+	// mu guards buckets, overflow and swept; nothing is locked while
+	// holding it.
+	mu       sync.Mutex
+	buckets  map[string]*bucket
+	overflow bucket
+	swept    time.Time
 }
 
 func newAddrLimiter(rate float64) *addrLimiter {

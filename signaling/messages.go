@@ -135,8 +135,46 @@ type FlagIncidentMessage struct {
 // the outcome instead of an error event in the outbox (request-response).
 type clientMessage struct {
 	id    string
-	msg   any // a pointer to one of the *Message types above
+	msg   message // a pointer to one of the *Message types above
 	reply chan error
+}
+
+// message is one client message type: its data decodes into it, it checks
+// its own fields, and it applies itself for the participant that sent it.
+type message interface {
+	// validate checks the decoded fields against the limits above; its
+	// error wraps ErrInvalidMessage.
+	validate() error
+	// apply carries the message out for the participant in env.
+	apply(env messageEnv) error
+}
+
+// messageEnv is what a message is applied with: the participant whose
+// session sent it, and the server parts some messages need.
+type messageEnv struct {
+	p         *sfu.Participant
+	incidents *incidents.Monitor // nil: incidents are disabled
+}
+
+// messageTypes is the registry of client messages: for each wire type,
+// the Go type its data decodes into. It is the only place a wire type is
+// named; each Go type carries its validation and its handler. Read-only.
+var messageTypes = map[string]func() message{
+	"offer":           func() message { return &OfferMessage{} },
+	"answer":          func() message { return &AnswerMessage{} },
+	"candidate":       func() message { return &CandidateMessage{} },
+	"leave":           func() message { return &LeaveMessage{} },
+	"subscribe":       func() message { return &SubscribeMessage{} },
+	"unsubscribe":     func() message { return &UnsubscribeMessage{} },
+	"set_layer":       func() message { return &SetLayerMessage{} },
+	"chat":            func() message { return &ChatMessage{} },
+	"talk":            func() message { return &TalkMessage{} },
+	"admit":           func() message { return &AdmitMessage{} },
+	"reject":          func() message { return &RejectMessage{} },
+	"end_exam":        func() message { return &EndExamMessage{} },
+	"mute":            func() message { return &MuteMessage{} },
+	"report_incident": func() message { return &ReportIncidentMessage{} },
+	"flag_incident":   func() message { return &FlagIncidentMessage{} },
 }
 
 // decodeMessage parses one client frame. The id is returned even when the
@@ -159,107 +197,25 @@ func decodeMessage(b []byte) (clientMessage, error) {
 		m.id = ""
 		return m, fmt.Errorf("%w: id longer than %d bytes", ErrInvalidMessage, maxIDBytes)
 	}
-	switch env.Type {
-	case "offer":
-		m.msg = &OfferMessage{}
-	case "answer":
-		m.msg = &AnswerMessage{}
-	case "candidate":
-		m.msg = &CandidateMessage{}
-	case "leave":
-		m.msg = &LeaveMessage{}
-	case "subscribe":
-		m.msg = &SubscribeMessage{}
-	case "unsubscribe":
-		m.msg = &UnsubscribeMessage{}
-	case "set_layer":
-		m.msg = &SetLayerMessage{}
-	case "chat":
-		m.msg = &ChatMessage{}
-	case "talk":
-		m.msg = &TalkMessage{}
-	case "admit":
-		m.msg = &AdmitMessage{}
-	case "reject":
-		m.msg = &RejectMessage{}
-	case "end_exam":
-		m.msg = &EndExamMessage{}
-	case "mute":
-		m.msg = &MuteMessage{}
-	case "report_incident":
-		m.msg = &ReportIncidentMessage{}
-	case "flag_incident":
-		m.msg = &FlagIncidentMessage{}
-	case "":
+	newMsg, ok := messageTypes[env.Type]
+	switch {
+	case env.Type == "":
 		return m, fmt.Errorf("%w: no type", ErrInvalidMessage)
-	default:
+	case !ok:
 		return m, fmt.Errorf("%w: %q", ErrUnknownType, env.Type)
 	}
+	msg := newMsg()
 	data := env.Data
 	if len(data) == 0 || bytes.Equal(data, []byte("null")) {
 		data = []byte("{}")
 	}
-	if err := strictUnmarshal(data, m.msg); err != nil {
+	if err := strictUnmarshal(data, msg); err != nil {
 		return m, fmt.Errorf("%w: %s data: %v", ErrInvalidMessage, env.Type, err)
 	}
-	switch msg := m.msg.(type) {
-	case *OfferMessage:
-		if msg.SDP == "" || len(msg.SDP) > maxSDPBytes {
-			return m, fmt.Errorf("%w: sdp must be 1 to %d bytes", ErrInvalidMessage, maxSDPBytes)
-		}
-		for mid, src := range msg.Sources {
-			if !src.Valid() {
-				return m, fmt.Errorf("%w: mid %q has unknown source %q", ErrInvalidMessage, mid, src)
-			}
-		}
-	case *AnswerMessage:
-		if msg.SDP == "" || len(msg.SDP) > maxSDPBytes {
-			return m, fmt.Errorf("%w: sdp must be 1 to %d bytes", ErrInvalidMessage, maxSDPBytes)
-		}
-	case *SubscribeMessage:
-		if msg.TrackID == "" || len(msg.TrackID) > maxIDBytes {
-			return m, fmt.Errorf("%w: track_id must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
-		}
-	case *UnsubscribeMessage:
-		if msg.TrackID == "" || len(msg.TrackID) > maxIDBytes {
-			return m, fmt.Errorf("%w: track_id must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
-		}
-	case *SetLayerMessage:
-		if msg.TrackID == "" || len(msg.TrackID) > maxIDBytes || msg.Layer == "" || len(msg.Layer) > maxIDBytes {
-			return m, fmt.Errorf("%w: track_id and layer must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
-		}
-	case *TalkMessage:
-		if msg.To == "" || len(msg.To) > maxIDBytes {
-			return m, fmt.Errorf("%w: to must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
-		}
-	case *AdmitMessage:
-		if msg.Identity == "" || len(msg.Identity) > maxIDBytes {
-			return m, fmt.Errorf("%w: identity must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
-		}
-	case *RejectMessage:
-		if msg.Identity == "" || len(msg.Identity) > maxIDBytes || len(msg.Message) > maxReasonBytes {
-			return m, fmt.Errorf("%w: identity must be 1 to %d bytes, message at most %d", ErrInvalidMessage, maxIDBytes, maxReasonBytes)
-		}
-	case *EndExamMessage:
-		if msg.Identity == "" || len(msg.Identity) > maxIDBytes || len(msg.Message) > maxReasonBytes {
-			return m, fmt.Errorf("%w: identity must be 1 to %d bytes, message at most %d", ErrInvalidMessage, maxIDBytes, maxReasonBytes)
-		}
-	case *MuteMessage:
-		if !msg.Source.Valid() {
-			return m, fmt.Errorf("%w: unknown source %q", ErrInvalidMessage, msg.Source)
-		}
-	case *ReportIncidentMessage:
-		if !incidents.ClientType(msg.Type) {
-			return m, fmt.Errorf("%w: type %q is not a client-reported incident type", ErrInvalidMessage, msg.Type)
-		}
-		if len(msg.Note) > maxNoteBytes || !utf8.ValidString(msg.Note) {
-			return m, fmt.Errorf("%w: note must be UTF-8 of at most %d bytes", ErrInvalidMessage, maxNoteBytes)
-		}
-	case *FlagIncidentMessage:
-		if msg.Identity == "" || len(msg.Identity) > maxIDBytes || len(msg.Note) > maxNoteBytes || !utf8.ValidString(msg.Note) {
-			return m, fmt.Errorf("%w: identity must be 1 to %d bytes, note UTF-8 of at most %d", ErrInvalidMessage, maxIDBytes, maxNoteBytes)
-		}
+	if err := msg.validate(); err != nil {
+		return m, err
 	}
+	m.msg = msg
 	return m, nil
 }
 
@@ -275,52 +231,171 @@ func strictUnmarshal(b []byte, v any) error {
 	return nil
 }
 
-// dispatch applies one client message of the participant: the incident
-// messages go to the server's incidents Monitor, the others to the
-// participant.
-func (s *Server) dispatch(p *sfu.Participant, m clientMessage) error {
-	switch msg := m.msg.(type) {
-	case *ReportIncidentMessage:
-		return s.reportIncident(p, msg)
-	case *FlagIncidentMessage:
-		return s.flagIncident(p, msg)
+// dispatch applies one decoded client message.
+func dispatch(env messageEnv, m clientMessage) error {
+	if m.msg == nil {
+		return fmt.Errorf("%w: no message", ErrUnknownType)
 	}
-	return dispatch(p, m)
+	return m.msg.apply(env)
 }
 
-// dispatch applies one client message to the participant.
-func dispatch(p *sfu.Participant, m clientMessage) error {
-	switch msg := m.msg.(type) {
-	case *OfferMessage:
-		return p.HandleOffer(msg.SDP, msg.Sources)
-	case *AnswerMessage:
-		return p.HandleAnswer(msg.SDP)
-	case *CandidateMessage:
-		return p.AddICECandidate(webrtc.ICECandidateInit{
-			Candidate: msg.Candidate, SDPMid: msg.SDPMid, SDPMLineIndex: msg.SDPMLineIndex, UsernameFragment: msg.UsernameFragment,
-		})
-	case *LeaveMessage:
-		p.Leave(sfu.ReasonLeft)
-		return nil
-	case *SubscribeMessage:
-		return p.Subscribe(msg.TrackID)
-	case *UnsubscribeMessage:
-		return p.Unsubscribe(msg.TrackID)
-	case *SetLayerMessage:
-		return p.SetLayer(msg.TrackID, msg.Layer)
-	case *ChatMessage:
-		return p.Chat(msg.To, msg.Text)
-	case *TalkMessage:
-		return p.Talk(msg.To, msg.On)
-	case *AdmitMessage:
-		return p.Room().Admit(p, msg.Identity)
-	case *RejectMessage:
-		return p.Room().Reject(p, msg.Identity, msg.Message)
-	case *EndExamMessage:
-		return p.Room().EndExam(p, msg.Identity, msg.Message)
-	case *MuteMessage:
-		_, err := p.SetMuted(msg.Source, msg.Muted, "self")
+// Validation and handling, one pair per message type.
+
+// idField checks a required identifier of at most maxIDBytes.
+func idField(v string) bool { return v != "" && len(v) <= maxIDBytes }
+
+func validSDP(sdp string) error {
+	if sdp == "" || len(sdp) > maxSDPBytes {
+		return fmt.Errorf("%w: sdp must be 1 to %d bytes", ErrInvalidMessage, maxSDPBytes)
+	}
+	return nil
+}
+
+func (msg *OfferMessage) validate() error {
+	if err := validSDP(msg.SDP); err != nil {
 		return err
 	}
-	return fmt.Errorf("%w: %T", ErrUnknownType, m.msg)
+	for mid, src := range msg.Sources {
+		if !src.Valid() {
+			return fmt.Errorf("%w: mid %q has unknown source %q", ErrInvalidMessage, mid, src)
+		}
+	}
+	return nil
+}
+
+func (msg *OfferMessage) apply(env messageEnv) error { return env.p.HandleOffer(msg.SDP, msg.Sources) }
+
+func (msg *AnswerMessage) validate() error            { return validSDP(msg.SDP) }
+func (msg *AnswerMessage) apply(env messageEnv) error { return env.p.HandleAnswer(msg.SDP) }
+
+func (msg *CandidateMessage) validate() error { return nil }
+func (msg *CandidateMessage) apply(env messageEnv) error {
+	return env.p.AddICECandidate(webrtc.ICECandidateInit{
+		Candidate: msg.Candidate, SDPMid: msg.SDPMid, SDPMLineIndex: msg.SDPMLineIndex, UsernameFragment: msg.UsernameFragment,
+	})
+}
+
+func (msg *LeaveMessage) validate() error { return nil }
+func (msg *LeaveMessage) apply(env messageEnv) error {
+	env.p.Leave(sfu.ReasonLeft)
+	return nil
+}
+
+func (msg *SubscribeMessage) validate() error {
+	if !idField(msg.TrackID) {
+		return fmt.Errorf("%w: track_id must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
+	}
+	return nil
+}
+
+func (msg *SubscribeMessage) apply(env messageEnv) error { return env.p.Subscribe(msg.TrackID) }
+
+func (msg *UnsubscribeMessage) validate() error {
+	if !idField(msg.TrackID) {
+		return fmt.Errorf("%w: track_id must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
+	}
+	return nil
+}
+
+func (msg *UnsubscribeMessage) apply(env messageEnv) error { return env.p.Unsubscribe(msg.TrackID) }
+
+func (msg *SetLayerMessage) validate() error {
+	if !idField(msg.TrackID) || !idField(msg.Layer) {
+		return fmt.Errorf("%w: track_id and layer must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
+	}
+	return nil
+}
+
+func (msg *SetLayerMessage) apply(env messageEnv) error {
+	return env.p.SetLayer(msg.TrackID, msg.Layer)
+}
+
+func (msg *ChatMessage) validate() error            { return nil }
+func (msg *ChatMessage) apply(env messageEnv) error { return env.p.Chat(msg.To, msg.Text) }
+
+func (msg *TalkMessage) validate() error {
+	if !idField(msg.To) {
+		return fmt.Errorf("%w: to must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
+	}
+	return nil
+}
+
+func (msg *TalkMessage) apply(env messageEnv) error { return env.p.Talk(msg.To, msg.On) }
+
+func (msg *AdmitMessage) validate() error {
+	if !idField(msg.Identity) {
+		return fmt.Errorf("%w: identity must be 1 to %d bytes", ErrInvalidMessage, maxIDBytes)
+	}
+	return nil
+}
+
+func (msg *AdmitMessage) apply(env messageEnv) error { return env.p.Room().Admit(env.p, msg.Identity) }
+
+func (msg *RejectMessage) validate() error {
+	if !idField(msg.Identity) || len(msg.Message) > maxReasonBytes {
+		return fmt.Errorf("%w: identity must be 1 to %d bytes, message at most %d", ErrInvalidMessage, maxIDBytes, maxReasonBytes)
+	}
+	return nil
+}
+
+func (msg *RejectMessage) apply(env messageEnv) error {
+	return env.p.Room().Reject(env.p, msg.Identity, msg.Message)
+}
+
+func (msg *EndExamMessage) validate() error {
+	if !idField(msg.Identity) || len(msg.Message) > maxReasonBytes {
+		return fmt.Errorf("%w: identity must be 1 to %d bytes, message at most %d", ErrInvalidMessage, maxIDBytes, maxReasonBytes)
+	}
+	return nil
+}
+
+func (msg *EndExamMessage) apply(env messageEnv) error {
+	return env.p.Room().EndExam(env.p, msg.Identity, msg.Message)
+}
+
+func (msg *MuteMessage) validate() error {
+	if !msg.Source.Valid() {
+		return fmt.Errorf("%w: unknown source %q", ErrInvalidMessage, msg.Source)
+	}
+	return nil
+}
+
+func (msg *MuteMessage) apply(env messageEnv) error {
+	_, err := env.p.SetMuted(msg.Source, msg.Muted, "self")
+	return err
+}
+
+func (msg *ReportIncidentMessage) validate() error {
+	if !incidents.ClientType(msg.Type) {
+		return fmt.Errorf("%w: type %q is not a client-reported incident type", ErrInvalidMessage, msg.Type)
+	}
+	if len(msg.Note) > maxNoteBytes || !utf8.ValidString(msg.Note) {
+		return fmt.Errorf("%w: note must be UTF-8 of at most %d bytes", ErrInvalidMessage, maxNoteBytes)
+	}
+	return nil
+}
+
+// apply records the incident with the server's incidents Monitor.
+func (msg *ReportIncidentMessage) apply(env messageEnv) error {
+	if env.incidents == nil {
+		return ErrIncidentsDisabled
+	}
+	_, err := env.incidents.Report(env.p, msg.Type, msg.Note)
+	return err
+}
+
+func (msg *FlagIncidentMessage) validate() error {
+	if !idField(msg.Identity) || len(msg.Note) > maxNoteBytes || !utf8.ValidString(msg.Note) {
+		return fmt.Errorf("%w: identity must be 1 to %d bytes, note UTF-8 of at most %d", ErrInvalidMessage, maxIDBytes, maxNoteBytes)
+	}
+	return nil
+}
+
+// apply records the manual incident with the server's incidents Monitor.
+func (msg *FlagIncidentMessage) apply(env messageEnv) error {
+	if env.incidents == nil {
+		return ErrIncidentsDisabled
+	}
+	_, err := env.incidents.Flag(env.p, msg.Identity, msg.Note)
+	return err
 }

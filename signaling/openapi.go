@@ -14,7 +14,7 @@ import (
 var openAPIDoc string
 
 // serveOpenAPI serves the OpenAPI document; it needs no key.
-func (s *Server) serveOpenAPI(c *gin.Context) {
+func serveOpenAPI(c *gin.Context) {
 	c.Header("Cache-Control", "no-cache")
 	c.Data(http.StatusOK, "application/json; charset=utf-8", []byte(openAPIDoc))
 }

@@ -36,7 +36,7 @@ func (s *Server) initOps() {
 	m.WatchServer(s.serverStats)
 	if s.cfg.Recordings != nil {
 		m.WatchRecordings(s.cfg.Recordings.Stats)
-		s.cfg.Recordings.OnEvent(s.recordingToFeed) // recording_* on the admin room feeds
+		s.cfg.Recordings.OnEvent(s.evidence.recordingToFeed) // recording_* on the admin room feeds
 	}
 	if h := s.cfg.Webhooks; h.Enabled() {
 		m.WatchWebhooks(h.Stats)
@@ -60,27 +60,10 @@ func (s *Server) opsRoutes(e *gin.Engine) {
 // serverStats is what the metrics read from the signaling layer.
 func (s *Server) serverStats() metrics.ServerStats {
 	s.mu.Lock()
-	sessions := make([]*Session, 0, len(s.sessions))
-	for _, ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
 	out := metrics.ServerStats{Sessions: map[string]int{}, Draining: s.ops.draining}
-	for _, r := range s.resources {
-		out.Sessions[r.kind]++
-	}
 	s.mu.Unlock()
-	for _, ss := range sessions {
-		ss.mu.Lock()
-		ended, t := ss.ended, ss.transport
-		ss.mu.Unlock()
-		if ended {
-			continue
-		}
-		if t == "" {
-			t = "none"
-		}
-		out.Sessions[t]++
-	}
+	s.resources.count(out.Sessions)
+	s.hub.countTransports(out.Sessions)
 	return out
 }
 

@@ -36,7 +36,7 @@ type pollResponse struct {
 // polling; If-None-Match gives 304 while nothing is new) or, with wait,
 // held until an event comes, S seconds pass, or the client goes (long
 // polling, capped by the server's waiter limit).
-func (s *Server) servePoll(lookup lookupFunc) gin.HandlerFunc {
+func (h *sessionHub) servePoll(lookup lookupFunc) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		st, cursor, ok := streamRequest(c, lookup)
 		if !ok {
@@ -60,7 +60,7 @@ func (s *Server) servePoll(lookup lookupFunc) gin.HandlerFunc {
 		ctx := c.Request.Context()
 		if wait > 0 {
 			transport = "longpoll"
-			release, err := s.waiters.Acquire()
+			release, err := h.waiters.Acquire()
 			if err != nil {
 				c.Header("Retry-After", "1")
 				writeError(c, err)
@@ -116,14 +116,14 @@ func (s *Server) servePoll(lookup lookupFunc) gin.HandlerFunc {
 // answered with its outcome. With an Idempotency-Key header, a retry of
 // the same request gets the first reply and does not act twice; the same
 // key with another body is refused.
-func (s *Server) postMessage(c *gin.Context) {
-	ss, err := s.session(c.Param("session"))
+func (h *sessionHub) postMessage(c *gin.Context) {
+	ss, err := h.session(c.Param("session"))
 	if err != nil {
 		writeError(c, err)
 		return
 	}
 	if ok, wait := ss.rate.allow(); !ok {
-		refuseRate(c, wait, fmt.Sprintf("over %v messages a second", s.cfg.MessageRate))
+		refuseRate(c, wait, fmt.Sprintf("over %v messages a second", h.cfg.MessageRate))
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxMessageBytes))
@@ -142,7 +142,7 @@ func (s *Server) postMessage(c *gin.Context) {
 		return
 	}
 	sum := sha256.Sum256(body)
-	res, replayed, err := s.idem.Do(c.Request.Context(), ss.id, key, hex.EncodeToString(sum[:]), func() patterns.Result {
+	res, replayed, err := h.idem.Do(c.Request.Context(), ss.id, key, hex.EncodeToString(sum[:]), func() patterns.Result {
 		return ss.apply(body)
 	})
 	if err != nil {

@@ -10,9 +10,9 @@ import (
 
 // proctoringRoutes are the admin side of proctoring: what a proctor does
 // from its page (admit, end an exam), for an admin or a script.
-func (s *Server) proctoringRoutes(g *gin.RouterGroup) {
-	g.POST("/rooms/:room/participants/:identity/admit", s.admitCandidate)
-	g.POST("/rooms/:room/participants/:identity/end-exam", s.endExam)
+func (a *evidenceAPI) proctoringRoutes(g *gin.RouterGroup) {
+	g.POST("/rooms/:room/participants/:identity/admit", a.admitCandidate)
+	g.POST("/rooms/:room/participants/:identity/end-exam", a.endExam)
 }
 
 // endExamRequest is the body of an end-exam call.
@@ -20,8 +20,8 @@ type endExamRequest struct {
 	Message string `json:"message"`
 }
 
-func (s *Server) admitCandidate(c *gin.Context) {
-	room, err := s.sfu.Room(c.Param("room"))
+func (a *evidenceAPI) admitCandidate(c *gin.Context) {
+	room, err := a.srv.sfu.Room(c.Param("room"))
 	if err != nil {
 		writeError(c, err)
 		return
@@ -38,15 +38,15 @@ func (s *Server) admitCandidate(c *gin.Context) {
 	c.JSON(http.StatusOK, p.Info())
 }
 
-func (s *Server) endExam(c *gin.Context) {
-	room, err := s.sfu.Room(c.Param("room"))
+func (a *evidenceAPI) endExam(c *gin.Context) {
+	room, err := a.srv.sfu.Room(c.Param("room"))
 	if err != nil {
 		writeError(c, err)
 		return
 	}
 	var req endExamRequest
 	if c.Request.ContentLength != 0 {
-		if err := s.bindJSON(c, &req); err != nil {
+		if err := a.srv.bindJSON(c, &req); err != nil {
 			writeError(c, err)
 			return
 		}

@@ -22,31 +22,31 @@ const RecordingURLTTL = 10 * time.Minute
 // recordingReaderRoutes registers what a proctor of the recording's room
 // may read as well as the admin: a recording's manifest and its files.
 // The other recording routes are admin routes (recordingRoutes).
-func (s *Server) recordingReaderRoutes(g *gin.RouterGroup) {
-	r := g.Group("/recordings/:id", s.requireRecordingReader)
-	r.GET("", s.getRecording)
-	r.GET("/files/:name", s.downloadRecording)
+func (a *evidenceAPI) recordingReaderRoutes(g *gin.RouterGroup) {
+	r := g.Group("/recordings/:id", a.requireRecordingReader)
+	r.GET("", a.getRecording)
+	r.GET("/files/:name", a.downloadRecording)
 }
 
 // requireRecordingReader lets through, for the recording named in the
 // path: the admin key; the join token of a proctor of the recording's
 // room; or, for a file, a signed URL (exp and sig in the query) that has
 // not expired.
-func (s *Server) requireRecordingReader(c *gin.Context) {
+func (a *evidenceAPI) requireRecordingReader(c *gin.Context) {
 	q := c.Request.URL.Query()
 	if q.Has("sig") || q.Has("exp") {
 		if c.Param("name") == "" {
 			writeError(c, fmt.Errorf("%w: a signed URL names one file", ErrForbidden))
 			return
 		}
-		if err := s.verifyFileURL(c.Param("id"), c.Param("name"), q.Get("exp"), q.Get("sig")); err != nil {
+		if err := a.verifyFileURL(c.Param("id"), c.Param("name"), q.Get("exp"), q.Get("sig")); err != nil {
 			writeError(c, err)
 			return
 		}
 		c.Next()
 		return
 	}
-	claims, ok := s.adminOrToken(c)
+	claims, ok := a.srv.adminOrToken(c)
 	switch {
 	case !ok:
 		return
@@ -57,7 +57,7 @@ func (s *Server) requireRecordingReader(c *gin.Context) {
 		writeError(c, fmt.Errorf("%w: only proctors read recordings", ErrForbidden))
 		return
 	}
-	m := s.recordingsManager(c)
+	m := a.recordingsManager(c)
 	if m == nil {
 		return
 	}
@@ -75,25 +75,25 @@ func (s *Server) requireRecordingReader(c *gin.Context) {
 
 // fileURLKey derives the key of signed file URLs from the admin key, as
 // the join tokens' key is: a changed admin key invalidates them all.
-func (s *Server) fileURLKey() []byte {
-	m := hmac.New(sha256.New, []byte(s.cfg.AdminKey))
+func fileURLKey(adminKey string) []byte {
+	m := hmac.New(sha256.New, []byte(adminKey))
 	m.Write([]byte("vigil recording file url v1"))
 	return m.Sum(nil)
 }
 
 // fileURLSig is hex(HMAC-SHA256(key, id "|" name "|" exp)).
-func (s *Server) fileURLSig(id, name string, exp int64) string {
-	m := hmac.New(sha256.New, s.fileURLKey())
+func (a *evidenceAPI) fileURLSig(id, name string, exp int64) string {
+	m := hmac.New(sha256.New, a.urlKey)
 	m.Write([]byte(id + "|" + name + "|" + strconv.FormatInt(exp, 10)))
 	return hex.EncodeToString(m.Sum(nil))
 }
 
 // signedFileURL is the URL of one file of a recording, valid until the
 // time returned (RecordingURLTTL from now, to the second).
-func (s *Server) signedFileURL(id, name string) (string, time.Time) {
-	exp := s.tokens.now().Add(RecordingURLTTL).Unix()
+func (a *evidenceAPI) signedFileURL(id, name string) (string, time.Time) {
+	exp := a.srv.tokens.now().Add(RecordingURLTTL).Unix()
 	u := "/v1/recordings/" + url.PathEscape(id) + "/files/" + url.PathEscape(name) +
-		"?exp=" + strconv.FormatInt(exp, 10) + "&sig=" + s.fileURLSig(id, name, exp)
+		"?exp=" + strconv.FormatInt(exp, 10) + "&sig=" + a.fileURLSig(id, name, exp)
 	return u, time.Unix(exp, 0).UTC()
 }
 
@@ -101,13 +101,13 @@ func (s *Server) signedFileURL(id, name string) (string, time.Time) {
 // signature (compared in constant time), then the expiry, and that it
 // does not claim a longer life than the server gives (with a minute for
 // clock skew between instances sharing the admin key).
-func (s *Server) verifyFileURL(id, name, expStr, sig string) error {
+func (a *evidenceAPI) verifyFileURL(id, name, expStr, sig string) error {
 	exp, err := strconv.ParseInt(expStr, 10, 64)
-	want := s.fileURLSig(id, name, exp)
+	want := a.fileURLSig(id, name, exp)
 	if err != nil || !hmac.Equal([]byte(sig), []byte(want)) {
 		return fmt.Errorf("%w: the signed URL does not verify", ErrForbidden)
 	}
-	now := s.tokens.now()
+	now := a.srv.tokens.now()
 	if now.Unix() > exp {
 		return fmt.Errorf("%w: the signed URL expired", ErrForbidden)
 	}

@@ -26,7 +26,7 @@ type recordingEvent struct {
 // an admin has started that feed (events before it are not kept). It is
 // a recordings.Manager event handler: called on a writer goroutine, it
 // only appends to an in-memory log.
-func (s *Server) recordingToFeed(ev recordings.Event) {
+func (a *evidenceAPI) recordingToFeed(ev recordings.Event) {
 	var typ string
 	switch ev.Type {
 	case recordings.EventStarted:
@@ -38,9 +38,7 @@ func (s *Server) recordingToFeed(ev recordings.Event) {
 	default:
 		return
 	}
-	s.mu.Lock()
-	f := s.feeds[ev.Recording.Room]
-	s.mu.Unlock()
+	f := a.feed(ev.Recording.Room)
 	if f == nil {
 		return
 	}

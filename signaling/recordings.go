@@ -19,20 +19,20 @@ var ErrRecordingsDisabled = errors.New("recordings are not enabled on this serve
 // recordingRoutes registers the admin routes of the recordings API
 // (docs/recordings.md). Reading one recording and its files is also open
 // to a proctor of its room (recordingReaderRoutes).
-func (s *Server) recordingRoutes(g *gin.RouterGroup) {
-	g.POST("/rooms/:room/recordings", s.startRecording)
-	g.DELETE("/rooms/:room/recordings", s.stopRecording)
-	g.GET("/recordings", s.listRecordings)
-	g.DELETE("/recordings/:id", s.deleteRecording)
+func (a *evidenceAPI) recordingRoutes(g *gin.RouterGroup) {
+	g.POST("/rooms/:room/recordings", a.startRecording)
+	g.DELETE("/rooms/:room/recordings", a.stopRecording)
+	g.GET("/recordings", a.listRecordings)
+	g.DELETE("/recordings/:id", a.deleteRecording)
 }
 
 // recordingsManager returns the manager or writes the error.
-func (s *Server) recordingsManager(c *gin.Context) *recordings.Manager {
-	if s.cfg.Recordings == nil {
+func (a *evidenceAPI) recordingsManager(c *gin.Context) *recordings.Manager {
+	if a.recordings == nil {
 		writeError(c, ErrRecordingsDisabled)
 		return nil
 	}
-	return s.cfg.Recordings
+	return a.recordings
 }
 
 // startRecordingRequest is the optional body of POST
@@ -48,19 +48,19 @@ type recordingsReply struct {
 	Recordings []recordings.Manifest `json:"recordings"`
 }
 
-func (s *Server) startRecording(c *gin.Context) {
-	m := s.recordingsManager(c)
+func (a *evidenceAPI) startRecording(c *gin.Context) {
+	m := a.recordingsManager(c)
 	if m == nil {
 		return
 	}
-	r, err := s.sfu.Room(c.Param("room"))
+	r, err := a.srv.sfu.Room(c.Param("room"))
 	if err != nil {
 		writeError(c, err)
 		return
 	}
 	var req startRecordingRequest
 	if c.Request.ContentLength != 0 {
-		if err := s.bindJSON(c, &req); err != nil {
+		if err := a.srv.bindJSON(c, &req); err != nil {
 			writeError(c, err)
 			return
 		}
@@ -73,12 +73,12 @@ func (s *Server) startRecording(c *gin.Context) {
 	c.JSON(http.StatusOK, recordingsReply{Room: r.Name(), Identity: req.Identity, Recordings: recs})
 }
 
-func (s *Server) stopRecording(c *gin.Context) {
-	m := s.recordingsManager(c)
+func (a *evidenceAPI) stopRecording(c *gin.Context) {
+	m := a.recordingsManager(c)
 	if m == nil {
 		return
 	}
-	r, err := s.sfu.Room(c.Param("room"))
+	r, err := a.srv.sfu.Room(c.Param("room"))
 	if err != nil {
 		writeError(c, err)
 		return
@@ -92,8 +92,8 @@ func (s *Server) stopRecording(c *gin.Context) {
 	c.JSON(http.StatusOK, recordingsReply{Room: r.Name(), Identity: identity, Recordings: recs})
 }
 
-func (s *Server) listRecordings(c *gin.Context) {
-	m := s.recordingsManager(c)
+func (a *evidenceAPI) listRecordings(c *gin.Context) {
+	m := a.recordingsManager(c)
 	if m == nil {
 		return
 	}
@@ -117,8 +117,8 @@ type recordingFileURL struct {
 
 // getRecording returns the manifest, each file verified against its
 // SHA-256 now, and a signed URL for each file.
-func (s *Server) getRecording(c *gin.Context) {
-	m := s.recordingsManager(c)
+func (a *evidenceAPI) getRecording(c *gin.Context) {
+	m := a.recordingsManager(c)
 	if m == nil {
 		return
 	}
@@ -129,14 +129,14 @@ func (s *Server) getRecording(c *gin.Context) {
 	}
 	reply := recordingReply{Manifest: man, Files: make([]recordingFileURL, 0, len(man.Segments))}
 	for _, seg := range man.Segments {
-		u, exp := s.signedFileURL(man.ID, seg.File)
+		u, exp := a.signedFileURL(man.ID, seg.File)
 		reply.Files = append(reply.Files, recordingFileURL{Name: seg.File, URL: u, ExpiresAt: exp})
 	}
 	c.JSON(http.StatusOK, reply)
 }
 
-func (s *Server) deleteRecording(c *gin.Context) {
-	m := s.recordingsManager(c)
+func (a *evidenceAPI) deleteRecording(c *gin.Context) {
+	m := a.recordingsManager(c)
 	if m == nil {
 		return
 	}
@@ -149,8 +149,8 @@ func (s *Server) deleteRecording(c *gin.Context) {
 
 // downloadRecording serves one file of a recording with Range support
 // (206 Partial Content), so that a player can seek.
-func (s *Server) downloadRecording(c *gin.Context) {
-	m := s.recordingsManager(c)
+func (a *evidenceAPI) downloadRecording(c *gin.Context) {
+	m := a.recordingsManager(c)
 	if m == nil {
 		return
 	}

@@ -244,11 +244,5 @@ func (s *Server) closeSession(c *gin.Context) {
 }
 
 func (s *Server) session(id string) (*Session, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ss, ok := s.sessions[id]
-	if !ok {
-		return nil, ErrSessionNotFound
-	}
-	return ss, nil
+	return s.hub.session(id)
 }

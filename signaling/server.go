@@ -1,12 +1,26 @@
 // Package signaling is Vigil's HTTP face: the admin REST API, join tokens,
 // sessions with their sequenced outbox, and one adapter per transport
-// (WebSocket so far) that drains that outbox. It also serves the web
-// client.
+// (WebSocket, SSE, long and short polling, posted messages) that drains
+// that outbox. It also serves the web client.
+//
+// Server is the composition root: configuration, the router, the
+// authentication middleware (auth.go) and Close. Each part owns its state
+// and registers its own routes:
+//
+//   - sessionHub (hub.go): the sessions (session.go), the admin room
+//     feeds (stream.go) and their transports (ws.go, sse.go, poll.go);
+//     client messages are one registry of types (messages.go);
+//   - resourceTable (whip_resources.go): the WHIP and WHEP resources,
+//     served by whipHandler and whepHandler (whip.go);
+//   - evidenceAPI (evidence.go): incidents, recordings, proctoring;
+//   - participantsAPI (admin_participants.go): the participants' admin API.
+//
+// The rooms API (rooms.go), operations (ops.go) and the cluster
+// (cluster.go, cascade.go) are still methods of Server.
 package signaling
 
 import (
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +28,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,7 +35,6 @@ import (
 	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
-	"github.com/vigil-media/vigil/patterns"
 	"github.com/vigil-media/vigil/recordings"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/web"
@@ -106,16 +118,17 @@ type Server struct {
 	cl      clusterState    // cluster mode (cluster.go)
 	cascade cascadeState    // cascaded broadcasts (cascade.go)
 
-	waiters *patterns.Waiters     // long polls held at once
-	idem    *patterns.Idempotency // replies to POSTed messages, by key
+	hub      *sessionHub  // sessions, admin room feeds and their transports (hub.go)
+	evidence *evidenceAPI // incidents, recordings, proctoring (evidence.go)
+	// participants is the admin API of participants (admin_participants.go).
+	participants *participantsAPI
 
-	mu        sync.Mutex
-	sessions  map[string]*Session
-	feeds     map[string]*roomFeed // admin event streams, by room
-	resources map[string]*resource // WHIP and WHEP sessions, by id
-	closing   bool
-	ops       opsState       // drain mode (ops.go)
-	conns     sync.WaitGroup // attached transports
+	resources *resourceTable // WHIP and WHEP resources (whip_resources.go)
+
+	// mu guards closing and ops. Nothing is locked while holding it.
+	mu      sync.Mutex
+	closing bool
+	ops     opsState // drain mode (ops.go)
 }
 
 // New builds the server. cfg.SFU and cfg.AdminKey are required.
@@ -148,16 +161,15 @@ func New(cfg Config) (*Server, error) {
 	rate(&cfg.MintRate, DefaultMintRate)
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
-		tokens:    NewTokens(cfg.AdminKey, cfg.Now),
-		peerKey:   peerKey(cfg.AdminKey),
-		peers:     newPeerTransport(),
-		admin:     sha256.Sum256([]byte(cfg.AdminKey)),
-		sessions:  map[string]*Session{},
-		feeds:     map[string]*roomFeed{},
-		resources: map[string]*resource{},
-		waiters:   patterns.NewWaiters(cfg.MaxLongPolls),
-		idem:      patterns.NewIdempotency(patterns.IdempotencyConfig{TTL: 10 * time.Minute, MaxEntries: 100000}),
+		tokens:  NewTokens(cfg.AdminKey, cfg.Now),
+		peerKey: peerKey(cfg.AdminKey),
+		peers:   newPeerTransport(),
+		admin:   sha256.Sum256([]byte(cfg.AdminKey)),
 	}
+	s.resources = newResourceTable(s)
+	s.hub = newSessionHub(s)
+	s.evidence = newEvidenceAPI(s, s.hub.feed)
+	s.participants = &participantsAPI{srv: s, hub: s.hub}
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
 	s.initOps()
 	if cfg.Cluster != nil {
@@ -195,22 +207,15 @@ func (s *Server) routes() *gin.Engine {
 
 	v1 := e.Group("/v1")
 	s.adminRoutes(v1.Group("", s.requireAdmin))
-	s.proctoringRoutes(v1.Group("", s.requireAdmin))
-	v1.GET("/openapi.json", s.serveOpenAPI)
+	v1.GET("/openapi.json", serveOpenAPI)
 	v1.POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
 	v1.DELETE("/sessions/:session", s.closeSession)
-	v1.GET("/sessions/:session/ws", s.serveWS(s.sessionStream))
-	v1.GET("/sessions/:session/events", s.serveSSE(s.sessionStream))
-	v1.GET("/sessions/:session/poll", s.servePoll(s.sessionStream))
-	v1.POST("/sessions/:session/messages", s.postMessage)
-	s.incidentRoutes(v1)        // admin key or a proctor's join token
-	s.recordingReaderRoutes(v1) // admin key, a proctor's join token or a signed URL
-	feed := v1.Group("/rooms/:room/events", s.requireAdmin)
-	feed.GET("", s.serveSSE(s.feedStream))
-	feed.GET("/ws", s.serveWS(s.feedStream))
-	feed.GET("/poll", s.servePoll(s.feedStream))
+	s.hub.routes(v1)
+	s.evidence.routes(v1)
+	s.hub.feedRoutes(v1.Group("/rooms/:room/events", s.requireAdmin))
 
-	s.whipRoutes(e)
+	whipHandler{s.resources}.routes(e)
+	whepHandler{s.resources}.routes(e)
 	s.opsRoutes(e)
 
 	static := web.FS()
@@ -240,26 +245,6 @@ func (s *Server) logRequests(c *gin.Context) {
 	s.cfg.Metrics.ObserveHTTP(c.FullPath(), c.Request.Method, c.Writer.Status(), time.Since(start))
 	s.log.Debug("http", "method", c.Request.Method, "path", c.Request.URL.Path,
 		"status", c.Writer.Status(), "duration", time.Since(start))
-}
-
-// requireAdmin checks the bearer admin key in constant time.
-func (s *Server) requireAdmin(c *gin.Context) {
-	key, ok := bearer(c.Request)
-	sum := sha256.Sum256([]byte(key))
-	if !ok || subtle.ConstantTimeCompare(sum[:], s.admin[:]) != 1 {
-		writeError(c, ErrUnauthorized)
-		return
-	}
-	c.Next()
-}
-
-func bearer(r *http.Request) (string, bool) {
-	h := r.Header.Get("Authorization")
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-		return "", false
-	}
-	return strings.TrimSpace(tok), true
 }
 
 // bindJSON decodes a size-limited JSON body into v, refusing unknown
@@ -293,6 +278,8 @@ func (s *Server) Close(timeout time.Duration) {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
+	s.hub.refuse()
+	s.resources.refuse()
 	s.closeCascade()
 	s.stopCluster()
 	reason := sfu.ReasonShutdown
@@ -302,26 +289,16 @@ func (s *Server) Close(timeout time.Duration) {
 	if err := s.sfu.CloseWith(reason); err != nil {
 		s.log.Debug("close sfu", "err", err)
 	}
-	s.mu.Lock()
-	sessions := make([]*Session, 0, len(s.sessions))
-	for _, ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
-	s.mu.Unlock()
-	for _, ss := range sessions {
-		ss.end(reason)
-	}
-	done := make(chan struct{})
-	go func() {
-		s.conns.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		s.log.Warn("transports still open after shutdown timeout")
-	}
-	for _, ss := range sessions {
-		ss.release()
-	}
+	s.hub.close(reason, timeout)
+}
+
+// newSession opens a session in room for the token's holder; rooms.go
+// calls it (sessionHub.open).
+func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
+	return s.hub.open(room, claims)
+}
+
+// transports is sessionHub.transports, for rooms.go and cluster.go.
+func (s *Server) transports(room string) map[*sfu.Participant]string {
+	return s.hub.transports(room)
 }

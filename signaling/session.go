@@ -16,7 +16,7 @@ import (
 // event log every transport drains from a cursor), its inbox of client
 // messages, and one loop that applies them in order.
 type Session struct {
-	srv      *Server
+	hub      *sessionHub
 	id       string
 	room     string
 	identity string
@@ -28,6 +28,9 @@ type Session struct {
 	inbox chan clientMessage
 	rate  *rateLimiter // client messages; nil: no limit
 
+	// mu guards p, gen, kick, transport, expiry and ended. It is taken
+	// under sessionHub.mu (sessionFor); nothing is locked while holding
+	// it, and kick is called outside it.
 	mu        sync.Mutex
 	gen       uint64 // attach generation
 	kick      func() // closes the attached transport
@@ -45,27 +48,27 @@ func newSessionID() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// newSession joins room with the token's identity and role, and registers
-// the session.
-func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
+// open joins room with the token's identity and role, and registers the
+// session.
+func (h *sessionHub) open(room *sfu.Room, claims *Claims) (*Session, error) {
 	ss := &Session{
-		srv: s, id: s.newID(), room: room.Name(), identity: claims.Subject,
-		log:   s.log.With("room", room.Name(), "participant", claims.Subject),
-		out:   patterns.NewLog(patterns.LogConfig{Capacity: s.cfg.OutboxCapacity}),
+		hub: h, id: h.srv.newID(), room: room.Name(), identity: claims.Subject,
+		log:   h.srv.log.With("room", room.Name(), "participant", claims.Subject),
+		out:   patterns.NewLog(patterns.LogConfig{Capacity: h.cfg.OutboxCapacity}),
 		stop:  make(chan struct{}),
 		inbox: make(chan clientMessage, inboxSize),
-		rate:  newRateLimiter(s.cfg.MessageRate),
+		rate:  newRateLimiter(h.cfg.MessageRate),
 	}
 	var once sync.Once
 	ss.release = func() { once.Do(ss.doRelease) }
 
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
 		return nil, ErrShuttingDown
 	}
-	s.sessions[ss.id] = ss
-	s.mu.Unlock()
+	h.sessions[ss.id] = ss
+	h.mu.Unlock()
 
 	p, err := room.Join(sfu.JoinConfig{Identity: claims.Subject, Role: sfu.Role(claims.Role), Sink: ss})
 	if err != nil {
@@ -105,7 +108,7 @@ func (ss *Session) armLocked() {
 	if ss.expiry != nil {
 		ss.expiry.Stop()
 	}
-	ss.expiry = time.AfterFunc(ss.srv.cfg.GracePeriod, ss.expire)
+	ss.expiry = time.AfterFunc(ss.hub.cfg.GracePeriod, ss.expire)
 }
 
 func (ss *Session) expire() {
@@ -168,23 +171,6 @@ func (ss *Session) Participant() *sfu.Participant {
 	return ss.p
 }
 
-// sessionFor returns the live session of identity in room, or nil.
-func (s *Server) sessionFor(room, identity string) *Session {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, ss := range s.sessions {
-		if ss.room == room && ss.identity == identity {
-			ss.mu.Lock()
-			ended := ss.ended
-			ss.mu.Unlock()
-			if !ended {
-				return ss
-			}
-		}
-	}
-	return nil
-}
-
 // enqueue hands a client message to the session loop; it blocks while the
 // inbox is full, which pushes back on the transport.
 func (ss *Session) enqueue(m clientMessage) bool {
@@ -203,7 +189,7 @@ func (ss *Session) loop() {
 		case <-ss.stop:
 			return
 		case m := <-ss.inbox:
-			err := ss.srv.dispatch(ss.p, m)
+			err := dispatch(messageEnv{p: ss.p, incidents: ss.hub.cfg.Incidents}, m)
 			switch {
 			case m.reply != nil:
 				m.reply <- err
@@ -234,11 +220,7 @@ func (ss *Session) end(reason string) {
 }
 
 func (ss *Session) doRelease() {
-	ss.srv.mu.Lock()
-	if ss.srv.sessions[ss.id] == ss {
-		delete(ss.srv.sessions, ss.id)
-	}
-	ss.srv.mu.Unlock()
+	ss.hub.forget(ss)
 	ss.mu.Lock()
 	if ss.expiry != nil {
 		ss.expiry.Stop()

@@ -18,7 +18,7 @@ const sseHeartbeat = 15 * time.Second
 // serveSSE drains a stream as Server-Sent Events. Each event's id is its
 // sequence number, so a reconnecting EventSource resumes by itself with
 // Last-Event-ID; ?cursor= does the same for a first connection.
-func (s *Server) serveSSE(lookup lookupFunc) gin.HandlerFunc {
+func (h *sessionHub) serveSSE(lookup lookupFunc) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		st, cursor, ok := streamRequest(c, lookup)
 		if !ok {
@@ -40,11 +40,11 @@ func (s *Server) serveSSE(lookup lookupFunc) gin.HandlerFunc {
 			writeError(c, patterns.ErrCursorTooOld)
 			return
 		}
-		if !s.trackConn() {
+		if !h.trackConn() {
 			writeError(c, ErrShuttingDown)
 			return
 		}
-		defer s.conns.Done()
+		defer h.conns.Done()
 
 		kick := make(chan struct{}, 1)
 		gen := st.attach("sse", func() {

@@ -35,7 +35,7 @@ func (ss *Session) outbox() *patterns.Log { return ss.out }
 func (ss *Session) accept(b []byte) bool {
 	if ok, _ := ss.rate.allow(); !ok {
 		m, _ := decodeMessage(b) // for its id
-		ss.replyError(m.id, fmt.Errorf("%w: over %v messages a second", ErrRateLimited, ss.srv.cfg.MessageRate))
+		ss.replyError(m.id, fmt.Errorf("%w: over %v messages a second", ErrRateLimited, ss.hub.cfg.MessageRate))
 		return true
 	}
 	m, err := decodeMessage(b)
@@ -48,15 +48,15 @@ func (ss *Session) accept(b []byte) bool {
 
 func (ss *Session) reject(ref string, err error) { ss.replyError(ref, err) }
 
-func (s *Server) sessionStream(c *gin.Context) (stream, error) {
-	return s.session(c.Param("session"))
+func (h *sessionHub) sessionStream(c *gin.Context) (stream, error) {
+	return h.session(c.Param("session"))
 }
 
 // roomFeed is a room's event stream for admins: a snapshot of the room,
 // then every roster, track and chat event, then room_closed. Any number
 // of transports may drain it at once.
 type roomFeed struct {
-	srv  *Server
+	hub  *sessionHub
 	room string
 	out  *patterns.Log
 }
@@ -75,7 +75,7 @@ func (f *roomFeed) Deliver(ev sfu.Event) {
 	if _, ok := ev.(sfu.RoomClosedEvent); ok {
 		f.out.Close()
 		// Keep the closed feed readable for a while, then forget it.
-		time.AfterFunc(f.srv.cfg.GracePeriod, func() { f.srv.dropFeed(f) })
+		time.AfterFunc(f.hub.cfg.GracePeriod, func() { f.hub.dropFeed(f) })
 	}
 }
 
@@ -86,29 +86,29 @@ func (f *roomFeed) accept([]byte) bool           { return true } // read-only
 func (f *roomFeed) reject(string, error)         {}
 
 // feedStream returns the room's feed, starting it on first use.
-func (s *Server) feedStream(c *gin.Context) (stream, error) {
+func (h *sessionHub) feedStream(c *gin.Context) (stream, error) {
 	name := c.Param("room")
-	room, err := s.sfu.Room(name)
+	room, err := h.srv.sfu.Room(name)
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if f, ok := s.feeds[name]; ok {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if f, ok := h.feeds[name]; ok {
 		return f, nil
 	}
-	f := &roomFeed{srv: s, room: name, out: patterns.NewLog(patterns.LogConfig{Capacity: feedCapacity})}
+	f := &roomFeed{hub: h, room: name, out: patterns.NewLog(patterns.LogConfig{Capacity: feedCapacity})}
 	if err := room.Watch(f); err != nil {
 		return nil, err
 	}
-	s.feeds[name] = f
+	h.feeds[name] = f
 	return f, nil
 }
 
-func (s *Server) dropFeed(f *roomFeed) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.feeds[f.room] == f {
-		delete(s.feeds, f.room)
+func (h *sessionHub) dropFeed(f *roomFeed) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.feeds[f.room] == f {
+		delete(h.feeds, f.room)
 	}
 }

@@ -30,7 +30,7 @@ type Tokens struct {
 	key []byte
 	now func() time.Time
 
-	mu      sync.Mutex
+	mu      sync.Mutex // guards revoked; nothing is locked while holding it
 	revoked map[revocationKey]revocation
 }
 

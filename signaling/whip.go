@@ -7,7 +7,6 @@ import (
 	"mime"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/gin-gonic/gin"
 	"github.com/pion/sdp/v3"
@@ -32,73 +31,102 @@ var (
 	ErrPrecondition         = errors.New("the resource has changed (If-Match)")
 )
 
-// resource is one WHIP or WHEP session.
-type resource struct {
-	id, kind, room string
-	p              *sfu.Participant
+// whipHandler serves WHIP: a client publishes with one POST of its offer.
+type whipHandler struct{ res *resourceTable }
 
-	mu   sync.Mutex
-	etag int
-}
+// whepHandler serves WHEP: a client plays the room (or, with ?identity=,
+// one participant) with one POST of its offer.
+type whepHandler struct{ res *resourceTable }
 
-func (r *resource) eTag() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return fmt.Sprintf(`"%s.%d"`, r.id, r.etag)
-}
+// routes registers WHIP at /whip.
+func (h whipHandler) routes(e *gin.Engine) { h.res.routes(e, "whip", h.post) }
 
-func (r *resource) bump() string {
-	r.mu.Lock()
-	r.etag++
-	r.mu.Unlock()
-	return r.eTag()
-}
+// routes registers WHEP at /whep.
+func (h whepHandler) routes(e *gin.Engine) { h.res.routes(e, "whep", h.post) }
 
-// resourceSink keeps a resource's answers; the rest it has no one to
-// tell. Its LeftEvent forgets the resource.
-type resourceSink struct {
-	srv    *Server
-	id     string
-	mu     sync.Mutex
-	answer string
-}
-
-func (k *resourceSink) Deliver(ev sfu.Event) {
-	switch ev := ev.(type) {
-	case sfu.AnswerEvent:
-		k.mu.Lock()
-		k.answer = ev.SDP
-		k.mu.Unlock()
-	case sfu.LeftEvent:
-		// Called under the room's lock: forget the resource elsewhere.
-		go k.srv.dropResource(k.id)
+func (h whipHandler) post(c *gin.Context) {
+	s := h.res.srv
+	if err := requireType(c, mimeSDP); err != nil {
+		writeError(c, err)
+		return
 	}
-}
-
-func (k *resourceSink) lastAnswer() string {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.answer
-}
-
-func (s *Server) dropResource(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.resources, id)
-}
-
-// whipRoutes registers WHIP at /whip and WHEP at /whep. They answer CORS
-// preflights for any origin: they are authorized by bearer tokens, never
-// by cookies.
-func (s *Server) whipRoutes(e *gin.Engine) {
-	for _, kind := range []string{"whip", "whep"} {
-		g := e.Group("/"+kind, cors)
-		g.OPTIONS("/:room", options("OPTIONS, POST"))
-		g.POST("/:room", s.limitAddr(s.joins, "joins"), s.whipPost(kind))
-		g.OPTIONS("/:room/:resource", options("OPTIONS, PATCH, DELETE"))
-		g.PATCH("/:room/:resource", s.whipPatch(kind))
-		g.DELETE("/:room/:resource", s.whipDelete(kind))
+	claims, room, err := s.authorizeJoin(c.Request, c.Param("room"))
+	if err != nil {
+		writeError(c, err)
+		return
 	}
+	role := sfu.Role(claims.Role)
+	if len(sfu.Publishable(room.Kind(), role)) == 0 {
+		writeError(c, fmt.Errorf("%w: a %s may not publish", ErrForbidden, role))
+		return
+	}
+	offer, parsed, err := readOffer(c)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	sending := sfu.SDPCodecs(parsed, func(dir string) bool { return dir == "sendonly" || dir == "sendrecv" })
+	if !forwardedCodec(sending[webrtc.RTPCodecTypeAudio]) && !forwardedCodec(sending[webrtc.RTPCodecTypeVideo]) {
+		writeError(c, fmt.Errorf("%w: the offer sends none of Opus, VP8, VP9, H.264", sfu.ErrNoCodec))
+		return
+	}
+	sources, err := whipSources(parsed)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	h.res.join(c, joinRequest{kind: "whip", mode: sfu.ModeWHIP, claims: claims, room: room,
+		start: func(p *sfu.Participant) error { return p.HandleOffer(offer, sources) }})
+}
+
+func (h whepHandler) post(c *gin.Context) {
+	s := h.res.srv
+	if err := requireType(c, mimeSDP); err != nil {
+		writeError(c, err)
+		return
+	}
+	edgeDone, err := s.prepareEdge(c) // cascade.go
+	if edgeDone != nil {
+		defer edgeDone()
+	}
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	claims, room, err := s.authorizeJoin(c.Request, c.Param("room"))
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	if s.spillToEdge(c, claims, room) {
+		return
+	}
+	role := sfu.Role(claims.Role)
+	if !sfu.Receives(room.Kind(), role) {
+		writeError(c, fmt.Errorf("%w: a %s receives nothing", ErrForbidden, role))
+		return
+	}
+	offer, _, err := readOffer(c)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	identity := c.Query("identity")
+	h.res.join(c, joinRequest{kind: "whep", mode: sfu.ModeWHEP, claims: claims, room: room,
+		start: func(p *sfu.Participant) error { return p.Play(offer, identity) }})
+}
+
+// readOffer reads and parses the SDP offer of a POST.
+func readOffer(c *gin.Context) (string, *sdp.SessionDescription, error) {
+	offer, err := readBody(c, maxSDPBytes)
+	if err != nil {
+		return "", nil, err
+	}
+	parsed := &sdp.SessionDescription{}
+	if err := parsed.UnmarshalString(offer); err != nil {
+		return "", nil, fmt.Errorf("%w: %v", sfu.ErrInvalidSDP, err)
+	}
+	return offer, parsed, nil
 }
 
 func cors(c *gin.Context) {
@@ -213,234 +241,4 @@ func hasSource(m map[string]sfu.Source, s sfu.Source) bool {
 		}
 	}
 	return false
-}
-
-func (s *Server) whipPost(kind string) gin.HandlerFunc {
-	return func(c *gin.Context) {
-		if err := requireType(c, mimeSDP); err != nil {
-			writeError(c, err)
-			return
-		}
-		if kind == "whep" {
-			edgeDone, err := s.prepareEdge(c) // cascade.go
-			if edgeDone != nil {
-				defer edgeDone()
-			}
-			if err != nil {
-				writeError(c, err)
-				return
-			}
-		}
-		claims, room, err := s.authorizeJoin(c.Request, c.Param("room"))
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		if kind == "whep" && s.spillToEdge(c, claims, room) {
-			return
-		}
-		role := sfu.Role(claims.Role)
-		mode := sfu.ModeWHIP
-		if kind == "whip" && len(sfu.Publishable(room.Kind(), role)) == 0 {
-			writeError(c, fmt.Errorf("%w: a %s may not publish", ErrForbidden, role))
-			return
-		}
-		if kind == "whep" {
-			mode = sfu.ModeWHEP
-			if !sfu.Receives(room.Kind(), role) {
-				writeError(c, fmt.Errorf("%w: a %s receives nothing", ErrForbidden, role))
-				return
-			}
-		}
-		offer, err := readBody(c, maxSDPBytes)
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		parsed := &sdp.SessionDescription{}
-		if err := parsed.UnmarshalString(offer); err != nil {
-			writeError(c, fmt.Errorf("%w: %v", sfu.ErrInvalidSDP, err))
-			return
-		}
-		var sources map[string]sfu.Source
-		if kind == "whip" {
-			sending := sfu.SDPCodecs(parsed, func(dir string) bool { return dir == "sendonly" || dir == "sendrecv" })
-			if !forwardedCodec(sending[webrtc.RTPCodecTypeAudio]) && !forwardedCodec(sending[webrtc.RTPCodecTypeVideo]) {
-				writeError(c, fmt.Errorf("%w: the offer sends none of Opus, VP8, VP9, H.264", sfu.ErrNoCodec))
-				return
-			}
-			if sources, err = whipSources(parsed); err != nil {
-				writeError(c, err)
-				return
-			}
-		}
-
-		sink := &resourceSink{srv: s, id: s.newID()}
-		res := &resource{id: sink.id, kind: kind, room: room.Name()}
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			writeError(c, ErrShuttingDown)
-			return
-		}
-		s.resources[res.id] = res
-		s.mu.Unlock()
-		p, err := room.Join(sfu.JoinConfig{Identity: claims.Subject, Role: role, Sink: sink, Mode: mode})
-		if err != nil {
-			s.dropResource(res.id)
-			writeError(c, err)
-			return
-		}
-		res.p = p
-		if kind == "whip" {
-			err = p.HandleOffer(offer, sources)
-		} else {
-			err = p.Play(offer, c.Query("identity"))
-		}
-		if err != nil {
-			p.Leave(sfu.ReasonFailed)
-			writeError(c, err)
-			return
-		}
-		h := c.Writer.Header()
-		for _, l := range iceLinks(s.sfu.ICEServersFor(claims.Subject)) {
-			h.Add("Link", l)
-		}
-		h.Set("Location", "/"+kind+"/"+room.Name()+"/"+res.id)
-		h.Set("ETag", res.eTag())
-		h.Set("Accept-Patch", mimeSDPFrag)
-		c.Data(http.StatusCreated, mimeSDP, []byte(sink.lastAnswer()))
-	}
-}
-
-// resourceFor finds the resource a request names.
-func (s *Server) resourceFor(c *gin.Context, kind string) (*resource, error) {
-	s.mu.Lock()
-	res, ok := s.resources[c.Param("resource")]
-	s.mu.Unlock()
-	if !ok || res.kind != kind || res.room != c.Param("room") || res.p == nil {
-		return nil, ErrResourceNotFound
-	}
-	select {
-	case <-res.p.Done():
-		return nil, ErrResourceNotFound
-	default:
-	}
-	return res, nil
-}
-
-func (s *Server) whipDelete(kind string) gin.HandlerFunc {
-	return func(c *gin.Context) {
-		res, err := s.resourceFor(c, kind)
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		res.p.Leave(sfu.ReasonLeft)
-		s.dropResource(res.id)
-		c.Status(http.StatusOK)
-	}
-}
-
-// sdpFrag is what a PATCH carries (RFC 8840): credentials, and candidates
-// by mid.
-type sdpFrag struct {
-	ufrag, pwd string
-	candidates []webrtc.ICECandidateInit
-}
-
-func parseSDPFrag(body string) (sdpFrag, error) {
-	var f sdpFrag
-	mid := ""
-	for _, line := range strings.Split(body, "\n") {
-		line = strings.TrimRight(line, "\r")
-		k, v, _ := strings.Cut(line, ":")
-		switch k {
-		case "a=ice-ufrag":
-			f.ufrag = v
-		case "a=ice-pwd":
-			f.pwd = v
-		case "a=mid":
-			mid = v
-		case "a=candidate":
-			m := mid
-			f.candidates = append(f.candidates, webrtc.ICECandidateInit{Candidate: "candidate:" + v, SDPMid: &m})
-		case "", "a=end-of-candidates", "a=group", "a=ice-options", "m", "c", "v", "o", "s", "t":
-		default:
-			if !strings.HasPrefix(line, "a=") {
-				return f, fmt.Errorf("%w: unexpected line %q in an sdpfrag", sfu.ErrInvalidSDP, line)
-			}
-		}
-	}
-	return f, nil
-}
-
-func (s *Server) whipPatch(kind string) gin.HandlerFunc {
-	return func(c *gin.Context) {
-		res, err := s.resourceFor(c, kind)
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		if err := requireType(c, mimeSDPFrag); err != nil {
-			writeError(c, err)
-			return
-		}
-		if m := c.GetHeader("If-Match"); m != "" && m != "*" && m != res.eTag() {
-			writeError(c, ErrPrecondition)
-			return
-		}
-		body, err := readBody(c, maxSDPBytes)
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		frag, err := parseSDPFrag(body)
-		if err != nil {
-			writeError(c, err)
-			return
-		}
-		if frag.ufrag != "" && frag.ufrag != res.p.RemoteICEUfrag() {
-			answer, err := res.p.RestartICE(frag.ufrag, frag.pwd)
-			if err != nil {
-				writeError(c, err)
-				return
-			}
-			for _, cand := range frag.candidates {
-				_ = res.p.AddICECandidate(cand)
-			}
-			c.Header("ETag", res.bump())
-			c.Data(http.StatusOK, mimeSDPFrag, []byte(answerFrag(answer)))
-			return
-		}
-		for _, cand := range frag.candidates {
-			if err := res.p.AddICECandidate(cand); err != nil {
-				writeError(c, err)
-				return
-			}
-		}
-		c.Status(http.StatusNoContent)
-	}
-}
-
-// answerFrag extracts from an answer what an ICE restart reply carries.
-func answerFrag(answer string) string {
-	var b strings.Builder
-	seen := map[string]bool{}
-	for _, line := range strings.Split(answer, "\n") {
-		line = strings.TrimRight(line, "\r")
-		switch {
-		case strings.HasPrefix(line, "a=ice-ufrag:"), strings.HasPrefix(line, "a=ice-pwd:"), strings.HasPrefix(line, "a=ice-options:"):
-			if seen[line] {
-				continue
-			}
-			seen[line] = true
-		case strings.HasPrefix(line, "m="), strings.HasPrefix(line, "a=mid:"), strings.HasPrefix(line, "a=candidate:"), line == "a=end-of-candidates":
-		default:
-			continue
-		}
-		b.WriteString(line)
-		b.WriteString("\r\n")
-	}
-	return b.String()
 }

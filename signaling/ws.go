@@ -61,30 +61,18 @@ func parseCursor(c *gin.Context) (uint64, error) {
 	return n, nil
 }
 
-// trackConn counts a long-lived transport so that Close can wait for it;
-// false when the server is shutting down.
-func (s *Server) trackConn() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	s.conns.Add(1)
-	return true
-}
-
-func (s *Server) serveWS(lookup lookupFunc) gin.HandlerFunc {
+func (h *sessionHub) serveWS(lookup lookupFunc) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		st, cursor, ok := streamRequest(c, lookup)
 		if !ok {
 			return
 		}
-		if !s.trackConn() {
+		if !h.trackConn() {
 			writeError(c, ErrShuttingDown)
 			return
 		}
-		defer s.conns.Done()
-		up := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 16 << 10, CheckOrigin: s.originAllowed}
+		defer h.conns.Done()
+		up := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 16 << 10, CheckOrigin: h.srv.originAllowed}
 		conn, err := up.Upgrade(c.Writer, c.Request, nil)
 		if err != nil {
 			return // the upgrader has replied
