@@ -22,7 +22,7 @@ type trackResponse struct {
 }
 
 // participantResponse describes a participant to an admin.
-type participantResponse struct {
+type ParticipantResponse struct {
 	Identity string   `json:"identity"`
 	Role     sfu.Role `json:"role"`
 	// ConnectionState is the state of the participant's PeerConnection.
@@ -65,8 +65,8 @@ func (s *Server) transportOf(p *sfu.Participant) map[*sfu.Participant]string {
 }
 
 // describeParticipant describes p; transports comes from s.transports.
-func describeParticipant(p *sfu.Participant, transports map[*sfu.Participant]string) participantResponse {
-	out := participantResponse{
+func describeParticipant(p *sfu.Participant, transports map[*sfu.Participant]string) ParticipantResponse {
+	out := ParticipantResponse{
 		Identity: p.Identity(), Role: p.Role(),
 		ConnectionState: p.ConnectionState().String(),
 		Tracks:          []trackResponse{},
@@ -99,7 +99,7 @@ func (s *Server) participant(c *gin.Context) (*sfu.Room, *sfu.Participant, error
 
 // listParticipantsResponse is the reply to GET .../participants.
 type listParticipantsResponse struct {
-	Participants []participantResponse `json:"participants"`
+	Participants []ParticipantResponse `json:"participants"`
 }
 
 func (s *Server) listParticipants(c *gin.Context) {
@@ -110,7 +110,7 @@ func (s *Server) listParticipants(c *gin.Context) {
 	}
 	ps := r.List()
 	ts := s.transports(r.Name())
-	out := listParticipantsResponse{Participants: make([]participantResponse, 0, len(ps))}
+	out := listParticipantsResponse{Participants: make([]ParticipantResponse, 0, len(ps))}
 	for _, p := range ps {
 		out.Participants = append(out.Participants, describeParticipant(p, ts))
 	}
@@ -266,7 +266,7 @@ func (s *Server) revokeTokens(c *gin.Context) {
 	// the room by the time we look (openSession checks again after
 	// joining).
 	at := s.tokens.Revoke(r.Name(), req.Identity)
-	s.revokeInCluster(r.Name(), req.Identity, at)
+	s.fed.Revoked(r.Name(), req.Identity, at)
 	out := revokeResponse{Room: r.Name(), Identity: req.Identity, RevokedAt: at.UTC()}
 	if p := r.Participant(req.Identity); p != nil {
 		p.Leave(sfu.ReasonRevoked)

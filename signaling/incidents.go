@@ -24,7 +24,7 @@ const maxNoteBytes = 2048
 // takes the admin key, or the join token of a proctor of that room (what
 // the proctor's page holds); a candidate's token is refused.
 func (s *Server) incidentRoutes(g *gin.RouterGroup) {
-	r := g.Group("/rooms/:room/incidents", s.requireIncidentReader)
+	r := s.relayed(g.Group("/rooms/:room/incidents", s.requireIncidentReader), RelayRoom)
 	r.GET("", s.listIncidents)
 	r.GET("/:id", s.getIncident)
 	r.GET("/:id/snapshot", s.incidentSnapshot)

@@ -20,8 +20,9 @@ var ErrRecordingsDisabled = errors.New("recordings are not enabled on this serve
 // (docs/recordings.md). Reading one recording and its files is also open
 // to a proctor of its room (recordingReaderRoutes).
 func (s *Server) recordingRoutes(g *gin.RouterGroup) {
-	g.POST("/rooms/:room/recordings", s.startRecording)
-	g.DELETE("/rooms/:room/recordings", s.stopRecording)
+	room := s.relayed(g, RelayRoom) // served by the room's node
+	room.POST("/rooms/:room/recordings", s.startRecording)
+	room.DELETE("/rooms/:room/recordings", s.stopRecording)
 	g.GET("/recordings", s.listRecordings)
 	g.DELETE("/recordings/:id", s.deleteRecording)
 }

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
 	"github.com/vigil-media/vigil/patterns"
@@ -77,17 +76,10 @@ type Config struct {
 	// CORSOrigins may call the API and the signaling transports from
 	// their pages ("*": any origin); by default only the same origin.
 	CORSOrigins []string
-	// Cluster, if set, makes this server one node of a cluster
-	// (cluster.go, docs/cluster.md); nil: a single node.
-	Cluster *cluster.Cluster
-	// EdgeViewers is how many viewers of one broadcast room this node
-	// holds before it sends further viewers to edge nodes, which relay
-	// the room from it (cascade.go); 0 means DefaultEdgeViewers, a
-	// negative number never. Cluster mode only.
-	EdgeViewers int
-	// EdgeIdle is how long an edge keeps a replica with no viewer before
-	// it closes it and its relay; 0 means 10s.
-	EdgeIdle time.Duration
+	// Federation, if set, makes this server one node of a cluster
+	// (package federation, docs/cluster.md, federation.go); nil: a
+	// single node.
+	Federation Federation
 }
 
 // Server serves the API, the transports and the web client.
@@ -101,10 +93,10 @@ type Server struct {
 
 	joins, mints *addrLimiter // per client address; nil: no limit
 
-	peerKey []byte          // the key of peer auths (cluster.go)
-	peers   *http.Transport // relayed requests to other nodes
-	cl      clusterState    // cluster mode (cluster.go)
-	cascade cascadeState    // cascaded broadcasts (cascade.go)
+	fed Federation // a cluster's decisions (federation.go); local on a single node
+	// relays marks the routes a cluster relays, by method and full
+	// pattern (Server.relayed); written by routes in New, read-only after.
+	relays map[string]Relay
 
 	waiters *patterns.Waiters     // long polls held at once
 	idem    *patterns.Idempotency // replies to POSTed messages, by key
@@ -149,8 +141,8 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
 		tokens:    NewTokens(cfg.AdminKey, cfg.Now),
-		peerKey:   peerKey(cfg.AdminKey),
-		peers:     newPeerTransport(),
+		fed:       cfg.Federation,
+		relays:    map[string]Relay{},
 		admin:     sha256.Sum256([]byte(cfg.AdminKey)),
 		sessions:  map[string]*Session{},
 		feeds:     map[string]*roomFeed{},
@@ -159,11 +151,10 @@ func New(cfg Config) (*Server, error) {
 		idem:      patterns.NewIdempotency(patterns.IdempotencyConfig{TTL: 10 * time.Minute, MaxEntries: 100000}),
 	}
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
-	s.initOps()
-	if cfg.Cluster != nil {
-		s.startCluster()
-		s.startCascade()
+	if s.fed == nil {
+		s.fed = local{}
 	}
+	s.initOps()
 	s.engine = s.routes()
 	if err := s.engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("signaling: trusted proxies: %w", err)
@@ -183,9 +174,9 @@ func (s *Server) routes() *gin.Engine {
 		s.log.Error("panic in handler", "path", c.Request.URL.Path, "panic", v)
 		writeError(c, errors.New("panic"))
 	}))
-	// Cluster mode relays a room's calls to its node, before CORS: the
-	// node that serves the call sets the CORS headers.
-	e.Use(s.clusterRoute)
+	// A cluster relays a room's calls to its node, before CORS: the node
+	// that serves the call sets the CORS headers.
+	e.Use(s.route)
 	e.Use(s.corsMiddleware)
 	e.HandleMethodNotAllowed = true
 	e.NoRoute(func(c *gin.Context) { writeError(c, ErrNotFound) })
@@ -197,15 +188,16 @@ func (s *Server) routes() *gin.Engine {
 	s.adminRoutes(v1.Group("", s.requireAdmin))
 	s.proctoringRoutes(v1.Group("", s.requireAdmin))
 	v1.GET("/openapi.json", s.serveOpenAPI)
-	v1.POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
-	v1.DELETE("/sessions/:session", s.closeSession)
-	v1.GET("/sessions/:session/ws", s.serveWS(s.sessionStream))
-	v1.GET("/sessions/:session/events", s.serveSSE(s.sessionStream))
-	v1.GET("/sessions/:session/poll", s.servePoll(s.sessionStream))
-	v1.POST("/sessions/:session/messages", s.postMessage)
+	s.relayed(v1, RelayRoom).POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
+	sessions := s.relayed(v1, RelaySession)
+	sessions.DELETE("/sessions/:session", s.closeSession)
+	sessions.GET("/sessions/:session/ws", s.serveWS(s.sessionStream))
+	sessions.GET("/sessions/:session/events", s.serveSSE(s.sessionStream))
+	sessions.GET("/sessions/:session/poll", s.servePoll(s.sessionStream))
+	sessions.POST("/sessions/:session/messages", s.postMessage)
 	s.incidentRoutes(v1)        // admin key or a proctor's join token
 	s.recordingReaderRoutes(v1) // admin key, a proctor's join token or a signed URL
-	feed := v1.Group("/rooms/:room/events", s.requireAdmin)
+	feed := s.relayed(v1.Group("/rooms/:room/events", s.requireAdmin), RelayRoom)
 	feed.GET("", s.serveSSE(s.feedStream))
 	feed.GET("/ws", s.serveWS(s.feedStream))
 	feed.GET("/poll", s.servePoll(s.feedStream))
@@ -293,12 +285,7 @@ func (s *Server) Close(timeout time.Duration) {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
-	s.closeCascade()
-	s.stopCluster()
-	reason := sfu.ReasonShutdown
-	if s.cfg.Cluster != nil {
-		reason = ReasonRoomMoved
-	}
+	reason := s.fed.Close()
 	if err := s.sfu.CloseWith(reason); err != nil {
 		s.log.Debug("close sfu", "err", err)
 	}

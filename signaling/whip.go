@@ -94,10 +94,11 @@ func (s *Server) whipRoutes(e *gin.Engine) {
 	for _, kind := range []string{"whip", "whep"} {
 		g := e.Group("/"+kind, cors)
 		g.OPTIONS("/:room", options("OPTIONS, POST"))
-		g.POST("/:room", s.limitAddr(s.joins, "joins"), s.whipPost(kind))
+		s.relayed(g, RelayRoom).POST("/:room", s.limitAddr(s.joins, "joins"), s.whipPost(kind))
 		g.OPTIONS("/:room/:resource", options("OPTIONS, PATCH, DELETE"))
-		g.PATCH("/:room/:resource", s.whipPatch(kind))
-		g.DELETE("/:room/:resource", s.whipDelete(kind))
+		resource := s.relayed(g, RelayResource) // served by the node that issued it
+		resource.PATCH("/:room/:resource", s.whipPatch(kind))
+		resource.DELETE("/:room/:resource", s.whipDelete(kind))
 	}
 }
 
@@ -222,7 +223,7 @@ func (s *Server) whipPost(kind string) gin.HandlerFunc {
 			return
 		}
 		if kind == "whep" {
-			edgeDone, err := s.prepareEdge(c) // cascade.go
+			edgeDone, err := s.fed.PrepareJoin(c)
 			if edgeDone != nil {
 				defer edgeDone()
 			}
@@ -236,7 +237,7 @@ func (s *Server) whipPost(kind string) gin.HandlerFunc {
 			writeError(c, err)
 			return
 		}
-		if kind == "whep" && s.spillToEdge(c, claims, room) {
+		if kind == "whep" && s.fed.SpillJoin(c, claims, room) {
 			return
 		}
 		role := sfu.Role(claims.Role)
