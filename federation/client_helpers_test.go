@@ -10,12 +10,10 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 	"github.com/vigil-media/vigil/signaling/vigiltest"
 )
@@ -78,13 +76,6 @@ func (c *wsClient) connect(cursor uint64) {
 	c.transport = "ws"
 	c.mu.Unlock()
 	go c.readLoop(conn, end)
-}
-
-// socketEnd returns the channel that receives the current socket's end.
-func (c *wsClient) socketEnd() <-chan error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.connEnd
 }
 
 func (c *wsClient) readLoop(conn *websocket.Conn, end chan<- error) {
@@ -185,24 +176,6 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-// publish offers tracks with their declared sources.
-func (c *wsClient) publish(tracks map[string]webrtc.TrackLocal) {
-	for _, tr := range tracks {
-		tx, err := c.pc.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		go func() {
-			for {
-				if _, _, err := tx.Sender().ReadRTCP(); err != nil {
-					return
-				}
-			}
-		}()
-	}
-	c.offer(tracks)
-}
-
 func (c *wsClient) offer(tracks map[string]webrtc.TrackLocal) {
 	offer, err := c.pc.CreateOffer(nil)
 	if err != nil {
@@ -220,12 +193,6 @@ func (c *wsClient) offer(tracks map[string]webrtc.TrackLocal) {
 		}
 	}
 	c.send("offer", "pub", map[string]any{"sdp": offer.SDP, "sources": sources})
-}
-
-func (c *wsClient) packets(key string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.received[key]
 }
 
 // eventsOf returns the events of one type seen so far.
@@ -271,67 +238,6 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// synthetic writes VP8 frames (keyframe every 30) and Opus until stopped;
-// video pauses while pauseVideo is set (audio goes on), and lastVideo is
-// when the last video packet was written.
-type synthetic struct {
-	video, audio *webrtc.TrackLocalStaticRTP
-	pauseVideo   atomic.Bool
-	lastVideo    atomic.Int64 // unix nanoseconds
-	stop, done   chan struct{}
-}
-
-func newSynthetic(t *testing.T, stream string) *synthetic {
-	t.Helper()
-	v, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "v", stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &synthetic{video: v, audio: a, stop: make(chan struct{}), done: make(chan struct{})}
-	go s.run()
-	t.Cleanup(s.close)
-	return s
-}
-
-func (s *synthetic) run() {
-	defer close(s.done)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var vseq, aseq uint16
-	for frame := 0; ; frame++ {
-		select {
-		case <-s.stop:
-			return
-		case <-tick.C:
-		}
-		if !s.pauseVideo.Load() {
-			hdr := byte(0x01)
-			if frame%30 == 0 {
-				hdr = 0x00
-			}
-			_ = s.video.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: vseq, Timestamp: uint32(frame * 4500), Marker: true},
-				Payload: append([]byte{0x10, hdr}, make([]byte, 200)...)})
-			s.lastVideo.Store(time.Now().UnixNano())
-			vseq++
-		}
-		_ = s.audio.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: uint32(frame * 960)}, Payload: make([]byte, 60)})
-		aseq++
-	}
-}
-
-func (s *synthetic) close() {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	<-s.done
 }
 
 // errorCode extracts the code of an error reply.

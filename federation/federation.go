@@ -55,16 +55,21 @@ type Config struct {
 // signaling.Federation it is, and its cluster membership, whose
 // callbacks (load, rooms, adopt, lost) are its methods.
 type Node struct {
-	cfg     Config
-	id      string // this node's id, known before the membership exists
-	log     *slog.Logger
-	sfu     *sfu.SFU
-	srv     *signaling.Server // set by New before the membership starts
-	cl      *cluster.Cluster  // set by New once joined; never read by the membership's callbacks
-	peerKey []byte            // the key of peer auths (relay.go)
-	peers   *http.Transport   // relayed requests to other nodes
-	st      clusterState      // rooms held here, revocations to tell (rooms.go)
-	cascade cascadeState      // cascaded broadcasts (cascade.go)
+	cfg Config
+	id  string // this node's id, known before the membership exists
+	log *slog.Logger
+	sfu *sfu.SFU
+	// srv is set by New before the membership starts; cl once it has
+	// joined, after the membership's first heartbeat may have begun:
+	// its callbacks (load, heldRooms, adopt, lose) use id, never cl,
+	// but for a room that ended here, which needs a request served
+	// after New returned.
+	srv     *signaling.Server
+	cl      *cluster.Cluster
+	peerKey []byte          // the key of peer auths (relay.go)
+	peers   *http.Transport // relayed requests to other nodes
+	st      clusterState    // rooms held here, revocations to tell (rooms.go)
+	cascade cascadeState    // cascaded broadcasts (cascade.go)
 }
 
 // New builds a node: its signaling server (with the node as its

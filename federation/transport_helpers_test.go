@@ -68,16 +68,6 @@ func attachVia(t *testing.T, srv *vigiltest.Server, sid string, api *webrtc.API,
 	return c
 }
 
-// lastSeq is the sequence number of the last event received.
-func (c *wsClient) lastSeq() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.events) == 0 {
-		return 0
-	}
-	return c.events[len(c.events)-1].Seq
-}
-
 // disconnect ends the current transport and waits until it stopped
 // delivering events.
 func (c *wsClient) disconnect() {

@@ -1,7 +1,8 @@
 // Package signaling is Vigil's HTTP face: the admin REST API, join tokens,
 // sessions with their sequenced outbox, and one adapter per transport
 // (WebSocket so far) that drains that outbox. It also serves the web
-// client.
+// client. A cluster's routing and placement are package federation's,
+// asked through one seam, Federation (federation.go).
 package signaling
 
 import (
@@ -101,6 +102,12 @@ type Server struct {
 	waiters *patterns.Waiters     // long polls held at once
 	idem    *patterns.Idempotency // replies to POSTed messages, by key
 
+	// mu guards sessions, feeds, resources, closing and ops. While it is
+	// held, a Session's mu may be taken (sessionFor), and a room's lock
+	// (feedStream watches a room, which delivers to the new feed). It is
+	// never taken under a room's lock: sinks that must reach it do so
+	// from a goroutine of their own (resourceSink, roomFeed). No lock of
+	// package federation is taken under it, nor it under one of theirs.
 	mu        sync.Mutex
 	sessions  map[string]*Session
 	feeds     map[string]*roomFeed // admin event streams, by room

@@ -28,6 +28,9 @@ type Session struct {
 	inbox chan clientMessage
 	rate  *rateLimiter // client messages; nil: no limit
 
+	// mu guards the fields below. It is taken under the Server's mu
+	// (sessionFor) and under the room's lock (Deliver); nothing else is
+	// locked while it is held.
 	mu        sync.Mutex
 	gen       uint64 // attach generation
 	kick      func() // closes the attached transport

@@ -74,7 +74,7 @@ type config struct {
 	NodeURL       string
 	Heartbeat     time.Duration
 	Lease         time.Duration
-	EdgeViewers   int // viewers of a broadcast before edges serve more (signaling/cascade.go)
+	EdgeViewers   int // viewers of a broadcast before edges serve more (federation/cascade.go)
 }
 
 // parseICEServers reads VIGIL_ICE_SERVERS: a JSON array of RTCIceServer,
