@@ -21,7 +21,7 @@ type trackResponse struct {
 	sfu.TrackStats
 }
 
-// participantResponse describes a participant to an admin.
+// ParticipantResponse describes a participant to an admin.
 type ParticipantResponse struct {
 	Identity string   `json:"identity"`
 	Role     sfu.Role `json:"role"`

@@ -10,7 +10,7 @@ import (
 	"github.com/vigil-media/vigil/sfu"
 )
 
-// createRoomRequest is the body of POST /v1/rooms.
+// CreateRoomRequest is the body of POST /v1/rooms.
 type CreateRoomRequest struct {
 	Name            string   `json:"name"`
 	Kind            sfu.Kind `json:"kind"`
@@ -18,7 +18,7 @@ type CreateRoomRequest struct {
 	AutoRecord      bool     `json:"auto_record"`
 }
 
-// roomResponse describes a room.
+// RoomResponse describes a room.
 type RoomResponse struct {
 	Name            string                `json:"name"`
 	Kind            sfu.Kind              `json:"kind"`
@@ -67,7 +67,7 @@ func (s *Server) createRoom(c *gin.Context) {
 	c.JSON(http.StatusCreated, describeRoom(r, nil))
 }
 
-// listRoomsResponse is the reply to GET /v1/rooms.
+// ListRoomsResponse is the reply to GET /v1/rooms.
 type ListRoomsResponse struct {
 	Rooms []RoomResponse `json:"rooms"`
 }
