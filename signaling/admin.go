@@ -8,9 +8,10 @@ import "github.com/gin-gonic/gin"
 func (s *Server) adminRoutes(g *gin.RouterGroup) {
 	g.POST("/rooms", s.createRoom)
 	g.GET("/rooms", s.listRooms)
-	g.GET("/rooms/:room", s.getRoom)
-	g.DELETE("/rooms/:room", s.deleteRoom)
-	g.POST("/rooms/:room/tokens", s.limitAddr(s.mints, "token mints"), s.mintToken)
-	s.participants.routes(g)
+	room := s.relayed(g, RelayRoom) // served by the room's node
+	room.GET("/rooms/:room", s.getRoom)
+	room.DELETE("/rooms/:room", s.deleteRoom)
+	room.POST("/rooms/:room/tokens", s.limitAddr(s.mints, "token mints"), s.mintToken)
+	s.participants.routes(room)
 	s.evidence.adminRoutes(g)
 }

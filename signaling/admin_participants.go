@@ -18,13 +18,13 @@ import (
 // tokens guard theirs.
 type participantsAPI struct {
 	// srv is the composition root: the media core, the tokens, bindJSON
-	// and the cluster's revocations (revokeInCluster, cluster.go).
+	// and the cluster's revocations (Federation.Revoked).
 	srv *Server
 	hub *sessionHub // the transport attached to each participant
 }
 
 // routes registers the routes of g, a group behind the admin key.
-func (a *participantsAPI) routes(g *gin.RouterGroup) {
+func (a *participantsAPI) routes(g relayedRoutes) {
 	g.POST("/rooms/:room/tokens/revoke", a.revokeTokens)
 	g.GET("/rooms/:room/participants", a.listParticipants)
 	g.GET("/rooms/:room/participants/:identity", a.getParticipant)
@@ -42,8 +42,8 @@ type trackResponse struct {
 	sfu.TrackStats
 }
 
-// participantResponse describes a participant to an admin.
-type participantResponse struct {
+// ParticipantResponse describes a participant to an admin.
+type ParticipantResponse struct {
 	Identity string   `json:"identity"`
 	Role     sfu.Role `json:"role"`
 	// ConnectionState is the state of the participant's PeerConnection.
@@ -56,8 +56,8 @@ type participantResponse struct {
 }
 
 // describeParticipant describes p; transports comes from a.transports.
-func describeParticipant(p *sfu.Participant, transports map[*sfu.Participant]string) participantResponse {
-	out := participantResponse{
+func describeParticipant(p *sfu.Participant, transports map[*sfu.Participant]string) ParticipantResponse {
+	out := ParticipantResponse{
 		Identity: p.Identity(), Role: p.Role(),
 		ConnectionState: p.ConnectionState().String(),
 		Tracks:          []trackResponse{},
@@ -90,7 +90,7 @@ func (a *participantsAPI) participant(c *gin.Context) (*sfu.Room, *sfu.Participa
 
 // listParticipantsResponse is the reply to GET .../participants.
 type listParticipantsResponse struct {
-	Participants []participantResponse `json:"participants"`
+	Participants []ParticipantResponse `json:"participants"`
 }
 
 func (a *participantsAPI) listParticipants(c *gin.Context) {
@@ -101,7 +101,7 @@ func (a *participantsAPI) listParticipants(c *gin.Context) {
 	}
 	ps := r.List()
 	ts := a.hub.transports(r.Name())
-	out := listParticipantsResponse{Participants: make([]participantResponse, 0, len(ps))}
+	out := listParticipantsResponse{Participants: make([]ParticipantResponse, 0, len(ps))}
 	for _, p := range ps {
 		out.Participants = append(out.Participants, describeParticipant(p, ts))
 	}
@@ -257,7 +257,7 @@ func (a *participantsAPI) revokeTokens(c *gin.Context) {
 	// the room by the time we look (openSession checks again after
 	// joining).
 	at := a.srv.tokens.Revoke(r.Name(), req.Identity)
-	a.srv.revokeInCluster(r.Name(), req.Identity, at)
+	a.srv.fed.Revoked(r.Name(), req.Identity, at)
 	out := revokeResponse{Room: r.Name(), Identity: req.Identity, RevokedAt: at.UTC()}
 	if p := r.Participant(req.Identity); p != nil {
 		p.Leave(sfu.ReasonRevoked)

@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/gin-gonic/gin"
-	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/patterns"
 	"github.com/vigil-media/vigil/recordings"
@@ -101,7 +100,6 @@ func codeFor(err error) (int, string) {
 		{sfu.ErrTooManyRooms, http.StatusConflict, "too_many_rooms"},
 		{sfu.ErrTooManyTracks, http.StatusConflict, "too_many_tracks"},
 		{ErrClusterUnavailable, http.StatusServiceUnavailable, "cluster_unavailable"},
-		{cluster.ErrUnavailable, http.StatusServiceUnavailable, "cluster_unavailable"},
 		{ErrNodeUnavailable, http.StatusServiceUnavailable, "node_unavailable"},
 		{ErrRoomMoved, http.StatusServiceUnavailable, "room_moved"},
 	}

@@ -4,7 +4,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gin-gonic/gin"
 	"github.com/vigil-media/vigil/patterns"
 	"github.com/vigil-media/vigil/sfu"
 )
@@ -16,7 +15,7 @@ import (
 // with the rooms API (rooms.go), which calls open and session.
 type sessionHub struct {
 	// srv is the composition root: the hub reads its configuration and
-	// logger and calls newID (cluster.go) and originAllowed (limits.go),
+	// logger and calls newID (federation.go) and originAllowed (limits.go),
 	// none of which takes a lock.
 	srv *Server
 	cfg *Config
@@ -45,7 +44,7 @@ func newSessionHub(s *Server) *sessionHub {
 }
 
 // routes registers the transports of a session, which its id authorizes.
-func (h *sessionHub) routes(g *gin.RouterGroup) {
+func (h *sessionHub) routes(g relayedRoutes) {
 	g.GET("/sessions/:session/ws", h.serveWS(h.sessionStream))
 	g.GET("/sessions/:session/events", h.serveSSE(h.sessionStream))
 	g.GET("/sessions/:session/poll", h.servePoll(h.sessionStream))
@@ -54,7 +53,7 @@ func (h *sessionHub) routes(g *gin.RouterGroup) {
 
 // feedRoutes registers the transports of a room's admin feed in g, the
 // group /rooms/:room/events behind the admin key.
-func (h *sessionHub) feedRoutes(g *gin.RouterGroup) {
+func (h *sessionHub) feedRoutes(g relayedRoutes) {
 	g.GET("", h.serveSSE(h.feedStream))
 	g.GET("/ws", h.serveWS(h.feedStream))
 	g.GET("/poll", h.servePoll(h.feedStream))

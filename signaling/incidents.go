@@ -22,7 +22,7 @@ const maxNoteBytes = 2048
 // takes the admin key, or the join token of a proctor of that room (what
 // the proctor's page holds); a candidate's token is refused.
 func (a *evidenceAPI) incidentRoutes(g *gin.RouterGroup) {
-	r := g.Group("/rooms/:room/incidents", a.requireIncidentReader)
+	r := a.srv.relayed(g.Group("/rooms/:room/incidents", a.requireIncidentReader), RelayRoom)
 	r.GET("", a.listIncidents)
 	r.GET("/:id", a.getIncident)
 	r.GET("/:id/snapshot", a.incidentSnapshot)

@@ -142,10 +142,10 @@ func refuseRate(c *gin.Context, wait time.Duration, what string) {
 // limitAddr refuses requests from a client address over l's rate. The
 // address is the peer's, or the X-Forwarded-For one when the peer is a
 // trusted proxy (Config.TrustedProxies), or the one a node of the
-// cluster relays for (clientAddr, cluster.go).
+// cluster relays for (Federation.ClientAddr).
 func (s *Server) limitAddr(l *addrLimiter, what string) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		if ok, wait := l.allow(s.clientAddr(c), time.Now()); !ok {
+		if ok, wait := l.allow(s.fed.ClientAddr(c), time.Now()); !ok {
 			refuseRate(c, wait, "too many "+what+" from this address")
 			return
 		}

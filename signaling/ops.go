@@ -74,8 +74,8 @@ type statusResponse struct {
 // healthz answers 200 while the process serves HTTP at all.
 func (s *Server) healthz(c *gin.Context) {
 	c.Header("Cache-Control", "no-store")
-	if cl := s.cfg.Cluster; cl != nil {
-		c.JSON(http.StatusOK, clusterHealth{Status: "ok", Node: cl.ID(), Redis: cl.Available()})
+	if h := s.fed.Health(); h != nil {
+		c.JSON(http.StatusOK, h)
 		return
 	}
 	c.JSON(http.StatusOK, statusResponse{Status: "ok"})
@@ -153,7 +153,7 @@ func (s *Server) drainLoop() {
 	for {
 		rooms := s.sfu.Rooms()
 		for _, r := range rooms {
-			if len(r.List()) == 0 && !s.handOff(r) {
+			if len(r.List()) == 0 && !s.fed.HandOff(r) {
 				r.Close(sfu.ReasonRoomClosed)
 			}
 		}

@@ -11,8 +11,9 @@ import (
 // proctoringRoutes are the admin side of proctoring: what a proctor does
 // from its page (admit, end an exam), for an admin or a script.
 func (a *evidenceAPI) proctoringRoutes(g *gin.RouterGroup) {
-	g.POST("/rooms/:room/participants/:identity/admit", a.admitCandidate)
-	g.POST("/rooms/:room/participants/:identity/end-exam", a.endExam)
+	room := a.srv.relayed(g, RelayRoom) // served by the room's node
+	room.POST("/rooms/:room/participants/:identity/admit", a.admitCandidate)
+	room.POST("/rooms/:room/participants/:identity/end-exam", a.endExam)
 }
 
 // endExamRequest is the body of an end-exam call.

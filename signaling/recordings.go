@@ -20,8 +20,9 @@ var ErrRecordingsDisabled = errors.New("recordings are not enabled on this serve
 // (docs/recordings.md). Reading one recording and its files is also open
 // to a proctor of its room (recordingReaderRoutes).
 func (a *evidenceAPI) recordingRoutes(g *gin.RouterGroup) {
-	g.POST("/rooms/:room/recordings", a.startRecording)
-	g.DELETE("/rooms/:room/recordings", a.stopRecording)
+	room := a.srv.relayed(g, RelayRoom) // served by the room's node
+	room.POST("/rooms/:room/recordings", a.startRecording)
+	room.DELETE("/rooms/:room/recordings", a.stopRecording)
 	g.GET("/recordings", a.listRecordings)
 	g.DELETE("/recordings/:id", a.deleteRecording)
 }

@@ -4,38 +4,37 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"sort"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/vigil-media/vigil/sfu"
 )
 
-// createRoomRequest is the body of POST /v1/rooms.
-type createRoomRequest struct {
+// CreateRoomRequest is the body of POST /v1/rooms.
+type CreateRoomRequest struct {
 	Name            string   `json:"name"`
 	Kind            sfu.Kind `json:"kind"`
 	MaxParticipants int      `json:"max_participants"`
 	AutoRecord      bool     `json:"auto_record"`
 }
 
-// roomResponse describes a room.
-type roomResponse struct {
+// RoomResponse describes a room.
+type RoomResponse struct {
 	Name            string                `json:"name"`
 	Kind            sfu.Kind              `json:"kind"`
 	MaxParticipants int                   `json:"max_participants"`
 	AutoRecord      bool                  `json:"auto_record"`
-	Participants    []participantResponse `json:"participants"`
+	Participants    []ParticipantResponse `json:"participants"`
 	// Node is the node that holds the room (cluster mode only).
 	Node string `json:"node,omitempty"`
 }
 
 // describeRoom describes r; transports comes from s.transports.
-func describeRoom(r *sfu.Room, ts map[*sfu.Participant]string) roomResponse {
+func describeRoom(r *sfu.Room, ts map[*sfu.Participant]string) RoomResponse {
 	opts := r.Options()
 	ps := r.List()
-	out := roomResponse{Name: r.Name(), Kind: r.Kind(), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord,
-		Participants: make([]participantResponse, 0, len(ps))}
+	out := RoomResponse{Name: r.Name(), Kind: r.Kind(), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord,
+		Participants: make([]ParticipantResponse, 0, len(ps))}
 	for _, p := range ps {
 		out.Participants = append(out.Participants, describeParticipant(p, ts))
 	}
@@ -43,11 +42,10 @@ func describeRoom(r *sfu.Room, ts map[*sfu.Participant]string) roomResponse {
 }
 
 func (s *Server) createRoom(c *gin.Context) {
-	if s.cfg.Cluster != nil {
-		s.createRoomCluster(c)
+	if s.fed.CreateRoom(c) {
 		return
 	}
-	var req createRoomRequest
+	var req CreateRoomRequest
 	if err := s.bindJSON(c, &req); err != nil {
 		writeError(c, err)
 		return
@@ -69,24 +67,16 @@ func (s *Server) createRoom(c *gin.Context) {
 	c.JSON(http.StatusCreated, describeRoom(r, nil))
 }
 
-// listRoomsResponse is the reply to GET /v1/rooms.
-type listRoomsResponse struct {
-	Rooms []roomResponse `json:"rooms"`
+// ListRoomsResponse is the reply to GET /v1/rooms.
+type ListRoomsResponse struct {
+	Rooms []RoomResponse `json:"rooms"`
 }
 
 func (s *Server) listRooms(c *gin.Context) {
-	if _, peer := s.fromPeer(c); s.cfg.Cluster != nil && !peer && c.Query("scope") != "local" {
-		s.listRoomsCluster(c)
+	if s.fed.ListRooms(c) {
 		return
 	}
-	rooms := s.sfu.Rooms()
-	sort.Slice(rooms, func(i, j int) bool { return rooms[i].Name() < rooms[j].Name() })
-	ts := s.transports("")
-	out := listRoomsResponse{Rooms: make([]roomResponse, 0, len(rooms))}
-	for _, r := range rooms {
-		out.Rooms = append(out.Rooms, s.describe(r, ts))
-	}
-	c.JSON(http.StatusOK, out)
+	c.JSON(http.StatusOK, ListRoomsResponse{Rooms: s.DescribeRooms()})
 }
 
 func (s *Server) getRoom(c *gin.Context) {
@@ -108,11 +98,7 @@ func (s *Server) deleteRoom(c *gin.Context) {
 		return
 	}
 	r.Close(sfu.ReasonRoomClosed)
-	if s.cfg.Cluster != nil {
-		if err := s.forgetRoom(r.Name()); err != nil {
-			s.log.Warn("cluster: delete a room's record; retried when Redis is back", "room", r.Name(), "err", err)
-		}
-	}
+	s.fed.RoomDeleted(r.Name())
 	c.Status(http.StatusNoContent)
 }
 
@@ -199,7 +185,7 @@ type openSessionResponse struct {
 }
 
 func (s *Server) openSession(c *gin.Context) {
-	edgeDone, err := s.prepareEdge(c) // cascade.go
+	edgeDone, err := s.fed.PrepareJoin(c)
 	if edgeDone != nil {
 		defer edgeDone()
 	}
@@ -212,7 +198,7 @@ func (s *Server) openSession(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	if s.spillToEdge(c, claims, room) {
+	if s.fed.SpillJoin(c, claims, room) {
 		return
 	}
 	ss, err := s.newSession(room, claims)
@@ -220,9 +206,7 @@ func (s *Server) openSession(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	if s.isRelayJoin(c, claims) {
-		s.noteRelay(ss.Participant())
-	}
+	s.fed.Joined(c, claims, ss.Participant())
 	if s.tokens.Revoked(claims) {
 		// Revoked while joining: the revocation may have looked for the
 		// participant before it was in the room.

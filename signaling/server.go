@@ -15,8 +15,10 @@
 //   - evidenceAPI (evidence.go): incidents, recordings, proctoring;
 //   - participantsAPI (admin_participants.go): the participants' admin API.
 //
-// The rooms API (rooms.go), operations (ops.go) and the cluster
-// (cluster.go, cascade.go) are still methods of Server.
+// The rooms API (rooms.go) and operations (ops.go) are methods of Server.
+// A cluster's routing and placement are package federation's, asked
+// through one seam, Federation (federation.go); a route a cluster relays
+// is marked where it is registered (Server.relayed).
 package signaling
 
 import (
@@ -32,7 +34,6 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
 	"github.com/vigil-media/vigil/recordings"
@@ -89,17 +90,10 @@ type Config struct {
 	// CORSOrigins may call the API and the signaling transports from
 	// their pages ("*": any origin); by default only the same origin.
 	CORSOrigins []string
-	// Cluster, if set, makes this server one node of a cluster
-	// (cluster.go, docs/cluster.md); nil: a single node.
-	Cluster *cluster.Cluster
-	// EdgeViewers is how many viewers of one broadcast room this node
-	// holds before it sends further viewers to edge nodes, which relay
-	// the room from it (cascade.go); 0 means DefaultEdgeViewers, a
-	// negative number never. Cluster mode only.
-	EdgeViewers int
-	// EdgeIdle is how long an edge keeps a replica with no viewer before
-	// it closes it and its relay; 0 means 10s.
-	EdgeIdle time.Duration
+	// Federation, if set, makes this server one node of a cluster
+	// (package federation, docs/cluster.md, federation.go); nil: a
+	// single node.
+	Federation Federation
 }
 
 // Server serves the API, the transports and the web client.
@@ -113,10 +107,10 @@ type Server struct {
 
 	joins, mints *addrLimiter // per client address; nil: no limit
 
-	peerKey []byte          // the key of peer auths (cluster.go)
-	peers   *http.Transport // relayed requests to other nodes
-	cl      clusterState    // cluster mode (cluster.go)
-	cascade cascadeState    // cascaded broadcasts (cascade.go)
+	fed Federation // a cluster's decisions (federation.go); local on a single node
+	// relays marks the routes a cluster relays, by method and full
+	// pattern (Server.relayed); written by routes in New, read-only after.
+	relays map[string]Relay
 
 	hub      *sessionHub  // sessions, admin room feeds and their transports (hub.go)
 	evidence *evidenceAPI // incidents, recordings, proctoring (evidence.go)
@@ -125,7 +119,9 @@ type Server struct {
 
 	resources *resourceTable // WHIP and WHEP resources (whip_resources.go)
 
-	// mu guards closing and ops. Nothing is locked while holding it.
+	// mu guards closing and ops. Nothing is locked while holding it, and
+	// no lock of package federation is taken under it, nor it under one
+	// of theirs.
 	mu      sync.Mutex
 	closing bool
 	ops     opsState // drain mode (ops.go)
@@ -161,21 +157,20 @@ func New(cfg Config) (*Server, error) {
 	rate(&cfg.MintRate, DefaultMintRate)
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
-		tokens:  NewTokens(cfg.AdminKey, cfg.Now),
-		peerKey: peerKey(cfg.AdminKey),
-		peers:   newPeerTransport(),
-		admin:   sha256.Sum256([]byte(cfg.AdminKey)),
+		tokens: NewTokens(cfg.AdminKey, cfg.Now),
+		fed:    cfg.Federation,
+		relays: map[string]Relay{},
+		admin:  sha256.Sum256([]byte(cfg.AdminKey)),
 	}
 	s.resources = newResourceTable(s)
 	s.hub = newSessionHub(s)
 	s.evidence = newEvidenceAPI(s, s.hub.feed)
 	s.participants = &participantsAPI{srv: s, hub: s.hub}
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
-	s.initOps()
-	if cfg.Cluster != nil {
-		s.startCluster()
-		s.startCascade()
+	if s.fed == nil {
+		s.fed = local{}
 	}
+	s.initOps()
 	s.engine = s.routes()
 	if err := s.engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("signaling: trusted proxies: %w", err)
@@ -195,9 +190,9 @@ func (s *Server) routes() *gin.Engine {
 		s.log.Error("panic in handler", "path", c.Request.URL.Path, "panic", v)
 		writeError(c, errors.New("panic"))
 	}))
-	// Cluster mode relays a room's calls to its node, before CORS: the
-	// node that serves the call sets the CORS headers.
-	e.Use(s.clusterRoute)
+	// A cluster relays a room's calls to its node, before CORS: the node
+	// that serves the call sets the CORS headers.
+	e.Use(s.route)
 	e.Use(s.corsMiddleware)
 	e.HandleMethodNotAllowed = true
 	e.NoRoute(func(c *gin.Context) { writeError(c, ErrNotFound) })
@@ -208,11 +203,12 @@ func (s *Server) routes() *gin.Engine {
 	v1 := e.Group("/v1")
 	s.adminRoutes(v1.Group("", s.requireAdmin))
 	v1.GET("/openapi.json", serveOpenAPI)
-	v1.POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
-	v1.DELETE("/sessions/:session", s.closeSession)
-	s.hub.routes(v1)
+	s.relayed(v1, RelayRoom).POST("/rooms/:room/sessions", s.limitAddr(s.joins, "joins"), s.openSession)
+	sessions := s.relayed(v1, RelaySession) // served by the node that issued it
+	sessions.DELETE("/sessions/:session", s.closeSession)
+	s.hub.routes(sessions)
 	s.evidence.routes(v1)
-	s.hub.feedRoutes(v1.Group("/rooms/:room/events", s.requireAdmin))
+	s.hub.feedRoutes(s.relayed(v1.Group("/rooms/:room/events", s.requireAdmin), RelayRoom))
 
 	whipHandler{s.resources}.routes(e)
 	whepHandler{s.resources}.routes(e)
@@ -280,12 +276,7 @@ func (s *Server) Close(timeout time.Duration) {
 	s.mu.Unlock()
 	s.hub.refuse()
 	s.resources.refuse()
-	s.closeCascade()
-	s.stopCluster()
-	reason := sfu.ReasonShutdown
-	if s.cfg.Cluster != nil {
-		reason = ReasonRoomMoved
-	}
+	reason := s.fed.Close()
 	if err := s.sfu.CloseWith(reason); err != nil {
 		s.log.Debug("close sfu", "err", err)
 	}
@@ -298,7 +289,7 @@ func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
 	return s.hub.open(room, claims)
 }
 
-// transports is sessionHub.transports, for rooms.go and cluster.go.
+// transports is sessionHub.transports, for rooms.go and federation.go.
 func (s *Server) transports(room string) map[*sfu.Participant]string {
 	return s.hub.transports(room)
 }

@@ -29,8 +29,9 @@ type Session struct {
 	rate  *rateLimiter // client messages; nil: no limit
 
 	// mu guards p, gen, kick, transport, expiry and ended. It is taken
-	// under sessionHub.mu (sessionFor); nothing is locked while holding
-	// it, and kick is called outside it.
+	// under sessionHub.mu (sessionFor) and under the room's lock
+	// (Deliver); nothing is locked while holding it, and kick is called
+	// outside it.
 	mu        sync.Mutex
 	gen       uint64 // attach generation
 	kick      func() // closes the attached transport

@@ -85,7 +85,7 @@ func (h whepHandler) post(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	edgeDone, err := s.prepareEdge(c) // cascade.go
+	edgeDone, err := s.fed.PrepareJoin(c)
 	if edgeDone != nil {
 		defer edgeDone()
 	}
@@ -98,7 +98,7 @@ func (h whepHandler) post(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	if s.spillToEdge(c, claims, room) {
+	if s.fed.SpillJoin(c, claims, room) {
 		return
 	}
 	role := sfu.Role(claims.Role)

@@ -106,10 +106,11 @@ func (t *resourceTable) count(counts map[string]int) {
 func (t *resourceTable) routes(e *gin.Engine, kind string, post gin.HandlerFunc) {
 	g := e.Group("/"+kind, cors)
 	g.OPTIONS("/:room", options("OPTIONS, POST"))
-	g.POST("/:room", t.srv.limitAddr(t.srv.joins, "joins"), post)
+	t.srv.relayed(g, RelayRoom).POST("/:room", t.srv.limitAddr(t.srv.joins, "joins"), post)
 	g.OPTIONS("/:room/:resource", options("OPTIONS, PATCH, DELETE"))
-	g.PATCH("/:room/:resource", t.patch(kind))
-	g.DELETE("/:room/:resource", t.delete(kind))
+	resource := t.srv.relayed(g, RelayResource) // served by the node that issued it
+	resource.PATCH("/:room/:resource", t.patch(kind))
+	resource.DELETE("/:room/:resource", t.delete(kind))
 }
 
 // joinRequest is what a WHIP or WHEP POST joins with, once it has checked

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/vigil-media/vigil/cluster"
+	"github.com/vigil-media/vigil/federation"
 	"github.com/vigil-media/vigil/signaling"
 )
 
@@ -64,18 +65,31 @@ func nodeURL(c config, addr net.Addr, scheme string) string {
 	return scheme + "://" + net.JoinHostPort(host, port)
 }
 
-// joinCluster makes this process a node of the cluster: its load is
-// read, and its rooms adopted, lost and listed, by the signaling server
-// once hooks is bound to it (before that, this node has none).
-func joinCluster(c config, addr net.Addr, scheme string, hooks *signaling.ClusterHooks, logger *slog.Logger) (*cluster.Cluster, error) {
+// newServer builds the signaling server of sc: alone on a single node,
+// or, with redis_url set, as a node of the cluster (federation.New joins
+// it, before anything is served), with its membership.
+func newServer(c config, sc signaling.Config, addr net.Addr, scheme string, logger *slog.Logger) (*signaling.Server, *cluster.Cluster, error) {
+	if c.RedisURL == "" {
+		s, err := signaling.New(sc)
+		return s, nil, err
+	}
 	// go-redis logs each failed dial; the cluster logs an outage once.
 	redis.SetLogger(redisLog{logger})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return cluster.New(ctx, hooks.Configure(cluster.Config{
-		RedisURL: c.RedisURL, NodeID: c.NodeID, URL: nodeURL(c, addr, scheme),
-		Heartbeat: c.Heartbeat, Lease: c.Lease, Logger: logger,
-	}))
+	n, err := federation.New(ctx, federation.Config{
+		Signaling: sc,
+		Cluster: cluster.Config{
+			RedisURL: c.RedisURL, NodeID: c.NodeID, URL: nodeURL(c, addr, scheme),
+			Heartbeat: c.Heartbeat, Lease: c.Lease, Logger: logger,
+		},
+		EdgeViewers: noLimit(c.EdgeViewers),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	logger.Info("cluster: joined", "node", n.Cluster().ID(), "url", n.Cluster().URL())
+	return n.Server(), n.Cluster(), nil
 }
 
 // closeCluster leaves the cluster, if this node is in one.

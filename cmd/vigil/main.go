@@ -26,7 +26,6 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/pion/webrtc/v4"
-	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
 	"github.com/vigil-media/vigil/recordings"
@@ -75,7 +74,7 @@ type config struct {
 	NodeURL       string
 	Heartbeat     time.Duration
 	Lease         time.Duration
-	EdgeViewers   int // viewers of a broadcast before edges serve more (signaling/cascade.go)
+	EdgeViewers   int // viewers of a broadcast before edges serve more (federation/cascade.go)
 }
 
 // parseICEServers reads VIGIL_ICE_SERVERS: a JSON array of RTCIceServer,
@@ -200,35 +199,20 @@ func run(args []string, stdout, stderr io.Writer) error {
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		ln, scheme = tls.NewListener(ln, hs.TLSConfig), "https"
 	}
-	// Cluster mode: join before serving; the node's rooms are the
-	// signaling server's once it exists (clusterHooks).
-	var cl *cluster.Cluster
-	var clusterHooks signaling.ClusterHooks
-	if cfg.RedisURL != "" {
-		if cl, err = joinCluster(cfg, ln.Addr(), scheme, &clusterHooks, logger); err != nil {
-			_ = ln.Close()
-			_ = media.Close()
-			return fmt.Errorf("join the cluster: %w", err)
-		}
-		logger.Info("cluster: joined", "node", cl.ID(), "url", cl.URL())
-	}
 	gin.SetMode(gin.ReleaseMode)
-	sig, err := signaling.New(signaling.Config{
+	// Cluster mode (redis_url): the server is a node, which joins
+	// before serving.
+	sig, cl, err := newServer(cfg, signaling.Config{
 		SFU: media, AdminKey: cfg.AdminKey, Logger: logger, Recordings: rec, Incidents: monitor,
 		Metrics: metrics.New(version), Webhooks: hooks, DrainTimeout: cfg.DrainTimeout,
 		GracePeriod: cfg.GracePeriod, MaxBodyBytes: cfg.MaxBodyBytes, CORSOrigins: cfg.CORSOrigins, TrustedProxies: cfg.Proxies,
 		MessageRate: float64(noLimit(cfg.MessageRate)), JoinRate: float64(noLimit(cfg.JoinRate)), MintRate: float64(noLimit(cfg.MintRate)),
-		Cluster: cl, EdgeViewers: noLimit(cfg.EdgeViewers),
-	})
+	}, ln.Addr(), scheme, logger)
 	if err != nil {
-		if cl != nil {
-			_ = cl.Close()
-		}
 		_ = ln.Close()
 		_ = media.Close()
 		return err
 	}
-	clusterHooks.Bind(sig)
 	hs.Handler = sig.Handler()
 
 	fmt.Fprintf(stdout, "Vigil is running. Open %s in a browser.\n", strings.Replace(browseURL(ln.Addr()), "http:", scheme+":", 1))

@@ -61,6 +61,10 @@ type Options struct {
 	// off unless it sets them: tests open many sessions from 127.0.0.1
 	// and send bursts of messages.
 	Configure func(*signaling.Config)
+	// NewServer, if set, builds the signaling server from its
+	// configuration instead of signaling.New: a node of a cluster
+	// (federation.New) is a test server too.
+	NewServer func(signaling.Config) (*signaling.Server, error)
 	// ConfigureRecordings, if set, adjusts the recordings configuration
 	// (its Dir and Logger set) before the manager starts: a test injects
 	// write faults through its OpenFile.
@@ -118,7 +122,11 @@ func StartWith(t testing.TB, opts Options) *Server {
 	if opts.Configure != nil {
 		opts.Configure(&sigCfg)
 	}
-	sig, err := signaling.New(sigCfg)
+	newServer := signaling.New
+	if opts.NewServer != nil {
+		newServer = opts.NewServer
+	}
+	sig, err := newServer(sigCfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package signaling_test
+package federation_test
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 	"github.com/pion/rtp/codecs"
 	"github.com/pion/webrtc/v4"
 	"github.com/vigil-media/vigil/cluster"
+	"github.com/vigil-media/vigil/federation"
 	"github.com/vigil-media/vigil/signaling"
 	"github.com/vigil-media/vigil/signaling/vigiltest"
 	"golang.org/x/image/vp8"
@@ -67,20 +68,20 @@ func startCascadeNode(t *testing.T, redis *vigiltest.Redis, prefix, id string, e
 		t.Fatal(err)
 	}
 	ln := &trackingListener{Listener: inner}
-	var hooks signaling.ClusterHooks
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cl, err := cluster.New(ctx, hooks.Configure(cluster.Config{
-		RedisURL: redis.URL, NodeID: id, URL: "http://" + ln.Addr().String(), Prefix: prefix,
-		Heartbeat: 100 * time.Millisecond, Lease: time.Second, Logger: slog.New(slog.DiscardHandler),
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := vigiltest.StartWith(t, vigiltest.Options{Configure: func(c *signaling.Config) {
-		c.Cluster, c.EdgeViewers, c.EdgeIdle = cl, 1, edgeIdle
+	var cl *cluster.Cluster
+	srv := vigiltest.StartWith(t, vigiltest.Options{NewServer: func(sc signaling.Config) (*signaling.Server, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		node, err := federation.New(ctx, federation.Config{Signaling: sc, Cluster: cluster.Config{
+			RedisURL: redis.URL, NodeID: id, URL: "http://" + ln.Addr().String(), Prefix: prefix,
+			Heartbeat: 100 * time.Millisecond, Lease: time.Second, Logger: slog.New(slog.DiscardHandler),
+		}, EdgeViewers: 1, EdgeIdle: edgeIdle})
+		if err != nil {
+			return nil, err
+		}
+		cl = node.Cluster()
+		return node.Server(), nil
 	}})
-	hooks.Bind(srv.Sig)
 	hs := &http.Server{Handler: srv.Sig.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan struct{})
 	go func() {

@@ -1,4 +1,4 @@
-package signaling
+package federation
 
 import (
 	"bytes"
@@ -15,296 +15,16 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gin-gonic/gin"
 	"github.com/gorilla/websocket"
 	"github.com/pion/webrtc/v4"
 	"github.com/vigil-media/vigil/cluster"
 	"github.com/vigil-media/vigil/sfu"
+	"github.com/vigil-media/vigil/signaling"
 )
-
-// Cascaded broadcasts (docs/cluster.md). A broadcast room lives on its
-// owner node; once the owner holds Config.EdgeViewers viewers of it, it
-// sends each further viewer's join to an edge node (the node the client
-// came through, or the least loaded other one) with HeaderEdge. The edge
-// serves it from a local replica of the room, linked to the owner by one
-// relay per (room, edge): the edge joins the owner's room as a viewer
-// through the ordinary signaling (a session, its WebSocket, an ordinary
-// PeerConnection, which the edge answers), and publishes each track it
-// receives, under the identity and source the offer's track map gives
-// it, as a track of a relayed participant of the replica (sfu.JoinRelayed).
-// Keyframe requests of the edge's viewers are PLIs on the relay, which
-// the owner passes on to the host. The relay is not a viewer at the
-// owner: it is never cascaded, and not counted.
-
-// HeaderRelay marks, with a valid peer auth, the session POST of a relay:
-// an edge joining the owner's room for its replica.
-const HeaderRelay = "X-Vigil-Relay"
-
-// DefaultEdgeViewers is Config.EdgeViewers's default.
-const DefaultEdgeViewers = 500
-
-const (
-	defaultEdgeIdle     = 10 * time.Second
-	relayIdentityPrefix = "relay."
-	relayLinkTimeout    = 10 * time.Second // to open the relay's session and socket
-	msgRoomEvent        = "room_event"     // cluster.Message type of edge presence
-)
-
-// cascadeState is the cascade's part of the server: the replicas this
-// node serves as an edge, and the relays the rooms it owns feed.
-type cascadeState struct {
-	mu       sync.Mutex
-	replicas map[string]*replica // edge: by room name
-	// closing counts, by room name, the replicas stopped whose room is
-	// not closed yet: still replicas, not rooms of this node, so that the
-	// cluster's reconcile does not take one for a room this node lost.
-	closing map[string]int
-	relays  map[*sfu.Participant]bool // owner: the relays' participants
-	closed  bool
-	wg      sync.WaitGroup // replica goroutines
-	unsub   func()         // the bus subscription
-}
-
-func (s *Server) edgeViewers() int {
-	if s.cfg.EdgeViewers == 0 {
-		return DefaultEdgeViewers
-	}
-	return s.cfg.EdgeViewers
-}
-
-func (s *Server) edgeIdle() time.Duration {
-	if s.cfg.EdgeIdle <= 0 {
-		return defaultEdgeIdle
-	}
-	return s.cfg.EdgeIdle
-}
-
-// startCascade subscribes to the presence of the edges' viewers, which
-// the owner adds to its rooms' admin feeds.
-func (s *Server) startCascade() {
-	if s.cfg.Cluster == nil {
-		return
-	}
-	s.cascade.unsub = s.cfg.Cluster.Subscribe(msgRoomEvent, s.edgePresence)
-}
-
-// closeCascade ends every replica (its viewers leave with
-// server_shutdown, its relay session ends) and waits for them.
-func (s *Server) closeCascade() {
-	s.cascade.mu.Lock()
-	s.cascade.closed = true
-	reps := make([]*replica, 0, len(s.cascade.replicas))
-	for _, r := range s.cascade.replicas {
-		reps = append(reps, r)
-	}
-	unsub := s.cascade.unsub
-	s.cascade.unsub = nil
-	s.cascade.mu.Unlock()
-	if unsub != nil {
-		unsub()
-	}
-	for _, r := range reps {
-		// The broadcast goes on at its owner: the viewers start over
-		// there (or at another edge).
-		r.stop(ReasonRoomMoved)
-	}
-	s.cascade.wg.Wait()
-}
-
-// isReplica reports whether the local room called name is an edge
-// replica of a broadcast another node owns.
-func (s *Server) isReplica(name string) bool {
-	s.cascade.mu.Lock()
-	defer s.cascade.mu.Unlock()
-	r := s.cascade.replicas[name]
-	return (r != nil && !r.roomGone.Load()) || s.cascade.closing[name] > 0
-}
-
-// isRelayJoin reports whether a session POST is a relay's: a peer's
-// request with HeaderRelay, whose token names that peer's relay.
-func (s *Server) isRelayJoin(c *gin.Context, claims *Claims) bool {
-	peer, ok := s.fromPeer(c)
-	return ok && c.GetHeader(HeaderRelay) != "" && claims.Subject == relayIdentityPrefix+peer &&
-		sfu.Role(claims.Role) == sfu.RoleViewer
-}
-
-// isEdgeJoin reports whether the request asks this node to serve a join
-// as an edge: a peer's request with HeaderEdge.
-func (s *Server) isEdgeJoin(c *gin.Context) bool {
-	_, ok := s.fromPeer(c)
-	return ok && c.GetHeader(HeaderEdge) == "1"
-}
-
-// noteRelay remembers, at the owner, that p is a relay: not a viewer.
-func (s *Server) noteRelay(p *sfu.Participant) {
-	s.cascade.mu.Lock()
-	defer s.cascade.mu.Unlock()
-	if s.cascade.relays == nil {
-		s.cascade.relays = map[*sfu.Participant]bool{}
-	}
-	s.cascade.relays[p] = true
-}
-
-// localViewers counts the viewers of room on this node, relays aside.
-func (s *Server) localViewers(room *sfu.Room) int {
-	ps := room.List()
-	s.cascade.mu.Lock()
-	defer s.cascade.mu.Unlock()
-	for p := range s.cascade.relays {
-		select {
-		case <-p.Done():
-			delete(s.cascade.relays, p)
-		default:
-		}
-	}
-	n := 0
-	for _, p := range ps {
-		if p.Role() == sfu.RoleViewer && !s.cascade.relays[p] {
-			n++
-		}
-	}
-	return n
-}
-
-// spillToEdge sends a viewer's join of a full broadcast room this node
-// owns to an edge node, and reports whether it did (it has replied
-// then). The edge is the node the client came through, when a peer
-// relayed the join, else the least loaded other node; with no other
-// live node the join is served here.
-func (s *Server) spillToEdge(c *gin.Context, claims *Claims, room *sfu.Room) bool {
-	cl := s.cfg.Cluster
-	limit := s.edgeViewers()
-	if cl == nil || limit < 0 || room.Kind() != sfu.KindBroadcast || sfu.Role(claims.Role) != sfu.RoleViewer ||
-		s.isReplica(room.Name()) || s.isEdgeJoin(c) || s.isRelayJoin(c, claims) {
-		return false
-	}
-	if s.localViewers(room) < limit {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(c.Request.Context(), clusterTimeout)
-	defer cancel()
-	var edge cluster.Node
-	var err error
-	if peer, ok := s.fromPeer(c); ok && peer != cl.ID() {
-		edge, err = cl.Node(ctx, peer)
-	} else {
-		edge, err = cl.Pick(ctx, cl.ID())
-	}
-	if err != nil {
-		s.log.Debug("no edge node: serving the viewer here", "room", room.Name(), "err", err)
-		return false
-	}
-	s.log.Debug("viewer sent to an edge", "room", room.Name(), "participant", claims.Subject, "edge", edge.ID)
-	s.proxyTo(c, edge, http.Header{HeaderEdge: {"1"}})
-	return true
-}
-
-// prepareEdge readies, for a join this node serves as an edge, the
-// room's replica and its relay. It returns a func to call once the join
-// is done (the replica does not close for idleness before), or nil when
-// the request is not an edge join.
-func (s *Server) prepareEdge(c *gin.Context) (func(), error) {
-	if !s.isEdgeJoin(c) || s.cfg.Cluster == nil {
-		return nil, nil
-	}
-	name := c.Param("room")
-	tok, ok := bearer(c.Request)
-	if !ok {
-		return nil, fmt.Errorf("%w: no bearer token", ErrInvalidToken)
-	}
-	claims, err := s.tokens.Verify(tok)
-	if err != nil {
-		return nil, err
-	}
-	if claims.Room != name {
-		return nil, fmt.Errorf("%w: the token is for another room", ErrForbidden)
-	}
-	if sfu.Role(claims.Role) != sfu.RoleViewer {
-		return nil, fmt.Errorf("%w: only viewers are served by edges", ErrForbidden)
-	}
-	ctx, cancel := context.WithTimeout(c.Request.Context(), relayLinkTimeout)
-	defer cancel()
-	r, err := s.ensureReplica(ctx, name)
-	if err != nil || r == nil {
-		return nil, err
-	}
-	return r.joinDone, nil
-}
-
-// ensureReplica returns the linked replica of room name, starting it
-// (and its relay) when there is none; nil when this node owns the room
-// (it is served as any local room). The replica counts one join under
-// way, which the caller ends with joinDone.
-func (s *Server) ensureReplica(ctx context.Context, name string) (*replica, error) {
-	cl := s.cfg.Cluster
-	rec, err := cl.Room(ctx, name)
-	switch {
-	case errors.Is(err, cluster.ErrRoomNotFound):
-		return nil, fmt.Errorf("%w: %q", sfu.ErrRoomNotFound, name)
-	case err != nil:
-		return nil, fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
-	case rec.Owner == cl.ID():
-		return nil, nil
-	case sfu.Kind(rec.Kind) != sfu.KindBroadcast:
-		return nil, fmt.Errorf("%w: only broadcasts are cascaded", ErrForbidden)
-	}
-	owner, err := cl.Node(ctx, rec.Owner)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNodeUnavailable, err)
-	}
-
-	s.cascade.mu.Lock()
-	r := s.cascade.replicas[name]
-	if r != nil && r.roomGone.Load() {
-		r = nil // its room was closed under it (an adoption): it is closing
-	}
-	if r == nil {
-		if s.cascade.closed {
-			s.cascade.mu.Unlock()
-			return nil, ErrShuttingDown
-		}
-		room, err := s.sfu.CreateRoom(name, sfu.KindBroadcast, sfu.RoomOptions{})
-		if err != nil {
-			s.cascade.mu.Unlock()
-			if errors.Is(err, sfu.ErrRoomExists) {
-				return nil, ErrRoomMoved // a room of ours by that name: it was moved away
-			}
-			return nil, err
-		}
-		if r, err = s.newReplica(room, owner); err != nil {
-			s.cascade.mu.Unlock()
-			room.Close(sfu.ReasonRoomClosed)
-			return nil, err
-		}
-		if s.cascade.replicas == nil {
-			s.cascade.replicas = map[string]*replica{}
-		}
-		s.cascade.replicas[name] = r
-		s.cascade.wg.Add(2)
-		go r.run()
-		go r.watch()
-	}
-	r.mu.Lock()
-	r.pending++
-	r.mu.Unlock()
-	s.cascade.mu.Unlock()
-
-	select {
-	case <-r.ready:
-		if r.err == nil {
-			return r, nil
-		}
-		err = r.err
-	case <-ctx.Done():
-		err = fmt.Errorf("%w: the relay to %s is not up: %v", ErrNodeUnavailable, owner.ID, ctx.Err())
-	}
-	r.joinDone()
-	return nil, err
-}
 
 // replica is an edge's copy of a broadcast room, fed by its relay.
 type replica struct {
-	srv   *Server
+	n     *Node
 	name  string
 	owner cluster.Node
 	room  *sfu.Room
@@ -321,13 +41,21 @@ type replica struct {
 	roomGone atomic.Bool
 	begun    time.Time // when the link started, for the relay's figures
 
-	wmu  sync.Mutex // writes to the socket
+	// wmu guards conn and serializes writes to it; nothing is locked
+	// while it is held.
+	wmu  sync.Mutex
 	conn *websocket.Conn
 
+	// qmu guards queue. It is taken under the room's lock (Deliver);
+	// nothing is locked while it is held.
 	qmu    sync.Mutex
 	queue  []sfu.Event // the replica's room events, for watch
 	notify chan struct{}
 
+	// mu guards the fields below. It is taken under the cascade's lock
+	// (ensureReplica, stopUnless); while it is held, the room's lock may
+	// be taken (host joins a relayed participant), never the cascade's
+	// or wmu.
 	mu         sync.Mutex
 	session    string                      // the relay's session on the owner
 	cursor     uint64                      // the last event read
@@ -347,14 +75,14 @@ type relayedTrack struct {
 	track *webrtc.TrackRemote
 }
 
-func (s *Server) newReplica(room *sfu.Room, owner cluster.Node) (*replica, error) {
-	pc, err := s.sfu.NewRelayConnection()
+func (n *Node) newReplica(room *sfu.Room, owner cluster.Node) (*replica, error) {
+	pc, err := n.sfu.NewRelayConnection()
 	if err != nil {
 		return nil, err
 	}
 	r := &replica{
-		srv: s, name: room.Name(), owner: owner, room: room, pc: pc,
-		log:   s.log.With("room", room.Name(), "owner", owner.ID),
+		n: n, name: room.Name(), owner: owner, room: room, pc: pc,
+		log:   n.log.With("room", room.Name(), "owner", owner.ID),
 		ready: make(chan struct{}), quit: make(chan struct{}), notify: make(chan struct{}, 1),
 		begun: time.Now(),
 		mids:  map[string]sfu.TrackInfo{}, hosts: map[string]*sfu.Participant{},
@@ -374,15 +102,23 @@ func (s *Server) newReplica(room *sfu.Room, owner cluster.Node) (*replica, error
 			// give the socket a moment to tell room_closed from a lost
 			// owner (stop is a no-op once stopped).
 			r.log.Warn("relay media connection failed")
-			time.AfterFunc(relayFailedGrace, func() { r.stop(ReasonRoomMoved) })
+			time.AfterFunc(relayFailedGrace, func() { r.stop(signaling.ReasonRoomMoved) })
 		}
 	})
 	return r, nil
 }
 
-// relayFailedGrace is how long a replica whose relay connection failed
-// waits for the relay's socket to say why before it closes as moved.
-const relayFailedGrace = time.Second
+const (
+	// relayFailedGrace is how long a replica whose relay connection
+	// failed waits for the relay's socket to say why before it closes as
+	// moved.
+	relayFailedGrace = time.Second
+	// relayReadLimit caps one event read on the relay's socket (a
+	// signaling message's cap).
+	relayReadLimit = 256 << 10
+	// relayWriteWait bounds one write on it (as signaling's own).
+	relayWriteWait = 10 * time.Second
+)
 
 // joinDone ends a join under way.
 func (r *replica) joinDone() {
@@ -408,8 +144,8 @@ func (r *replica) Deliver(ev sfu.Event) {
 // watch tells the bus of the replica's viewers coming and going, and
 // closes the replica once it has had no viewer for Config.EdgeIdle.
 func (r *replica) watch() {
-	defer r.srv.cascade.wg.Done()
-	idle := r.srv.edgeIdle()
+	defer r.n.cascade.wg.Done()
+	idle := r.n.edgeIdle()
 	tick := time.NewTicker(min(idle/4, time.Second))
 	defer tick.Stop()
 	idleSince := time.Now()
@@ -483,24 +219,24 @@ func (r *replica) stop(reason string) { r.stopUnless(reason, false) }
 // way (checked under the same locks as ensureReplica counts one). It
 // reports whether it stopped the replica.
 func (r *replica) stopUnless(reason string, ifIdle bool) bool {
-	s := r.srv
-	s.cascade.mu.Lock()
+	n := r.n
+	n.cascade.mu.Lock()
 	r.mu.Lock()
 	if r.closing || (ifIdle && r.pending > 0) {
 		r.mu.Unlock()
-		s.cascade.mu.Unlock()
+		n.cascade.mu.Unlock()
 		return false
 	}
 	r.closing, r.reason = true, reason
 	r.mu.Unlock()
-	if s.cascade.replicas[r.name] == r {
-		delete(s.cascade.replicas, r.name)
+	if n.cascade.replicas[r.name] == r {
+		delete(n.cascade.replicas, r.name)
 	}
-	if s.cascade.closing == nil {
-		s.cascade.closing = map[string]int{}
+	if n.cascade.closing == nil {
+		n.cascade.closing = map[string]int{}
 	}
-	s.cascade.closing[r.name]++ // until teardown has closed the room
-	s.cascade.mu.Unlock()
+	n.cascade.closing[r.name]++ // until teardown has closed the room
+	n.cascade.mu.Unlock()
 	close(r.quit)
 	r.cancel() // a link being opened
 	r.wmu.Lock()
@@ -517,14 +253,14 @@ func (r *replica) teardown() {
 	r.mu.Lock()
 	reason, gone := r.reason, r.gone
 	r.mu.Unlock()
-	r.fail(fmt.Errorf("%w: the replica closed (%s)", ErrRoomMoved, reason))
+	r.fail(fmt.Errorf("%w: the replica closed (%s)", signaling.ErrRoomMoved, reason))
 	r.room.Close(reason)
-	s := r.srv
-	s.cascade.mu.Lock()
-	if s.cascade.closing[r.name]--; s.cascade.closing[r.name] <= 0 {
-		delete(s.cascade.closing, r.name)
+	n := r.n
+	n.cascade.mu.Lock()
+	if n.cascade.closing[r.name]--; n.cascade.closing[r.name] <= 0 {
+		delete(n.cascade.closing, r.name)
 	}
-	s.cascade.mu.Unlock()
+	n.cascade.mu.Unlock()
 	// The viewers that were here leave the owner's feed at once (watch
 	// has stopped: it would tell one at a time).
 	r.mu.Lock()
@@ -567,79 +303,8 @@ func (r *replica) presence(ev sfu.Event) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
 	defer cancel()
-	if err := r.srv.cfg.Cluster.Publish(ctx, cluster.Message{Type: msgRoomEvent, Room: r.name, Data: data}); err != nil {
+	if err := r.n.cl.Publish(ctx, cluster.Message{Type: msgRoomEvent, Room: r.name, Data: data}); err != nil {
 		r.log.Debug("publish edge presence", "err", err)
-	}
-}
-
-// presenceData is the Data of a room_event Message.
-type presenceData struct {
-	Type  string `json:"type"`
-	Event any    `json:"event"`
-}
-
-// edgeJoinedEvent and edgeLeftEvent are the owner's admin feed events of
-// an edge's viewers: participant_joined and participant_left, with the
-// edge's node id.
-type edgeJoinedEvent struct {
-	Participant sfu.ParticipantInfo `json:"participant"`
-	Node        string              `json:"node,omitempty"`
-}
-
-// Type implements sfu.Event.
-func (edgeJoinedEvent) Type() string { return "participant_joined" }
-
-type edgeLeftEvent struct {
-	Identity string `json:"identity"`
-	Reason   string `json:"reason,omitempty"`
-	Node     string `json:"node,omitempty"`
-	// Identities, on the bus only, are many viewers leaving at once
-	// (their replica closed); the feed gets one event each.
-	Identities []string `json:"identities,omitempty"`
-}
-
-// Type implements sfu.Event.
-func (edgeLeftEvent) Type() string { return "participant_left" }
-
-// edgePresence adds an edge's viewer coming or going to the admin feed
-// of the room, if this node owns it and the feed is on.
-func (s *Server) edgePresence(m cluster.Message) {
-	if m.Origin == s.cfg.Cluster.ID() || s.isReplica(m.Room) {
-		return
-	}
-	f := s.hub.feed(m.Room)
-	if f == nil {
-		return
-	}
-	var d struct {
-		Type  string          `json:"type"`
-		Event json.RawMessage `json:"event"`
-	}
-	if err := json.Unmarshal(m.Data, &d); err != nil {
-		return
-	}
-	switch d.Type {
-	case "participant_joined":
-		var ev edgeJoinedEvent
-		if json.Unmarshal(d.Event, &ev) == nil {
-			ev.Node = m.Origin
-			f.Deliver(ev)
-		}
-	case "participant_left":
-		var ev edgeLeftEvent
-		if json.Unmarshal(d.Event, &ev) != nil {
-			break
-		}
-		ev.Node = m.Origin
-		ids := ev.Identities
-		ev.Identities = nil
-		if len(ids) == 0 {
-			ids = []string{ev.Identity}
-		}
-		for _, id := range ids {
-			ev.Identity = id
-			f.Deliver(ev)
-		}
 	}
 }
 
@@ -649,15 +314,15 @@ func (s *Server) edgePresence(m cluster.Message) {
 // until the link ends or the replica is stopped; then it tears the
 // replica down.
 func (r *replica) run() {
-	defer r.srv.cascade.wg.Done()
+	defer r.n.cascade.wg.Done()
 	defer r.teardown()
 	ctx, cancel := context.WithTimeout(r.ctx, relayLinkTimeout)
 	err := r.open(ctx)
 	cancel()
 	if err != nil {
 		r.log.Warn("relay: cannot join the owner's room", "err", err)
-		r.fail(fmt.Errorf("%w: %v", ErrNodeUnavailable, err))
-		r.stop(ReasonRoomMoved)
+		r.fail(fmt.Errorf("%w: %v", signaling.ErrNodeUnavailable, err))
+		r.stop(signaling.ReasonRoomMoved)
 		return
 	}
 	for {
@@ -671,16 +336,16 @@ func (r *replica) run() {
 
 // peerHeader is what the edge's requests to the owner carry.
 func (r *replica) peerHeader() http.Header {
-	s := r.srv
-	id := s.cfg.Cluster.ID()
-	return http.Header{HeaderPeer: {id}, HeaderPeerAuth: {s.peerAuth(id)}}
+	n := r.n
+	id := n.id
+	return http.Header{HeaderPeer: {id}, HeaderPeerAuth: {n.peerAuth(id)}}
 }
 
 // open joins the owner's room as the relay (a session with a token the
 // edge mints) and attaches its socket.
 func (r *replica) open(ctx context.Context) error {
-	s := r.srv
-	tok, _, err := s.tokens.Mint(r.name, relayIdentityPrefix+s.cfg.Cluster.ID(), string(sfu.RoleViewer), 5*time.Minute)
+	n := r.n
+	tok, _, err := n.srv.Tokens().Mint(r.name, relayIdentityPrefix+n.id, string(sfu.RoleViewer), 5*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -692,7 +357,7 @@ func (r *replica) open(ctx context.Context) error {
 	req.Header = r.peerHeader()
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set(HeaderRelay, "1")
-	resp, err := (&http.Client{Transport: s.peers}).Do(req)
+	resp, err := (&http.Client{Transport: n.peers}).Do(req)
 	if err != nil {
 		return err
 	}
@@ -701,7 +366,9 @@ func (r *replica) open(ctx context.Context) error {
 	if resp.StatusCode != http.StatusCreated {
 		return fmt.Errorf("open the relay session: %d %s", resp.StatusCode, bytes.TrimSpace(body))
 	}
-	var out openSessionResponse
+	var out struct {
+		SessionID string `json:"session_id"` // as POST /v1/rooms/{room}/sessions replies
+	}
 	if err := json.Unmarshal(body, &out); err != nil || out.SessionID == "" {
 		return fmt.Errorf("open the relay session: reply %q", body)
 	}
@@ -718,7 +385,7 @@ func (r *replica) dial(ctx context.Context) error {
 	r.mu.Unlock()
 	u := strings.TrimRight(r.owner.URL, "/") + "/v1/sessions/" + url.PathEscape(sid) + fmt.Sprintf("/ws?cursor=%d", cursor)
 	u = "ws" + strings.TrimPrefix(u, "http") // http -> ws, https -> wss
-	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, NetDialContext: r.srv.peers.DialContext, TLSClientConfig: r.srv.peers.TLSClientConfig}
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, NetDialContext: r.n.peers.DialContext, TLSClientConfig: r.n.peers.TLSClientConfig}
 	conn, resp, err := d.DialContext(ctx, u, r.peerHeader())
 	if err != nil {
 		if resp != nil {
@@ -726,7 +393,7 @@ func (r *replica) dial(ctx context.Context) error {
 		}
 		return fmt.Errorf("relay socket: %w", err)
 	}
-	conn.SetReadLimit(maxMessageBytes)
+	conn.SetReadLimit(relayReadLimit)
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
 	select {
@@ -780,10 +447,10 @@ func (r *replica) readEvents() (reason string, resume bool) {
 			if errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure {
 				// Closed by the owner: the session ended (its left
 				// event, if it came, was handled) or was replaced.
-				return ReasonRoomMoved, false
+				return signaling.ReasonRoomMoved, false
 			}
 			r.log.Info("relay socket lost", "err", err)
-			return ReasonRoomMoved, true
+			return signaling.ReasonRoomMoved, true
 		}
 		if ev.Seq == 0 {
 			continue // an error frame without a sequence number
@@ -882,7 +549,7 @@ func (r *replica) apply(ev relayEvent) (done bool, reason string) {
 		}
 		if err := r.answer(d); err != nil {
 			r.log.Warn("relay: cannot answer the owner's offer", "err", err)
-			return true, ReasonRoomMoved
+			return true, signaling.ReasonRoomMoved
 		}
 	case "error":
 		r.log.Debug("relay: the owner refused a message", "data", string(ev.Data))
@@ -896,7 +563,7 @@ func (r *replica) apply(ev relayEvent) (done bool, reason string) {
 		if d.Reason == sfu.ReasonRoomClosed {
 			return true, sfu.ReasonRoomClosed // the broadcast is over
 		}
-		return true, ReasonRoomMoved // the owner went (or lost the room): viewers come back through the routing
+		return true, signaling.ReasonRoomMoved // the owner went (or lost the room): viewers come back through the routing
 	}
 	return false, ""
 }
@@ -924,7 +591,7 @@ func (r *replica) answer(d sfu.OfferEvent) error {
 	case <-gathered:
 	case <-time.After(5 * time.Second):
 	}
-	return r.send("answer", AnswerMessage{SDP: r.pc.LocalDescription().SDP})
+	return r.send("answer", signaling.AnswerMessage{SDP: r.pc.LocalDescription().SDP})
 }
 
 // send writes one client message on the relay's socket.
@@ -938,7 +605,7 @@ func (r *replica) send(typ string, data any) error {
 	if r.conn == nil {
 		return errors.New("no relay socket")
 	}
-	_ = r.conn.SetWriteDeadline(time.Now().Add(wsWriteWait))
+	_ = r.conn.SetWriteDeadline(time.Now().Add(relayWriteWait))
 	return r.conn.WriteMessage(websocket.TextMessage, b)
 }
 
@@ -951,7 +618,7 @@ func (r *replica) leaveOwner() {
 	if sid == "" {
 		return
 	}
-	if err := r.send("leave", LeaveMessage{}); err == nil {
+	if err := r.send("leave", signaling.LeaveMessage{}); err == nil {
 		r.wmu.Lock()
 		_ = r.conn.Close()
 		r.wmu.Unlock()
@@ -964,7 +631,7 @@ func (r *replica) leaveOwner() {
 		return
 	}
 	req.Header = r.peerHeader()
-	if resp, err := (&http.Client{Transport: r.srv.peers}).Do(req); err == nil {
+	if resp, err := (&http.Client{Transport: r.n.peers}).Do(req); err == nil {
 		resp.Body.Close()
 	}
 }

@@ -1,4 +1,4 @@
-package signaling_test
+package federation_test
 
 import (
 	"bufio"
@@ -23,6 +23,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/gorilla/websocket"
 	"github.com/vigil-media/vigil/cluster"
+	"github.com/vigil-media/vigil/federation"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/signaling"
 	"github.com/vigil-media/vigil/signaling/vigiltest"
@@ -59,26 +60,21 @@ func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure f
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hooks signaling.ClusterHooks
+	cfg := signaling.Config{SFU: media, AdminKey: clusterKey, Logger: logger, JoinRate: -1, MintRate: -1, MessageRate: -1}
+	if configure != nil {
+		configure(&cfg)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cl, err := cluster.New(ctx, hooks.Configure(cluster.Config{
+	node, err := federation.New(ctx, federation.Config{Signaling: cfg, Cluster: cluster.Config{
 		RedisURL: rd.URL, NodeID: id, URL: url, Heartbeat: 100 * time.Millisecond, Lease: 600 * time.Millisecond,
 		Prefix: prefix, Logger: logger,
-	}))
+	}})
 	if err != nil {
 		_ = media.Close()
 		t.Fatal(err)
 	}
-	cfg := signaling.Config{SFU: media, AdminKey: clusterKey, Logger: logger, Cluster: cl, JoinRate: -1, MintRate: -1, MessageRate: -1}
-	if configure != nil {
-		configure(&cfg)
-	}
-	s, err := signaling.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hooks.Bind(s)
+	s, cl := node.Server(), node.Cluster()
 	h := s.Handler()
 	handler.Store(&h)
 	hs.Start()
@@ -189,8 +185,8 @@ func TestClusterPeerHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	forged := adminH(signaling.HeaderPeer, "fake", signaling.HeaderPeerAuth, strings.Repeat("00", 32),
-		signaling.HeaderClientIP, "203.0.113.9", signaling.HeaderEdge, "1")
+	forged := adminH(federation.HeaderPeer, "fake", federation.HeaderPeerAuth, strings.Repeat("00", 32),
+		federation.HeaderClientIP, "203.0.113.9", federation.HeaderEdge, "1")
 	resp, body := call(t, a.URL, "GET", "/v1/rooms/far?x=1", forged, "")
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"fake":true`) {
 		t.Fatalf("GET a room of another node: %d %s, want it relayed", resp.StatusCode, body)
@@ -201,8 +197,8 @@ func TestClusterPeerHeaders(t *testing.T) {
 	}
 	r := got[0]
 	want := map[string]string{
-		signaling.HeaderPeer: "a", signaling.HeaderPeerAuth: peerAuth(clusterKey, "a"),
-		signaling.HeaderClientIP: "127.0.0.1", signaling.HeaderEdge: "",
+		federation.HeaderPeer: "a", federation.HeaderPeerAuth: peerAuth(clusterKey, "a"),
+		federation.HeaderClientIP: "127.0.0.1", federation.HeaderEdge: "",
 		"Authorization": "Bearer " + clusterKey,
 	}
 	for h, v := range want {
@@ -237,7 +233,7 @@ func TestClusterPeerHeaders(t *testing.T) {
 	}
 
 	// Loop guard: a valid peer auth is never relayed again.
-	valid := adminH(signaling.HeaderPeer, "fake", signaling.HeaderPeerAuth, peerAuth(clusterKey, "fake"))
+	valid := adminH(federation.HeaderPeer, "fake", federation.HeaderPeerAuth, peerAuth(clusterKey, "fake"))
 	before := len(fake.requests())
 	resp, body = call(t, a.URL, "GET", "/v1/rooms/far", valid, "")
 	if resp.StatusCode != 503 || errorCode(t, body) != "room_moved" || resp.Header.Get("Retry-After") == "" {
@@ -248,7 +244,7 @@ func TestClusterPeerHeaders(t *testing.T) {
 		t.Errorf("a peer's request for a session of another node: %d %s, want 404 session_not_found", resp.StatusCode, body)
 	}
 	// An edge asks for its replica: served here, not relayed.
-	edge := adminH(signaling.HeaderPeer, "fake", signaling.HeaderPeerAuth, peerAuth(clusterKey, "fake"), signaling.HeaderEdge, "1")
+	edge := adminH(federation.HeaderPeer, "fake", federation.HeaderPeerAuth, peerAuth(clusterKey, "fake"), federation.HeaderEdge, "1")
 	resp, body = call(t, a.URL, "GET", "/v1/rooms/far", edge, "")
 	if resp.StatusCode != 404 || errorCode(t, body) != "room_not_found" {
 		t.Errorf("an edge's request: %d %s, want it served here (404 room_not_found)", resp.StatusCode, body)
@@ -302,8 +298,8 @@ func TestClusterClientAddress(t *testing.T) {
 		// the third join from 127.0.0.1 is refused.
 		var codes []int
 		for i := range 3 {
-			codes = append(codes, join(base, map[string]string{signaling.HeaderClientIP: fmt.Sprintf("198.51.100.%d", i),
-				signaling.HeaderPeer: "b", signaling.HeaderPeerAuth: peerAuth("wrong-key", "b")}))
+			codes = append(codes, join(base, map[string]string{federation.HeaderClientIP: fmt.Sprintf("198.51.100.%d", i),
+				federation.HeaderPeer: "b", federation.HeaderPeerAuth: peerAuth("wrong-key", "b")}))
 		}
 		if codes[0] != 401 || codes[1] != 401 || codes[2] != 429 {
 			t.Errorf("%s: forged client addresses: %v, want [401 401 429]", base, codes)
@@ -311,7 +307,7 @@ func TestClusterClientAddress(t *testing.T) {
 	}
 	// With it, each relayed client has its own bucket...
 	valid := func(ip string) map[string]string {
-		return map[string]string{signaling.HeaderClientIP: ip, signaling.HeaderPeer: "b", signaling.HeaderPeerAuth: peerAuth(clusterKey, "b")}
+		return map[string]string{federation.HeaderClientIP: ip, federation.HeaderPeer: "b", federation.HeaderPeerAuth: peerAuth(clusterKey, "b")}
 	}
 	for i := range 4 {
 		if code := join(a.URL, valid(fmt.Sprintf("192.0.2.%d", i))); code != 401 {

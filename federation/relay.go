@@ -1,0 +1,329 @@
+package federation
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/cluster"
+	"github.com/vigil-media/vigil/signaling"
+)
+
+// Headers of requests between nodes.
+const (
+	// HeaderPeer names the node that relays a request.
+	HeaderPeer = "X-Vigil-Peer"
+	// HeaderPeerAuth proves it: hex HMAC-SHA256 of the node id with a key
+	// derived from the admin key (peerKeyLabel).
+	HeaderPeerAuth = "X-Vigil-Peer-Auth"
+	// HeaderClientIP is the address of the client a peer relays for;
+	// believed only with a valid HeaderPeerAuth.
+	HeaderClientIP = "X-Vigil-Client-IP"
+	// HeaderEdge asks a node to serve a relayed room request itself, as an
+	// edge of a cascaded broadcast (cascade.go); believed only
+	// with a valid HeaderPeerAuth.
+	HeaderEdge = "X-Vigil-Edge"
+	// HeaderPlaced tells the node a relayed POST /v1/rooms was placed on
+	// it: it creates the room itself.
+	HeaderPlaced = "X-Vigil-Placed"
+
+	peerKeyLabel = "vigil cluster peer v1"
+)
+
+// HeaderRelay marks, with a valid peer auth, the session POST of a relay:
+// an edge joining the owner's room for its replica (cascade.go).
+const HeaderRelay = "X-Vigil-Relay"
+
+// clusterTimeout bounds one call to Redis made for a request.
+const clusterTimeout = 1500 * time.Millisecond
+
+// peerKey derives the key of the peer auth from the admin key.
+func peerKey(adminKey string) []byte {
+	m := hmac.New(sha256.New, []byte(adminKey))
+	m.Write([]byte(peerKeyLabel))
+	return m.Sum(nil)
+}
+
+// peerAuth is the HeaderPeerAuth value of node id.
+func (n *Node) peerAuth(id string) string {
+	m := hmac.New(sha256.New, n.peerKey)
+	m.Write([]byte(id))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// fromPeer reports whether the request was relayed by another node of
+// the cluster, and which: its HeaderPeerAuth must verify (compared in
+// constant time).
+func (n *Node) fromPeer(c *gin.Context) (nodeID string, ok bool) {
+	id := c.Request.Header.Get(HeaderPeer)
+	got, err := hex.DecodeString(c.Request.Header.Get(HeaderPeerAuth))
+	if id == "" || err != nil {
+		return "", false
+	}
+	want, _ := hex.DecodeString(n.peerAuth(id))
+	if !hmac.Equal(got, want) {
+		return "", false
+	}
+	return id, true
+}
+
+// ClientAddr implements signaling.Federation: the address the
+// per-address limits count is the client a
+// peer relays for (HeaderClientIP, with a valid peer auth), else the
+// request's own client (the peer's, or X-Forwarded-For from a trusted
+// proxy).
+func (n *Node) ClientAddr(c *gin.Context) string {
+	if _, ok := n.fromPeer(c); ok {
+		if ip := strings.TrimSpace(c.Request.Header.Get(HeaderClientIP)); ip != "" {
+			return ip
+		}
+	}
+	return c.ClientIP()
+}
+
+// peerHeaders are the headers only a peer may send (HeaderRelay is the
+// cascade's, cascade.go).
+var peerHeaders = []string{HeaderPeer, HeaderPeerAuth, HeaderClientIP, HeaderEdge, HeaderPlaced, HeaderRelay}
+
+// stripPeerHeaders forgets the peer headers of a request that does not
+// carry a valid peer auth, so that nothing after it believes them.
+func (n *Node) stripPeerHeaders(c *gin.Context) {
+	if _, ok := n.fromPeer(c); ok {
+		return
+	}
+	for _, h := range peerHeaders {
+		c.Request.Header.Del(h)
+	}
+}
+
+// newPeerTransport is the transport of relayed requests: no overall
+// timeout (WebSockets, SSE and long polls last), a short dial.
+func newPeerTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// proxyTo relays the request to node to and writes its reply: method,
+// path, query, body and headers (Authorization included) as they came,
+// the Host too (so that the owner's same-origin checks see what the
+// client sent), plus the peer headers (this node's id, its peer auth and
+// the client's address) and extra. WebSocket upgrades are relayed, and
+// streamed replies (SSE, long polls) are flushed as they come. A node
+// that cannot be reached gets 503 node_unavailable. The handler chain is
+// aborted: nothing after it runs.
+func (n *Node) proxyTo(c *gin.Context, to cluster.Node, extra http.Header) {
+	defer c.Abort()
+	defer func() {
+		// A relayed stream that ends badly (either side went away) after
+		// its headers were sent: nothing more can be said to the client.
+		// ReverseProxy aborts with http.ErrAbortHandler, which gin's
+		// recovery would log as a panic.
+		if v := recover(); v != nil {
+			if err, ok := v.(error); !ok || !errors.Is(err, http.ErrAbortHandler) {
+				panic(v)
+			}
+			n.log.Debug("relayed reply cut short", "node", to.ID, "path", c.Request.URL.Path)
+		}
+	}()
+	target, err := url.Parse(to.URL)
+	if err != nil || target.Host == "" {
+		n.log.Error("relay: bad node URL", "node", to.ID, "url", to.URL)
+		n.refuseUnavailable(c, signaling.ErrNodeUnavailable)
+		return
+	}
+	client := n.ClientAddr(c)
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+			for _, h := range peerHeaders {
+				pr.Out.Header.Del(h)
+			}
+			pr.Out.Header.Set(HeaderPeer, n.id)
+			pr.Out.Header.Set(HeaderPeerAuth, n.peerAuth(n.id))
+			pr.Out.Header.Set(HeaderClientIP, client)
+			for k, vs := range extra {
+				pr.Out.Header.Del(k)
+				for _, v := range vs {
+					pr.Out.Header.Add(k, v)
+				}
+			}
+		},
+		Transport:     n.peers,
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(r.Context().Err(), context.Canceled) {
+				return // the client went away
+			}
+			n.log.Warn("relay to node failed", "node", to.ID, "path", r.URL.Path, "err", err)
+			n.refuseUnavailable(c, signaling.ErrNodeUnavailable)
+		},
+	}
+	rp.ServeHTTP(c.Writer, c.Request)
+}
+
+// refuseUnavailable writes a retryable 503 (cluster_unavailable,
+// node_unavailable or room_moved) with Retry-After.
+func (n *Node) refuseUnavailable(c *gin.Context, err error) {
+	if c.Writer.Written() {
+		return
+	}
+	c.Header("Retry-After", "1")
+	writeError(c, err)
+}
+
+// unavailable maps a failure to reach Redis to signaling.ErrClusterUnavailable.
+func unavailable(err error) error {
+	if errors.Is(err, cluster.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w (%v)", signaling.ErrClusterUnavailable, err)
+	}
+	return err
+}
+
+// redisCtx is the context of a call to Redis made for a request, or
+// signaling.ErrClusterUnavailable at once when the last call failed, so that a
+// request needing Redis fails fast while it is away.
+func (n *Node) redisCtx(c *gin.Context) (context.Context, context.CancelFunc, error) {
+	if !n.cl.Available() {
+		return nil, nil, signaling.ErrClusterUnavailable
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), clusterTimeout)
+	return ctx, cancel, nil
+}
+
+// node looks up a live node. While Redis is away it answers from the
+// last URL it saw for that id: a session on a node that is still up
+// stays reachable.
+func (n *Node) node(ctx context.Context, id string) (cluster.Node, error) {
+	var to cluster.Node
+	err := signaling.ErrClusterUnavailable
+	if n.cl.Available() {
+		to, err = n.cl.Node(ctx, id)
+	}
+	n.st.mu.Lock()
+	defer n.st.mu.Unlock()
+	switch {
+	case err == nil:
+		n.st.urls[id] = to.URL
+	case errors.Is(err, cluster.ErrNodeNotFound):
+		delete(n.st.urls, id)
+	default:
+		if u, ok := n.st.urls[id]; ok {
+			return cluster.Node{ID: id, URL: u}, nil
+		}
+	}
+	return to, err
+}
+
+// Route implements signaling.Federation: the routing step, before CORS
+// and any handler. It drops the peer headers of a request without a
+// valid peer auth; then a room this node holds, or a session or
+// WHIP/WHEP resource it issued, is served here, and any other is relayed
+// to the node that holds it. Requests relayed by a peer are never
+// relayed again.
+func (n *Node) Route(c *gin.Context, kind signaling.Relay) {
+	n.stripPeerHeaders(c)
+	switch kind {
+	case signaling.RelayRoom:
+		n.routeRoom(c, c.Param("room"))
+	case signaling.RelaySession:
+		n.routeID(c, c.Param("session"), signaling.ErrSessionNotFound)
+	case signaling.RelayResource:
+		n.routeID(c, c.Param("resource"), signaling.ErrResourceNotFound)
+	}
+}
+
+// routeRoom serves a room's request here if this node holds the room
+// (its own room, not an edge replica), and relays it to the room's owner
+// otherwise. A room the map does not know is left to the handler, which
+// answers as a single node does (404 room_not_found, after its own
+// checks).
+func (n *Node) routeRoom(c *gin.Context, name string) {
+	if _, err := n.sfu.Room(name); err == nil && !n.isReplica(name) {
+		return
+	}
+	if _, peer := n.fromPeer(c); peer {
+		if c.GetHeader(HeaderEdge) == "1" {
+			return // an edge of a cascaded broadcast asks for its replica (cascade.go)
+		}
+		// Never relayed twice: the room moved since the peer looked.
+		n.refuseUnavailable(c, signaling.ErrRoomMoved)
+		return
+	}
+	ctx, cancel, err := n.redisCtx(c)
+	if err != nil {
+		n.refuseUnavailable(c, err)
+		return
+	}
+	defer cancel()
+	me := n.id
+	rec, err := n.cl.Room(ctx, name)
+	switch {
+	case errors.Is(err, cluster.ErrRoomNotFound):
+		return
+	case err != nil:
+		n.refuseUnavailable(c, unavailable(err))
+		return
+	case rec.Owner == me:
+		if n.deletingRoom(name) {
+			return // ended here: its record goes soon
+		}
+		// Re-homed here, adopted at the next heartbeat.
+		n.refuseUnavailable(c, signaling.ErrRoomMoved)
+		return
+	}
+	owner, err := n.node(ctx, rec.Owner)
+	switch {
+	case errors.Is(err, cluster.ErrNodeNotFound):
+		// Its owner died; the room is re-homed when the lease runs out.
+		n.refuseUnavailable(c, fmt.Errorf("%w: node %s is gone; the room moves to another node", signaling.ErrNodeUnavailable, rec.Owner))
+		return
+	case err != nil:
+		n.refuseUnavailable(c, unavailable(err))
+		return
+	}
+	n.proxyTo(c, owner, nil)
+}
+
+// routeID relays the request of a session or WHIP/WHEP resource issued
+// by another node to that node. One whose node is gone is notFound: the
+// client opens a new session with its token.
+func (n *Node) routeID(c *gin.Context, id string, notFound error) {
+	prefix, _, ok := strings.Cut(id, ".")
+	if !ok || prefix == n.id {
+		return
+	}
+	if _, peer := n.fromPeer(c); peer {
+		return // never relayed twice: answered here (not found)
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), clusterTimeout)
+	defer cancel()
+	issuer, err := n.node(ctx, prefix)
+	switch {
+	case errors.Is(err, cluster.ErrNodeNotFound):
+		writeError(c, fmt.Errorf("%w: its node %s is gone; open a new session", notFound, prefix))
+		return
+	case err != nil:
+		n.refuseUnavailable(c, unavailable(err))
+		return
+	}
+	n.proxyTo(c, issuer, nil)
+}
