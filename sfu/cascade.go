@@ -164,7 +164,7 @@ func (p *Participant) UnpublishRelayed(track *webrtc.TrackRemote) {
 	if p.relay == nil {
 		return
 	}
-	for _, u := range p.upTracks() {
+	for _, u := range p.Tracks() {
 		if u.track == track {
 			u.stop()
 		}

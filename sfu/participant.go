@@ -3,26 +3,27 @@ package sfu
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/pion/interceptor/pkg/cc"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
 
-// ErrGlare is returned for a client offer that crossed an offer of ours.
-// The server is the impolite side of perfect negotiation: it keeps its own
-// offer, and the client rolls its back and offers again after answering.
-var ErrGlare = errors.New("offer collided with a pending server offer")
-
-const maxPendingCandidates = 64
-
-// Participant is one member of a room with one PeerConnection.
+// Participant is one member of a room with one PeerConnection. Its
+// parts with their own state live beside it: the SDP and ICE exchange
+// (negotiation.go), the media connection and its reconnection
+// (reconnect.go), the layer allocation of what it receives
+// (simulcast.go), whom a proctor talks to (proctoring.go), and a WHEP
+// player's down-tracks (whep.go).
+//
+// Lock order: neg.mu, then the room's mu, then mu, then any of link.mu,
+// talk.mu, alloc.mu, player.mu and the mu of an up-track, a down-track or
+// a layer group. A lock later in that order is never held while taking
+// an earlier one.
 type Participant struct {
 	room     *Room
 	identity string
@@ -31,23 +32,21 @@ type Participant struct {
 	pc       *webrtc.PeerConnection
 	streamID string // msid stream of camera and microphone
 
-	// negMu serializes every negotiation step and transceiver change.
-	negMu          sync.Mutex
-	awaitingAnswer bool // our offer is out, no answer yet
-	needOffer      bool // something changed while awaiting an answer
-	needRestart    bool // the next offer restarts ICE
-	restartOut     bool // our pending offer restarts ICE
-	pendingICE     []webrtc.ICECandidateInit
-
 	mode    Mode
-	relay   *relayed                           // a relayed participant's borrowed pc (cascade.go), or nil
-	bwe     estimator                          // what the connection carries to the client, or nil
-	quit    chan struct{}                      // closed when leaving starts
-	joinSeq uint64                             // order of joining the room, set under the room's lock
-	player  map[webrtc.RTPCodecType]*DownTrack // a WHEP player's two down-tracks, set once
+	relay   *relayed      // a relayed participant's borrowed pc (cascade.go), or nil
+	quit    chan struct{} // closed when leaving starts
+	joinSeq uint64        // order of joining the room, set under the room's lock
 
-	mu        sync.Mutex             // guards what follows
-	follow    string                 // a player's publisher to follow
+	neg    negotiation // the offer/answer exchange and ICE of pc
+	link   link        // the media connection: connected, reconnecting
+	alloc  allocator   // simulcast layers of what it receives
+	talk   talkGate    // a proctor's: whom it talks to
+	player *player     // a WHEP player's down-tracks, or nil
+
+	// mu guards what follows. Taken under neg.mu or the room's mu, it
+	// may be held while taking link.mu, talk.mu, alloc.mu, player.mu or
+	// a track's or layer group's mu.
+	mu        sync.Mutex
 	role      Role                   // also written under the room's lock
 	sources   map[string]Source      // mid -> declared source of a client offer
 	simulcast map[string][]string    // mid -> rids, low to high, of a client offer
@@ -58,18 +57,11 @@ type Participant struct {
 	// published again on a muted source starts muted.
 	mutedSrc map[Source]bool
 	// waiting is true for a proctoring candidate until a proctor admits
-	// it; talk is who a proctor speaks to now ("*": every candidate).
+	// it.
 	waiting bool
-	talk    map[string]bool
-	// The media connection (reconnect.go): connected once it first
-	// connects; while reconnecting, grace ends the participant and back
-	// is closed when it is connected again.
-	connected, reconnecting bool
-	grace, restart          *time.Timer
-	back                    chan struct{}
-	closed                  bool
-	done                    chan struct{}
-	left                    sync.WaitGroup // up-track readers and RTCP readers
+	closed  bool
+	done    chan struct{}
+	left    sync.WaitGroup // up-track readers and RTCP readers
 }
 
 func randomID(prefix string) string {
@@ -94,16 +86,22 @@ func newParticipant(r *Room, cfg JoinConfig) (*Participant, error) {
 		done:      make(chan struct{}),
 		quit:      make(chan struct{}),
 		waiting:   r.kind == KindProctoring && cfg.Role == RoleCandidate,
-		talk:      map[string]bool{},
 		simulcast: map[string][]string{},
 		groups:    map[string]*layerGroup{},
 	}
+	p.neg = negotiation{pc: pc, sink: cfg.Sink, log: p.log, signaled: cfg.Mode == ModeSignaled, quit: p.quit}
+	p.link.p = p
+	p.alloc.p = p
+	p.talk.to = map[string]bool{}
+	if cfg.Mode == ModeWHEP {
+		p.player = &player{p: p}
+	}
 	if p.relay != nil {
-		p.connected = true // as its publisher is on its node; the relay's callbacks are not ours
+		p.link.connected = true // as its publisher is on its node; the relay's callbacks are not ours
 		return p, nil
 	}
 	if e, ok := r.sfu.estimators.LoadAndDelete(pc.ID()); ok {
-		p.bwe = e.(cc.BandwidthEstimator)
+		p.alloc.bwe = e.(cc.BandwidthEstimator)
 	}
 
 	pc.OnTrack(p.onTrack)
@@ -112,7 +110,7 @@ func newParticipant(r *Room, cfg JoinConfig) (*Participant, error) {
 		// Off pion's goroutine: it takes the room's lock, and reads
 		// the state again, so that the order of these goroutines does
 		// not matter.
-		go p.connectionChanged()
+		go p.link.changed()
 	})
 	return p, nil
 }
@@ -138,14 +136,15 @@ func (p *Participant) ConnectionState() webrtc.PeerConnectionState {
 	return p.pc.ConnectionState()
 }
 
-func (p *Participant) info() ParticipantInfo {
+// Info describes the participant as others see it.
+func (p *Participant) Info() ParticipantInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	info := ParticipantInfo{Identity: p.identity, Role: p.role, Tracks: []TrackInfo{}, State: p.stateLocked()}
-	switch {
-	case p.reconnecting:
+	switch connected, reconnecting := p.link.state(); {
+	case reconnecting:
 		info.Connection = ConnectionReconnecting
-	case p.connected:
+	case connected:
 		info.Connection = ConnectionConnected
 	}
 	for _, u := range p.ups {
@@ -154,7 +153,8 @@ func (p *Participant) info() ParticipantInfo {
 	return info
 }
 
-func (p *Participant) upTracks() []*UpTrack {
+// Tracks returns the tracks the participant publishes.
+func (p *Participant) Tracks() []*UpTrack {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]*UpTrack, 0, len(p.ups))
@@ -178,40 +178,16 @@ func (p *Participant) HandleOffer(offer string, sources map[string]Source) error
 		return err
 	}
 
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
-	if p.isClosed() {
-		return ErrClosed
-	}
-	if p.awaitingAnswer {
-		return ErrGlare
-	}
-	p.mu.Lock()
-	for mid, src := range sources {
-		p.sources[mid] = src
-	}
-	for mid, rids := range parseSimulcast(parsed) {
-		p.simulcast[mid] = rids
-	}
-	p.mu.Unlock()
-	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
-	}
-	p.flushICELocked()
-	answer, err := p.pc.CreateAnswer(nil)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
-	}
-	sdpText, err := p.setLocalLocked(answer)
-	if err != nil {
-		return err
-	}
-	p.sink.Deliver(AnswerEvent{SDP: sdpText, Tracks: p.trackMapLocked()})
-	if p.needOffer {
-		p.needOffer = false
-		p.negotiateLocked()
-	}
-	return nil
+	return p.neg.applyOffer(offer, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for mid, src := range sources {
+			p.sources[mid] = src
+		}
+		for mid, rids := range parseSimulcast(parsed) {
+			p.simulcast[mid] = rids
+		}
+	})
 }
 
 // checkOffer enforces the publish policy on a client offer before any of
@@ -262,137 +238,23 @@ func (p *Participant) checkOffer(d *sdp.SessionDescription, sources map[string]S
 }
 
 // HandleAnswer applies the client's answer to our pending offer.
-func (p *Participant) HandleAnswer(answer string) error {
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
-	if p.isClosed() {
-		return ErrClosed
-	}
-	if !p.awaitingAnswer {
-		return fmt.Errorf("%w: no offer is pending", ErrInvalidState)
-	}
-	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
-	}
-	p.awaitingAnswer = false
-	restarted := p.restartOut
-	p.restartOut = false
-	p.flushICELocked()
-	if restarted && p.pc.ICEConnectionState() == webrtc.ICEConnectionStateFailed {
-		// Our restart failed before its answer came (the client was
-		// away longer than the ICE failed timeout): restart again, now
-		// that the client is there to answer.
-		p.needRestart, p.needOffer = true, true
-	}
-	if p.needOffer {
-		p.needOffer = false
-		p.negotiateLocked()
-	}
-	return nil
-}
+func (p *Participant) HandleAnswer(answer string) error { return p.neg.applyAnswer(answer) }
 
 // AddICECandidate adds a trickled remote candidate; before a remote
 // description exists it is kept (up to a bound) and added after.
 func (p *Participant) AddICECandidate(c webrtc.ICECandidateInit) error {
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
-	if p.isClosed() {
-		return ErrClosed
-	}
-	if p.pc.RemoteDescription() == nil {
-		if len(p.pendingICE) >= maxPendingCandidates {
-			return fmt.Errorf("%w: too many candidates before a description", ErrInvalidState)
-		}
-		p.pendingICE = append(p.pendingICE, c)
-		return nil
-	}
-	if err := p.pc.AddICECandidate(c); err != nil {
-		return fmt.Errorf("%w: candidate: %v", ErrInvalidSDP, err)
-	}
-	return nil
+	return p.neg.addCandidate(c)
 }
 
-func (p *Participant) flushICELocked() {
-	for _, c := range p.pendingICE {
-		if err := p.pc.AddICECandidate(c); err != nil {
-			p.log.Debug("dropping candidate", "err", err)
-		}
-	}
-	p.pendingICE = nil
-}
-
-// setLocalLocked sets a local description and waits for gathering, so
-// that the description carries our candidates (no server-side trickle).
-func (p *Participant) setLocalLocked(d webrtc.SessionDescription) (string, error) {
-	gathered := webrtc.GatheringCompletePromise(p.pc)
-	if err := p.pc.SetLocalDescription(d); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalidSDP, err)
-	}
-	select {
-	case <-gathered:
-	case <-time.After(5 * time.Second):
-		p.log.Warn("ICE gathering did not complete in 5s")
-	}
-	return p.pc.LocalDescription().SDP, nil
-}
-
-// negotiateLocked sends a new offer, or marks one as needed when an
-// exchange is under way. negMu must be held.
-func (p *Participant) negotiateLocked() {
-	if p.isClosed() || p.mode != ModeSignaled {
-		return // WHIP and WHEP peers cannot take our offers
-	}
-	if p.awaitingAnswer || p.pc.SignalingState() != webrtc.SignalingStateStable {
-		p.needOffer = true
-		return
-	}
-	var opts *webrtc.OfferOptions
-	if p.needRestart {
-		opts = &webrtc.OfferOptions{ICERestart: true}
-		p.needRestart = false
-	}
-	offer, err := p.pc.CreateOffer(opts)
-	if err != nil {
-		p.log.Warn("create offer", "err", err)
-		p.sink.Deliver(ErrorEvent{Code: "negotiation_failed", Message: err.Error()})
-		return
-	}
-	sdpText, err := p.setLocalLocked(offer)
-	if err != nil {
-		p.log.Warn("set local offer", "err", err)
-		p.sink.Deliver(ErrorEvent{Code: "negotiation_failed", Message: err.Error()})
-		return
-	}
-	p.awaitingAnswer = true
-	p.restartOut = opts != nil
-	p.sink.Deliver(OfferEvent{SDP: sdpText, Tracks: p.trackMapLocked()})
-}
-
-// trackMapLocked maps each mid that forwards a track to that track.
-func (p *Participant) trackMapLocked() map[string]TrackInfo {
-	m := map[string]TrackInfo{}
-	for _, t := range p.pc.GetTransceivers() {
-		if t.Sender() == nil || t.Mid() == "" {
-			continue
-		}
-		if dt, ok := t.Sender().Track().(*DownTrack); ok {
-			m[t.Mid()] = dt.trackInfo()
-		}
-	}
-	return m
-}
-
-// addDownTracks subscribes the participant to ups, then renegotiates once.
-func (p *Participant) addDownTracks(ups []*UpTrack) { p.addDownTracksForced(ups, false) }
-
-// addDownTracksForced is addDownTracks; gated down-tracks start closed (a
-// proctor's microphone, which Talk opens).
-func (p *Participant) addDownTracksForced(ups []*UpTrack, gated bool) {
+// subscribe forwards ups to the participant, then renegotiates once.
+// gated down-tracks start closed (a proctor's microphone, which Talk
+// opens).
+func (p *Participant) subscribe(ups []*UpTrack, gated bool) {
 	if len(ups) == 0 || p.mode != ModeSignaled {
 		return
 	}
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
+	p.neg.mu.Lock()
+	defer p.neg.mu.Unlock()
 	added := false
 	for _, up := range ups {
 		p.mu.Lock()
@@ -427,15 +289,15 @@ func (p *Participant) addDownTracksForced(ups []*UpTrack, gated bool) {
 		added = true
 	}
 	if added {
-		p.negotiateLocked()
-		p.allocate()
+		p.neg.negotiateLocked()
+		p.alloc.run()
 	}
 }
 
 // removeDownTrack stops forwarding dt to p and renegotiates.
 func (p *Participant) removeDownTrack(dt *DownTrack) {
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
+	p.neg.mu.Lock()
+	defer p.neg.mu.Unlock()
 	p.mu.Lock()
 	if p.downs[dt.id] != dt || p.closed {
 		p.mu.Unlock()
@@ -447,7 +309,7 @@ func (p *Participant) removeDownTrack(dt *DownTrack) {
 		p.log.Debug("remove down-track", "err", err)
 		return
 	}
-	p.negotiateLocked()
+	p.neg.negotiateLocked()
 }
 
 // onTrack publishes a track the client sends, if its mid was declared
@@ -557,11 +419,7 @@ func (p *Participant) isClosed() bool {
 // everywhere, its subscriptions dropped, its connection closed, and its
 // sink gets a LeftEvent with reason. It returns when every goroutine of
 // the participant has ended. Calling it again does nothing.
-func (p *Participant) Leave(reason string) { p.leave(reason, true) }
-
-func (p *Participant) leave(reason string, fromRoom bool) {
-	p.leaveWith(LeftEvent{Reason: reason}, fromRoom)
-}
+func (p *Participant) Leave(reason string) { p.leaveWith(LeftEvent{Reason: reason}, true) }
 
 // leaveWith is leave with the LeftEvent the participant gets last.
 func (p *Participant) leaveWith(ev LeftEvent, fromRoom bool) {
@@ -573,7 +431,7 @@ func (p *Participant) leaveWith(ev LeftEvent, fromRoom bool) {
 	}
 	p.closed = true
 	close(p.quit)
-	p.stopTimersLocked()
+	p.link.stop()
 	ups := make([]*UpTrack, 0, len(p.ups))
 	for _, u := range p.ups {
 		ups = append(ups, u)

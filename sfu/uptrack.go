@@ -310,7 +310,7 @@ func (u *UpTrack) stop() {
 			// One layer ended: its subscribers move to another layer.
 			for _, d := range downs {
 				d.idleFrom(u)
-				d.sub.allocate()
+				d.sub.alloc.run()
 			}
 			return
 		}
@@ -343,7 +343,7 @@ func (u *UpTrack) stop() {
 			// A player cannot renegotiate: its down-track idles and
 			// follows the next source.
 			d.idleFrom(u)
-			d.sub.refollow(d)
+			d.sub.player.refollow(d)
 			continue
 		}
 		d.sub.removeDownTrack(d)
