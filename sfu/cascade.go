@@ -37,7 +37,8 @@ var ErrNotRelayed = errors.New("not a relayed participant")
 // relayed is a relayed participant's part of the borrowed connection:
 // the receivers of the tracks it publishes.
 type relayed struct {
-	pc        *webrtc.PeerConnection
+	pc *webrtc.PeerConnection
+	// mu guards what follows; no lock is taken while holding it.
 	mu        sync.Mutex
 	receivers map[*webrtc.TrackRemote]*webrtc.RTPReceiver
 	released  bool

@@ -16,6 +16,11 @@ type Room struct {
 	opts RoomOptions
 	log  *slog.Logger
 
+	// mu guards what follows, and a participant's role and joinSeq
+	// (written under it). It may be taken under a participant's neg.mu
+	// (a player looking for its source); while holding it one may take a
+	// participant's mu and what that may be taken under it, and deliver
+	// to sinks (which only enqueue). See Participant for the whole order.
 	mu           sync.Mutex
 	participants map[string]*Participant // by identity
 	watchers     []Sink                  // see everything, as admins do

@@ -96,6 +96,7 @@ type SFU struct {
 	// interceptor to the participant, by connection id.
 	estimators sync.Map
 
+	// mu guards rooms and closed; no lock is taken while holding it.
 	mu     sync.Mutex
 	rooms  map[string]*Room
 	closed bool

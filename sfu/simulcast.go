@@ -21,6 +21,8 @@ import (
 
 // layerGroup holds the layers of one simulcast source.
 type layerGroup struct {
+	// mu guards what follows; it is taken alone or under the publisher's
+	// mu, and no lock is taken while holding it.
 	mu      sync.Mutex
 	order   []string // rids, low to high, as the offer lists them
 	layers  map[string]*UpTrack
