@@ -83,16 +83,7 @@ func (p *Participant) SetMuted(src Source, muted bool, by string) (TrackInfo, er
 	if up == nil {
 		return TrackInfo{}, fmt.Errorf("%w: %s publishes no %s", ErrTrackNotFound, p.identity, src)
 	}
-	p.mu.Lock()
-	if muted {
-		if p.mutedSrc == nil {
-			p.mutedSrc = map[Source]bool{}
-		}
-		p.mutedSrc[src] = true
-	} else {
-		delete(p.mutedSrc, src)
-	}
-	p.mu.Unlock()
+	p.pubs.setMuted(src, muted)
 	if up.muted.Swap(muted) == muted {
 		return up.Info(), nil
 	}
@@ -233,10 +224,7 @@ func (r *Room) findTrack(id string) *UpTrack {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, o := range r.participants {
-		o.mu.Lock()
-		u := o.ups[id]
-		o.mu.Unlock()
-		if u != nil {
+		if u := o.pubs.get(id); u != nil {
 			return u
 		}
 	}

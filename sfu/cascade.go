@@ -147,7 +147,7 @@ func (p *Participant) PublishRelayed(track *webrtc.TrackRemote, src Source) (*Up
 	if !p.relay.add(track, recv) {
 		return nil, ErrClosed
 	}
-	up, publish := p.addUpTrack(track, mid, src, true)
+	up, publish := p.pubs.add(track, mid, src, true)
 	if up == nil {
 		p.relay.stop(track)
 		return nil, ErrClosed

@@ -196,26 +196,3 @@ func (u *UpTrack) silence() {
 	u.mu.Unlock()
 	u.stop()
 }
-
-// revive publishes again, as a new up-track, a track silenced while the
-// connection was lost, whose packets came back. It returns nil if the
-// participant is leaving or publishes that source otherwise meanwhile.
-func (p *Participant) revive(old *UpTrack) *UpTrack {
-	p.mu.Lock()
-	for _, u := range p.ups {
-		if u.source == old.source && u.mid != old.mid {
-			p.mu.Unlock()
-			return nil
-		}
-	}
-	p.mu.Unlock()
-	up, publish := p.addUpTrack(old.track, old.mid, old.source, false)
-	if up == nil {
-		return nil
-	}
-	p.log.Info("silent track is back", "old", old.info.ID, "track", up.info.ID)
-	if publish {
-		p.room.publish(up)
-	}
-	return up
-}

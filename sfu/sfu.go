@@ -4,9 +4,10 @@
 //   - sfu.go: the SFU (one per server: the media port, the pion API, its
 //     rooms) and its Config; room.go: a Room, joining and publishing;
 //     admin.go: what an admin does (list, role changes, mute, subscribe).
-//   - participant.go: a Participant, one PeerConnection, its published and
-//     received tracks; beside it, each with its own state and lock:
-//     negotiation.go (SDP offer/answer, ICE), reconnect.go (a lost
+//   - participant.go: a Participant, one PeerConnection, the tracks it
+//     receives, leaving; beside it, each with its own state and lock:
+//     publish.go (what it publishes), negotiation.go (SDP offer/answer,
+//     ICE), reconnect.go (a lost
 //     connection's grace period and ICE restarts), whep.go (WHIP and WHEP
 //     participants, a player), simulcast.go (layers and their allocation
 //     within the bandwidth estimate), proctoring.go (waiting room, talk).
