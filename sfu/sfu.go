@@ -7,10 +7,10 @@
 //   - participant.go: a Participant, one PeerConnection, the tracks it
 //     receives, leaving; beside it, each with its own state and lock:
 //     publish.go (what it publishes), negotiation.go (SDP offer/answer,
-//     ICE), reconnect.go (a lost
-//     connection's grace period and ICE restarts), whep.go (WHIP and WHEP
-//     participants, a player), simulcast.go (layers and their allocation
-//     within the bandwidth estimate), proctoring.go (waiting room, talk).
+//     ICE), reconnect.go (a lost connection's grace period and ICE
+//     restarts), whep.go (WHIP and WHEP participants, a player),
+//     simulcast.go (layers and their allocation within the bandwidth
+//     estimate), proctoring.go (waiting room, talk).
 //   - uptrack.go: a published track and its single reader; downtrack.go:
 //     its forwarded copy to one subscriber; packetcache.go: NACK replies;
 //     keyframe.go: keyframe detection and codec matching; cow.go: the
