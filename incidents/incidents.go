@@ -9,8 +9,9 @@
 //
 // Incidents are kept in SQLite (Store), pushed live to the room's
 // proctors, and never shown to candidates. The Monitor is the sfu
-// observer that runs the detectors and keeps the keyframes. This package
-// imports sfu only.
+// observer that runs the detectors and keeps the keyframes; it bounds how
+// often each reporter may report (limit.go). This package imports sfu
+// only.
 package incidents
 
 import (

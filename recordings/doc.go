@@ -20,4 +20,16 @@
 // each packet into the recording's bounded queue (dropping and counting
 // when it is full), and one writer goroutine per recording reassembles
 // frames and writes them.
+//
+// Who is recorded: rooms with AutoRecord everyone, proctoring rooms every
+// candidate from its admission, other rooms whom Start names, until Stop.
+// Finished recordings can be listed, opened, verified against their
+// hashes and deleted; with Config.Retention, older ones are swept.
+//
+// Files: manager.go, the Manager (the sfu observer, Start and Stop);
+// index.go, the index and what reads it; sink.go, the packet path;
+// recorder.go, one recording's writer goroutine; segment.go, its files;
+// track.go, depacketizing; mkv.go and codec.go, the Matroska/WebM muxer
+// and codec headers; manifest.go, the manifest and verification;
+// events.go, events and stats.
 package recordings

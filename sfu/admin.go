@@ -58,9 +58,6 @@ func (p *Participant) LeaveWithMessage(reason, message string) {
 	p.leaveWith(LeftEvent{Reason: reason, Message: message}, true)
 }
 
-// Tracks returns the tracks the participant publishes.
-func (p *Participant) Tracks() []*UpTrack { return p.upTracks() }
-
 // List returns the participants, by identity.
 func (r *Room) List() []*Participant {
 	r.mu.Lock()
@@ -73,15 +70,12 @@ func (r *Room) List() []*Participant {
 	return out
 }
 
-// Info describes the participant as others see it.
-func (p *Participant) Info() ParticipantInfo { return p.info() }
-
 // SetMuted stops (or resumes) forwarding the participant's track of
 // source src. The publisher and everyone who sees it are told. Video
 // resumes on a keyframe, which is requested.
 func (p *Participant) SetMuted(src Source, muted bool, by string) (TrackInfo, error) {
 	var up *UpTrack
-	for _, u := range p.upTracks() {
+	for _, u := range p.Tracks() {
 		if u.source == src {
 			up = u
 		}
@@ -89,16 +83,7 @@ func (p *Participant) SetMuted(src Source, muted bool, by string) (TrackInfo, er
 	if up == nil {
 		return TrackInfo{}, fmt.Errorf("%w: %s publishes no %s", ErrTrackNotFound, p.identity, src)
 	}
-	p.mu.Lock()
-	if muted {
-		if p.mutedSrc == nil {
-			p.mutedSrc = map[Source]bool{}
-		}
-		p.mutedSrc[src] = true
-	} else {
-		delete(p.mutedSrc, src)
-	}
-	p.mu.Unlock()
+	p.pubs.setMuted(src, muted)
 	if up.muted.Swap(muted) == muted {
 		return up.Info(), nil
 	}
@@ -150,7 +135,7 @@ func (r *Room) SetRole(identity string, role Role) error {
 	p.mu.Lock()
 	p.role = role
 	p.mu.Unlock()
-	info := p.info()
+	info := p.Info()
 
 	var (
 		stopUps   []*UpTrack
@@ -160,7 +145,7 @@ func (r *Room) SetRole(identity string, role Role) error {
 		roster    = []ParticipantInfo{}
 		subsAdd   = map[*Participant][]*UpTrack{}
 	)
-	for _, u := range p.upTracks() {
+	for _, u := range p.Tracks() {
 		if CanPublish(r.kind, role, u.source) {
 			keepUps = append(keepUps, u)
 		} else {
@@ -188,10 +173,10 @@ func (r *Room) SetRole(identity string, role Role) error {
 			o.sink.Deliver(ParticipantUpdatedEvent{Participant: info})
 		}
 		if CanSee(r.kind, role, o.role) {
-			roster = append(roster, o.info())
+			roster = append(roster, o.Info())
 		}
 		if !CanReceive(r.kind, old, o.role) && CanReceive(r.kind, role, o.role) {
-			receive = append(receive, o.upTracks()...)
+			receive = append(receive, o.Tracks()...)
 		}
 		canNow := CanReceive(r.kind, o.role, role)
 		for _, u := range keepUps {
@@ -218,9 +203,9 @@ func (r *Room) SetRole(identity string, role Role) error {
 		d.detach()
 		d.sub.removeDownTrack(d)
 	}
-	p.addDownTracks(receive)
+	p.subscribe(receive, false)
 	for o, ups := range subsAdd {
-		o.addDownTracks(ups)
+		o.subscribe(ups, false)
 	}
 	r.log.Info("role changed", "participant", identity, "from", old, "to", role)
 	return nil
@@ -239,10 +224,7 @@ func (r *Room) findTrack(id string) *UpTrack {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, o := range r.participants {
-		o.mu.Lock()
-		u := o.ups[id]
-		o.mu.Unlock()
-		if u != nil {
+		if u := o.pubs.get(id); u != nil {
 			return u
 		}
 	}
@@ -265,7 +247,7 @@ func (p *Participant) Subscribe(trackID string) error {
 		}
 		return fmt.Errorf("%w: track %q", ErrForbidden, trackID)
 	}
-	p.addDownTracks([]*UpTrack{up})
+	p.subscribe([]*UpTrack{up}, false)
 	return nil
 }
 

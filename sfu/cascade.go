@@ -37,7 +37,8 @@ var ErrNotRelayed = errors.New("not a relayed participant")
 // relayed is a relayed participant's part of the borrowed connection:
 // the receivers of the tracks it publishes.
 type relayed struct {
-	pc        *webrtc.PeerConnection
+	pc *webrtc.PeerConnection
+	// mu guards what follows; no lock is taken while holding it.
 	mu        sync.Mutex
 	receivers map[*webrtc.TrackRemote]*webrtc.RTPReceiver
 	released  bool
@@ -146,7 +147,7 @@ func (p *Participant) PublishRelayed(track *webrtc.TrackRemote, src Source) (*Up
 	if !p.relay.add(track, recv) {
 		return nil, ErrClosed
 	}
-	up, publish := p.addUpTrack(track, mid, src, true)
+	up, publish := p.pubs.add(track, mid, src, true)
 	if up == nil {
 		p.relay.stop(track)
 		return nil, ErrClosed
@@ -164,7 +165,7 @@ func (p *Participant) UnpublishRelayed(track *webrtc.TrackRemote) {
 	if p.relay == nil {
 		return
 	}
-	for _, u := range p.upTracks() {
+	for _, u := range p.Tracks() {
 		if u.track == track {
 			u.stop()
 		}

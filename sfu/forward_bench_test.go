@@ -234,9 +234,9 @@ func benchVigilForward(b *testing.B, n int) {
 	// A few packets, until the SFU has the track.
 	waitUntil(b, 10*time.Second, "the up-track", func() bool {
 		_ = video.WriteRTP(vp8Packet(true))
-		return len(pp.upTracks()) == 1
+		return len(pp.Tracks()) == 1
 	})
-	up := pp.upTracks()[0]
+	up := pp.Tracks()[0]
 
 	// The subscribers: viewers, answering the server's offers.
 	subs := make([]*benchSub, n)

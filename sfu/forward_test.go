@@ -61,9 +61,9 @@ func TestForwardVP8AndOpusToTwoSubscribers(t *testing.T) {
 	// Subscribers are told, and renegotiated without the tracks.
 	for _, sub := range subs {
 		waitFor(t, 5*time.Second, "subscriber renegotiated", func() bool {
-			sub.p.negMu.Lock()
-			defer sub.p.negMu.Unlock()
-			return len(sub.p.trackMapLocked()) == 0
+			sub.p.neg.mu.Lock()
+			defer sub.p.neg.mu.Unlock()
+			return len(sub.p.neg.trackMapLocked()) == 0
 		})
 		sub.close()
 	}

@@ -28,9 +28,11 @@ func FuzzOfferChecks(f *testing.F) {
 		}
 		p := &Participant{
 			room: &Room{kind: KindProctoring, sfu: &SFU{cfg: Config{MaxTracks: 2}}},
-			role: RoleCandidate, sources: map[string]Source{"1": SourceMicrophone},
+			role: RoleCandidate,
 		}
-		err := p.checkOffer(d, map[string]Source{"0": SourceCamera, "2": SourceScreen})
+		p.pubs = newPublications(p)
+		p.pubs.sources["1"] = SourceMicrophone
+		err := p.pubs.checkOffer(d, map[string]Source{"0": SourceCamera, "2": SourceScreen})
 		if err != nil && !errors.Is(err, ErrForbidden) && !errors.Is(err, ErrTooManyTracks) {
 			t.Fatalf("untyped refusal: %v", err)
 		}

@@ -186,7 +186,7 @@ func (d *DownTrack) shed(from *UpTrack) bool {
 
 // publisherAudio appends the audio tracks of u's publisher to out.
 func (u *UpTrack) publisherAudio(out []*UpTrack) []*UpTrack {
-	for _, a := range u.publisher.upTracks() {
+	for _, a := range u.publisher.Tracks() {
 		if a.track.Kind() == webrtc.RTPCodecTypeAudio {
 			out = append(out, a)
 		}

@@ -265,7 +265,7 @@ func TestOverloadShedsVideoToKeyframe(t *testing.T) {
 	waitFor(t, 15*time.Second, "video and audio at the viewer", func() bool { return nVideo() >= 30 && nAudio.Load() >= 10 })
 
 	var up *UpTrack
-	for _, u := range pub.p.upTracks() {
+	for _, u := range pub.p.Tracks() {
 		if u.track.Kind() == webrtc.RTPCodecTypeVideo {
 			up = u
 		}

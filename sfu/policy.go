@@ -48,8 +48,10 @@ type rolePolicy struct {
 	sees         map[Role]bool // roles this role sees in its roster
 }
 
-// policies is the one policy table per room kind (DESIGN.md, flow 3). It is
-// never mutated.
+// policies is the one policy table per room kind: who may publish which
+// source, whose media each role receives, whom it sees. It is enforced
+// here when a track is published or subscribed, not only hidden in the
+// client (docs/api.md, "Room policies"). It is never mutated.
 var policies = map[Kind]map[Role]rolePolicy{
 	KindConference: {
 		RoleParticipant: {

@@ -306,9 +306,9 @@ func settle(t *testing.T, peers ...*lpeer) {
 	t.Helper()
 	for _, c := range peers {
 		waitFor(t, 10*time.Second, c.p.identity+" settled", func() bool {
-			c.p.negMu.Lock()
-			busy := c.p.awaitingAnswer || c.p.needOffer
-			c.p.negMu.Unlock()
+			c.p.neg.mu.Lock()
+			busy := c.p.neg.awaitingAnswer || c.p.neg.needOffer
+			c.p.neg.mu.Unlock()
 			return !busy && c.pc.SignalingState() == webrtc.SignalingStateStable
 		})
 	}
@@ -479,9 +479,9 @@ func TestPolicyProctoring(t *testing.T) {
 	if evs := c1.rec.events()[eventsBefore:]; len(evs) != 0 {
 		t.Errorf("crafted subscriptions gave the candidate events: %+v", evs)
 	}
-	c1.p.negMu.Lock()
-	n := len(c1.p.trackMapLocked())
-	c1.p.negMu.Unlock()
+	c1.p.neg.mu.Lock()
+	n := len(c1.p.neg.trackMapLocked())
+	c1.p.neg.mu.Unlock()
 	if n != 0 {
 		t.Errorf("candidate's connection forwards %d tracks", n)
 	}

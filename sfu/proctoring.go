@@ -2,6 +2,7 @@ package sfu
 
 import (
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -103,7 +104,7 @@ func (r *Room) Admit(by *Participant, identity string) error {
 	c.waiting = false
 	c.mu.Unlock()
 	if was {
-		info := c.info()
+		info := c.Info()
 		c.sink.Deliver(AdmissionEvent{State: StateAdmitted, By: who})
 		for _, o := range r.participants {
 			if o != c && CanSee(r.kind, o.role, c.role) {
@@ -181,16 +182,10 @@ func (p *Participant) Talk(to string, on bool) error {
 			return err
 		}
 	}
-	p.mu.Lock()
-	if on {
-		p.talk[to] = true
-	} else {
-		delete(p.talk, to)
-	}
-	p.mu.Unlock()
+	p.talk.set(to, on)
 
 	var mic *UpTrack
-	for _, u := range p.upTracks() {
+	for _, u := range p.Tracks() {
 		if u.source == SourceMicrophone {
 			mic = u
 		}
@@ -212,7 +207,7 @@ func (p *Participant) Talk(to string, on bool) error {
 	r.toWatchersLocked(ev)
 	r.mu.Unlock()
 	if mic != nil {
-		p.applyTalk(mic, listeners)
+		p.talk.apply(mic, listeners)
 	}
 	return nil
 }
@@ -230,36 +225,50 @@ func (r *Room) NotifyProctors(ev Event) {
 	r.toWatchersLocked(ev)
 }
 
-// hearsLocked reports whether candidate c hears proctor p now.
-func (p *Participant) hearsLocked(c *Participant) bool {
-	return p.talk["*"] || p.talk[c.identity]
+// talkGate is whom a proctor talks to now: candidates by identity, or
+// "*" for every candidate. Its microphone's down-track to a candidate is
+// open only while the candidate is talked to.
+type talkGate struct {
+	// mu guards to. It is taken alone or under the room's mu; no lock
+	// is taken while holding it.
+	mu sync.Mutex
+	to map[string]bool
 }
 
-// applyTalk opens the gate of mic's down-track to each candidate p
-// talks to, adding the down-track on first use, and closes the others.
-func (p *Participant) applyTalk(mic *UpTrack, candidates []*Participant) {
+// set starts or stops talking to to.
+func (g *talkGate) set(to string, on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if on {
+		g.to[to] = true
+	} else {
+		delete(g.to, to)
+	}
+}
+
+// hears reports whether candidate c hears the proctor now.
+func (g *talkGate) hears(c *Participant) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.to["*"] || g.to[c.identity]
+}
+
+// apply opens the gate of mic's down-track to each candidate talked to,
+// adding the down-track on first use (outside the policy table: only a
+// proctor's talking does this), and closes the others. A new
+// down-track starts gated.
+func (g *talkGate) apply(mic *UpTrack, candidates []*Participant) {
 	for _, c := range candidates {
-		c.addTalkDownTrack(mic)
+		c.mu.Lock()
+		_, has := c.downs[mic.info.ID]
+		c.mu.Unlock()
+		if !has {
+			c.subscribe([]*UpTrack{mic}, true)
+		}
 	}
 	for _, d := range mic.downs.load() {
-		p.mu.Lock()
-		open := p.hearsLocked(d.sub)
-		p.mu.Unlock()
-		d.gated.Store(!open)
+		d.gated.Store(!g.hears(d.sub))
 	}
-}
-
-// addTalkDownTrack subscribes a candidate to a proctor's microphone,
-// outside the policy table: only Talk calls it. The down-track starts
-// gated.
-func (c *Participant) addTalkDownTrack(mic *UpTrack) {
-	c.mu.Lock()
-	_, has := c.downs[mic.info.ID]
-	c.mu.Unlock()
-	if has {
-		return
-	}
-	c.addDownTracksForced([]*UpTrack{mic}, true)
 }
 
 // Observers is a TrackObserver that tells each of its members, and, for

@@ -1,6 +1,7 @@
 package sfu
 
 import (
+	"sync"
 	"time"
 
 	"github.com/pion/webrtc/v4"
@@ -29,78 +30,111 @@ import (
 // When that track's packets come back it is published again under a new
 // id, and recordings continue (a new segment of the same recording).
 
-// connectionChanged acts on the connection's current state.
-func (p *Participant) connectionChanged() {
+// link is the state of a participant's media connection: connected
+// once it first connects; while reconnecting, grace ends the
+// participant, restart offers an ICE restart, and back is closed when it
+// is connected again.
+type link struct {
+	p *Participant
+
+	// mu guards what follows. It is taken alone or under the
+	// participant's mu (leaving stops the timers); no lock is taken
+	// while holding it.
+	mu                      sync.Mutex
+	connected, reconnecting bool
+	grace, restart          *time.Timer
+	back                    chan struct{}
+	stopped                 bool // the participant is leaving
+}
+
+// changed acts on the connection's current state.
+func (l *link) changed() {
+	p := l.p
 	state := p.pc.ConnectionState()
 	cfg := p.room.sfu.cfg
 	announce := false
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
 		return
 	}
 	switch state {
 	case webrtc.PeerConnectionStateConnected:
-		p.connected = true
-		if p.reconnecting {
-			p.reconnecting = false
-			p.stopTimersLocked()
-			close(p.back)
+		l.connected = true
+		if l.reconnecting {
+			l.reconnecting = false
+			l.stopTimersLocked()
+			close(l.back)
 			announce = true
 			p.log.Info("participant reconnected")
 		}
 	case webrtc.PeerConnectionStateDisconnected, webrtc.PeerConnectionStateFailed:
-		if !p.reconnecting {
-			p.reconnecting = true
+		if !l.reconnecting {
+			l.reconnecting = true
 			announce = true
-			p.back = make(chan struct{})
-			p.grace = time.AfterFunc(cfg.ReconnectGrace, func() {
+			l.back = make(chan struct{})
+			l.grace = time.AfterFunc(cfg.ReconnectGrace, func() {
 				p.log.Info("not reconnected within the grace period", "grace", cfg.ReconnectGrace)
 				p.Leave(ReasonTimeout)
 			})
 			p.left.Add(1)
-			go p.watchSilence(p.back)
+			go l.watchSilence(l.back)
 			p.log.Info("participant reconnecting", "state", state.String())
 		}
-		if p.restart != nil {
-			p.restart.Stop()
-			p.restart = nil
+		if l.restart != nil {
+			l.restart.Stop()
+			l.restart = nil
 		}
 		if delay := cfg.ICERestartDelay; delay >= 0 {
 			if state == webrtc.PeerConnectionStateFailed {
 				delay = 0
 			}
-			p.restart = time.AfterFunc(delay, p.restartICE)
+			l.restart = time.AfterFunc(delay, p.neg.restartICE)
 		}
 	}
-	p.mu.Unlock()
+	l.mu.Unlock()
 	if announce {
-		p.announce()
+		p.room.announce(p)
 	}
 }
 
-// stopTimersLocked stops the grace and restart timers; p.mu is held.
-func (p *Participant) stopTimersLocked() {
-	if p.grace != nil {
-		p.grace.Stop()
-		p.grace = nil
+// state reports whether the connection ever connected, and whether it
+// is lost and in its grace period.
+func (l *link) state() (connected, reconnecting bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.connected, l.reconnecting
+}
+
+// stop ends the link's timers for good: the participant is leaving.
+func (l *link) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = true
+	l.stopTimersLocked()
+}
+
+// stopTimersLocked stops the grace and restart timers; l.mu is held.
+func (l *link) stopTimersLocked() {
+	if l.grace != nil {
+		l.grace.Stop()
+		l.grace = nil
 	}
-	if p.restart != nil {
-		p.restart.Stop()
-		p.restart = nil
+	if l.restart != nil {
+		l.restart.Stop()
+		l.restart = nil
 	}
 }
 
 // announce tells everyone who sees p, and the room's watchers, how p is
 // now.
-func (p *Participant) announce() {
-	r := p.room
+func (r *Room) announce(p *Participant) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.participants[p.identity] != p {
 		return
 	}
-	ev := ParticipantUpdatedEvent{Participant: p.info()}
+	ev := ParticipantUpdatedEvent{Participant: p.Info()}
 	for _, o := range r.participants {
 		if o != p && CanSee(r.kind, o.role, p.role) {
 			o.sink.Deliver(ev)
@@ -112,35 +146,15 @@ func (p *Participant) announce() {
 // Reconnecting reports whether the participant's media connection is
 // lost and it is in its grace period.
 func (p *Participant) Reconnecting() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.reconnecting
-}
-
-// restartICE offers an ICE restart to a signaled client whose connection
-// is still lost; while an offer of ours is pending, the next one
-// restarts (unless the pending one does already).
-func (p *Participant) restartICE() {
-	if p.mode != ModeSignaled {
-		return // WHIP and WHEP clients restart by PATCH
-	}
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
-	if p.isClosed() || p.pc.ConnectionState() == webrtc.PeerConnectionStateConnected {
-		return
-	}
-	if p.awaitingAnswer && p.restartOut {
-		return
-	}
-	p.log.Info("offering an ICE restart")
-	p.needRestart = true
-	p.negotiateLocked()
+	_, reconnecting := p.link.state()
+	return reconnecting
 }
 
 // watchSilence unpublishes, while the connection is lost, each track
 // silent for MediaTimeout. It ends when the connection is back or the
 // participant leaves.
-func (p *Participant) watchSilence(back <-chan struct{}) {
+func (l *link) watchSilence(back <-chan struct{}) {
+	p := l.p
 	defer p.left.Done()
 	timeout := p.room.sfu.cfg.MediaTimeout
 	every := min(max(timeout/10, 50*time.Millisecond), time.Second)
@@ -155,10 +169,10 @@ func (p *Participant) watchSilence(back <-chan struct{}) {
 		case <-t.C:
 		}
 		now := time.Now()
-		for _, u := range p.upTracks() {
+		for _, u := range p.Tracks() {
 			var last time.Time
-			for _, l := range u.layers() {
-				if lp := l.LastPacket(); lp.After(last) {
+			for _, layer := range u.layers() {
+				if lp := layer.LastPacket(); lp.After(last) {
 					last = lp
 				}
 			}
@@ -181,27 +195,4 @@ func (u *UpTrack) silence() {
 	u.silenced.Store(true)
 	u.mu.Unlock()
 	u.stop()
-}
-
-// revive publishes again, as a new up-track, a track silenced while the
-// connection was lost, whose packets came back. It returns nil if the
-// participant is leaving or publishes that source otherwise meanwhile.
-func (p *Participant) revive(old *UpTrack) *UpTrack {
-	p.mu.Lock()
-	for _, u := range p.ups {
-		if u.source == old.source && u.mid != old.mid {
-			p.mu.Unlock()
-			return nil
-		}
-	}
-	p.mu.Unlock()
-	up, publish := p.addUpTrack(old.track, old.mid, old.source, false)
-	if up == nil {
-		return nil
-	}
-	p.log.Info("silent track is back", "old", old.info.ID, "track", up.info.ID)
-	if publish {
-		p.room.publish(up)
-	}
-	return up
 }

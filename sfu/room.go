@@ -16,6 +16,11 @@ type Room struct {
 	opts RoomOptions
 	log  *slog.Logger
 
+	// mu guards what follows, and a participant's role and joinSeq
+	// (written under it). It may be taken under a participant's neg.mu
+	// (a player looking for its source); while holding it one may take a
+	// participant's mu and what that may be taken under it, and deliver
+	// to sinks (which only enqueue). See Participant for the whole order.
 	mu           sync.Mutex
 	participants map[string]*Participant // by identity
 	watchers     []Sink                  // see everything, as admins do
@@ -49,7 +54,7 @@ func (r *Room) Participants() []ParticipantInfo {
 	defer r.mu.Unlock()
 	out := make([]ParticipantInfo, 0, len(r.participants))
 	for _, p := range r.participants {
-		out = append(out, p.info())
+		out = append(out, p.Info())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Identity < out[j].Identity })
 	return out
@@ -110,20 +115,20 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 	p.joinSeq = r.joins
 	r.participants[cfg.Identity] = p
 	roster := []ParticipantInfo{}
-	info := p.info()
+	info := p.Info()
 	var receive []*UpTrack
 	for _, o := range r.participants {
 		if o == p {
 			continue
 		}
 		if CanSee(r.kind, p.role, o.role) {
-			roster = append(roster, o.info())
+			roster = append(roster, o.Info())
 		}
 		if CanSee(r.kind, o.role, p.role) {
 			o.sink.Deliver(ParticipantJoinedEvent{Participant: info})
 		}
 		if p.mode == ModeSignaled && CanReceive(r.kind, p.role, o.role) {
-			receive = append(receive, o.upTracks()...)
+			receive = append(receive, o.Tracks()...)
 		}
 	}
 	r.toWatchersLocked(ParticipantJoinedEvent{Participant: info})
@@ -140,15 +145,15 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 		p.mu.Lock()
 		if !p.closed { // not replaced already
 			p.left.Add(1)
-			go p.allocateLoop()
+			go p.alloc.loop()
 		}
 		p.mu.Unlock()
 	}
 	if old != nil {
-		old.leave(ReasonReplaced, false)
+		old.leaveWith(LeftEvent{Reason: ReasonReplaced}, false)
 	}
 	r.log.Info("participant joined", "participant", p.identity, "role", p.role)
-	p.addDownTracks(receive)
+	p.subscribe(receive, false)
 	return p, nil
 }
 
@@ -206,7 +211,7 @@ func (r *Room) Watch(s Sink) error {
 	}
 	snap := RoomSnapshotEvent{Room: r.name, Kind: r.kind, Participants: []ParticipantInfo{}}
 	for _, p := range r.participants {
-		snap.Participants = append(snap.Participants, p.info())
+		snap.Participants = append(snap.Participants, p.Info())
 	}
 	sort.Slice(snap.Participants, func(i, j int) bool { return snap.Participants[i].Identity < snap.Participants[j].Identity })
 	s.Deliver(snap)
@@ -263,24 +268,22 @@ func (r *Room) publish(up *UpTrack) {
 		obs.TrackPublished(r, up)
 	}
 	for _, s := range subs {
-		s.addDownTracks([]*UpTrack{up})
+		s.subscribe([]*UpTrack{up}, false)
 	}
 	for _, p := range players {
-		p.offerSource(up)
+		p.player.offerSource(up)
 	}
 	if r.kind == KindProctoring && pub.Role() == RoleProctor && up.source == SourceMicrophone {
 		// A proctor who talks while (re)publishing its microphone.
 		var listeners []*Participant
 		r.mu.Lock()
-		pub.mu.Lock()
 		for _, o := range r.participants {
-			if o.role == RoleCandidate && pub.hearsLocked(o) {
+			if o.role == RoleCandidate && pub.talk.hears(o) {
 				listeners = append(listeners, o)
 			}
 		}
-		pub.mu.Unlock()
 		r.mu.Unlock()
-		pub.applyTalk(up, listeners)
+		pub.talk.apply(up, listeners)
 	}
 }
 

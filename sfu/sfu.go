@@ -1,6 +1,24 @@
-// Package sfu is Vigil's media core: rooms, participants, published
-// (up) tracks and their forwarded (down) copies, RTCP, and the per-kind
-// policy of who may publish and receive what. It knows nothing of HTTP.
+// Package sfu is Vigil's media core. It knows nothing of HTTP; it talks to
+// a session through a Sink, which only enqueues.
+//
+//   - sfu.go: the SFU (one per server: the media port, the pion API, its
+//     rooms) and its Config; room.go: a Room, joining and publishing;
+//     admin.go: what an admin does (list, role changes, mute, subscribe).
+//   - participant.go: a Participant, one PeerConnection, the tracks it
+//     receives, leaving; beside it, each with its own state and lock:
+//     publish.go (what it publishes), negotiation.go (SDP offer/answer,
+//     ICE), reconnect.go (a lost connection's grace period and ICE
+//     restarts), whep.go (WHIP and WHEP participants, a player),
+//     simulcast.go (layers and their allocation within the bandwidth
+//     estimate), proctoring.go (waiting room, talk).
+//   - uptrack.go: a published track and its single reader; downtrack.go:
+//     its forwarded copy to one subscriber; packetcache.go: NACK replies;
+//     keyframe.go: keyframe detection and codec matching; cow.go: the
+//     copy-on-write subscriber lists of the packet path.
+//   - policy.go: who may publish, receive and see what, per room kind.
+//   - overload.go: shedding video when forwarding falls behind;
+//     stats.go: counters; cascade.go: relayed participants standing for
+//     publishers on other nodes; chat.go, events.go: what sinks receive.
 package sfu
 
 import (
@@ -96,6 +114,7 @@ type SFU struct {
 	// interceptor to the participant, by connection id.
 	estimators sync.Map
 
+	// mu guards rooms and closed; no lock is taken while holding it.
 	mu     sync.Mutex
 	rooms  map[string]*Room
 	closed bool
@@ -189,7 +208,9 @@ func New(cfg Config) (*SFU, error) {
 	se.SetLite(true)
 	se.SetIncludeLoopbackCandidate(cfg.IncludeLoopback)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	// AEAD-AES-GCM costs a sixth of AES-CM+HMAC per packet (FIELD.md).
+	// AEAD-AES-128-GCM costs a sixth of AES-CM+HMAC-SHA1-80 per packet:
+	// about 0.3 µs against 1.9 µs to encrypt 1200 bytes on our 2-core
+	// test machines.
 	se.SetSRTPProtectionProfiles(dtls.SRTP_AEAD_AES_128_GCM, dtls.SRTP_AES128_CM_HMAC_SHA1_80)
 	if len(cfg.PublicIPs) > 0 {
 		// Append, not replace: the public address is offered beside the

@@ -21,6 +21,8 @@ import (
 
 // layerGroup holds the layers of one simulcast source.
 type layerGroup struct {
+	// mu guards what follows; it is taken alone or under the publisher's
+	// mu, and no lock is taken while holding it.
 	mu      sync.Mutex
 	order   []string // rids, low to high, as the offer lists them
 	layers  map[string]*UpTrack
@@ -128,7 +130,7 @@ func (p *Participant) SetLayer(trackID, layer string) error {
 	d.mu.Lock()
 	d.maxLayer = want
 	d.mu.Unlock()
-	p.allocate()
+	p.alloc.run()
 	return nil
 }
 
@@ -144,9 +146,21 @@ func defaultLayer(role Role) int {
 
 const allocateEvery = time.Second
 
-// allocateLoop re-runs the layer allocation every second until the
-// participant leaves.
-func (p *Participant) allocateLoop() {
+// allocator chooses the simulcast layer of each video track a
+// participant receives, within what its connection carries.
+type allocator struct {
+	p *Participant
+
+	// mu guards bwe. It is taken alone; no lock is taken while holding
+	// it.
+	mu  sync.Mutex
+	bwe estimator // what the connection carries to the client, or nil
+}
+
+// loop re-runs the layer allocation every second until the participant
+// leaves.
+func (a *allocator) loop() {
+	p := a.p
 	defer p.left.Done()
 	t := time.NewTicker(allocateEvery)
 	defer t.Stop()
@@ -155,16 +169,17 @@ func (p *Participant) allocateLoop() {
 		case <-p.quit:
 			return
 		case <-t.C:
-			p.allocate()
+			a.run()
 		}
 	}
 }
 
-// allocate chooses each simulcast down-track's layer: every one gets its
+// run chooses each simulcast down-track's layer: every one gets its
 // lowest layer first, then, in turn, the highest layer up to what it asked
 // for that the bandwidth estimate still carries. Other video is paid for
 // first. Layers whose bitrate is not known yet cost nothing.
-func (p *Participant) allocate() {
+func (a *allocator) run() {
+	p := a.p
 	p.mu.Lock()
 	downs := make([]*DownTrack, 0, len(p.downs))
 	for _, d := range p.downs {
@@ -172,8 +187,11 @@ func (p *Participant) allocate() {
 			downs = append(downs, d)
 		}
 	}
-	role, bwe := p.role, p.bwe
+	role := p.role
 	p.mu.Unlock()
+	a.mu.Lock()
+	bwe := a.bwe
+	a.mu.Unlock()
 	now := time.Now()
 	budget := int64(1) << 62
 	if bwe != nil {

@@ -229,9 +229,9 @@ func TestSimulcastLayersSwitchOnKeyframes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the high layer again", func() bool { return log.lastRun(2, 20) })
-	sub.p.mu.Lock()
-	sub.p.bwe = fixedBudget(60_000)
-	sub.p.mu.Unlock()
+	sub.p.alloc.mu.Lock()
+	sub.p.alloc.bwe = fixedBudget(60_000)
+	sub.p.alloc.mu.Unlock()
 	waitFor(t, 5*time.Second, "the low layer under a small budget", func() bool { return log.lastRun(0, 20) })
 
 	checkSwitches(t, log.snapshot())

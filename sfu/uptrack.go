@@ -199,7 +199,7 @@ func (u *UpTrack) read() *UpTrack {
 		if u.silenced.Load() {
 			// The first packet back is dropped: video restarts on
 			// the keyframe the new subscribers ask for.
-			return u.publisher.revive(u)
+			return u.publisher.pubs.revive(u)
 		}
 		if err := pkt.Unmarshal(buf[:n]); err != nil {
 			continue
@@ -310,7 +310,7 @@ func (u *UpTrack) stop() {
 			// One layer ended: its subscribers move to another layer.
 			for _, d := range downs {
 				d.idleFrom(u)
-				d.sub.allocate()
+				d.sub.alloc.run()
 			}
 			return
 		}
@@ -333,17 +333,13 @@ func (u *UpTrack) stop() {
 	// An ended track is no longer the publisher's: rosters and Tracks
 	// stop listing it.
 	pub := u.publisher
-	pub.mu.Lock()
-	if pub.ups[u.info.ID] == u {
-		delete(pub.ups, u.info.ID)
-	}
-	pub.mu.Unlock()
+	pub.pubs.forget(u)
 	for _, d := range downs {
 		if d.sub.mode == ModeWHEP {
 			// A player cannot renegotiate: its down-track idles and
 			// follows the next source.
 			d.idleFrom(u)
-			d.sub.refollow(d)
+			d.sub.player.refollow(d)
 			continue
 		}
 		d.sub.removeDownTrack(d)

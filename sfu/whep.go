@@ -3,8 +3,8 @@ package sfu
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
@@ -92,6 +92,19 @@ func offered(names []string, c webrtc.RTPCodecCapability) bool {
 	return false
 }
 
+// player is what a WHEP participant plays: one down-track per kind the
+// offer receives, set once by Play, carrying the room's main audio and
+// video, or a followed publisher's.
+type player struct {
+	p *Participant
+
+	// mu guards what follows. It is taken alone, or under neg.mu or the
+	// participant's mu; no lock is taken while holding it.
+	mu     sync.Mutex
+	follow string // the publisher to follow, or "" for the room's first
+	tracks map[webrtc.RTPCodecType]*DownTrack
+}
+
 // Play answers a WHEP offer: one down-track per kind the offer receives,
 // carrying the room's main audio and video (follow names the publisher to
 // play; empty means the first publisher the role may receive). They
@@ -101,6 +114,11 @@ func (p *Participant) Play(offer, follow string) error {
 	if p.mode != ModeWHEP {
 		return fmt.Errorf("%w: not a player", ErrInvalidState)
 	}
+	return p.player.play(offer, follow)
+}
+
+func (pl *player) play(offer, follow string) error {
+	p := pl.p
 	parsed := &sdp.SessionDescription{}
 	if err := parsed.UnmarshalString(offer); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
@@ -109,21 +127,24 @@ func (p *Participant) Play(offer, follow string) error {
 	if len(kinds) == 0 {
 		return fmt.Errorf("%w: the offer receives no audio or video", ErrInvalidSDP)
 	}
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
+	p.neg.mu.Lock()
+	defer p.neg.mu.Unlock()
 	if p.isClosed() {
 		return ErrClosed
 	}
-	if p.player != nil {
+	pl.mu.Lock()
+	playing := pl.tracks != nil
+	if !playing {
+		pl.follow = follow
+	}
+	pl.mu.Unlock()
+	if playing {
 		return fmt.Errorf("%w: already playing", ErrInvalidState)
 	}
-	p.mu.Lock()
-	p.follow = follow
-	p.mu.Unlock()
-	player := map[webrtc.RTPCodecType]*DownTrack{}
+	tracks := map[webrtc.RTPCodecType]*DownTrack{}
 	sources := map[webrtc.RTPCodecType]*UpTrack{}
 	for kind, names := range kinds {
-		up := p.room.mainTrack(p, kind)
+		up := pl.mainTrack(kind)
 		var codec webrtc.RTPCodecCapability
 		switch {
 		case up != nil && offered(names, up.codec):
@@ -147,17 +168,10 @@ func (p *Participant) Play(offer, follow string) error {
 			return fmt.Errorf("sfu: player track: %w", err)
 		}
 		d.sender = tr.Sender()
-		player[kind] = d
+		tracks[kind] = d
 		sources[kind] = up
 	}
-	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
-	}
-	answer, err := p.pc.CreateAnswer(nil)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
-	}
-	sdpText, err := p.setLocalLocked(answer)
+	sdpText, err := p.neg.answerLocked(offer)
 	if err != nil {
 		return err
 	}
@@ -166,36 +180,40 @@ func (p *Participant) Play(offer, follow string) error {
 		p.mu.Unlock()
 		return ErrClosed
 	}
-	for _, d := range player {
+	for _, d := range tracks {
 		p.downs[d.id] = d
 		p.left.Add(1)
 		go d.readRTCP(&p.left)
 	}
-	p.player = player
+	pl.mu.Lock()
+	pl.tracks = tracks
+	pl.mu.Unlock()
 	p.mu.Unlock()
-	for kind, d := range player {
+	for kind, d := range tracks {
 		if up := sources[kind]; up != nil {
 			d.switchTo(up)
 		} else {
 			// A track published since we looked went to no one.
-			p.refollow(d)
+			pl.refollow(d)
 		}
 	}
-	p.sink.Deliver(AnswerEvent{SDP: sdpText, Tracks: p.trackMapLocked()})
+	p.sink.Deliver(AnswerEvent{SDP: sdpText, Tracks: p.neg.trackMapLocked()})
 	return nil
 }
 
-// mainTrack picks what a player of kind plays: the followed publisher's
-// camera or microphone, or, following no one, the earliest-joined
-// publisher the role may receive.
-func (r *Room) mainTrack(p *Participant, kind webrtc.RTPCodecType) *UpTrack {
+// mainTrack picks what the player plays of kind: the followed
+// publisher's camera or microphone, or, following no one, the
+// earliest-joined publisher the role may receive.
+func (pl *player) mainTrack(kind webrtc.RTPCodecType) *UpTrack {
+	p := pl.p
 	want := SourceCamera
 	if kind == webrtc.RTPCodecTypeAudio {
 		want = SourceMicrophone
 	}
-	p.mu.Lock()
-	follow := p.follow
-	p.mu.Unlock()
+	pl.mu.Lock()
+	follow := pl.follow
+	pl.mu.Unlock()
+	r := p.room
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var best *UpTrack
@@ -204,7 +222,7 @@ func (r *Room) mainTrack(p *Participant, kind webrtc.RTPCodecType) *UpTrack {
 		if o == p || !CanReceive(r.kind, p.role, o.role) || (follow != "" && o.identity != follow) {
 			continue
 		}
-		for _, u := range o.upTracks() {
+		for _, u := range o.Tracks() {
 			if u.source == want && (best == nil || o.joinSeq < bestSeq) {
 				best, bestSeq = u, o.joinSeq
 			}
@@ -213,30 +231,30 @@ func (r *Room) mainTrack(p *Participant, kind webrtc.RTPCodecType) *UpTrack {
 	return best
 }
 
-// offerSource gives a player a newly published track, if one of its
+// offerSource gives the player a newly published track, if one of its
 // down-tracks is idle and would play it.
-func (p *Participant) offerSource(up *UpTrack) {
-	p.mu.Lock()
-	d := p.player[up.track.Kind()]
-	follow := p.follow
-	p.mu.Unlock()
+func (pl *player) offerSource(up *UpTrack) {
+	pl.mu.Lock()
+	d := pl.tracks[up.track.Kind()]
+	follow := pl.follow
+	pl.mu.Unlock()
 	if d == nil || d.source() != nil || !codecMatch(up.codec, d.codec) {
 		return
 	}
 	if follow != "" && up.publisher.identity != follow {
 		return
 	}
-	if main := p.room.mainTrack(p, d.kind); main == up {
+	if main := pl.mainTrack(d.kind); main == up {
 		d.switchTo(up)
 	}
 }
 
 // refollow finds an idle player down-track its next source.
-func (p *Participant) refollow(d *DownTrack) {
-	if p.isClosed() {
+func (pl *player) refollow(d *DownTrack) {
+	if pl.p.isClosed() {
 		return
 	}
-	if up := p.room.mainTrack(p, d.kind); up != nil && codecMatch(up.codec, d.codec) {
+	if up := pl.mainTrack(d.kind); up != nil && codecMatch(up.codec, d.codec) {
 		d.switchTo(up)
 	}
 }
@@ -253,51 +271,13 @@ func (d *DownTrack) idleFrom(from *UpTrack) {
 	}
 }
 
-var iceCredRE = regexp.MustCompile(`(?m)^a=ice-(ufrag|pwd):.*$`)
-
 // RestartICE applies an ICE restart asked for by a WHIP or WHEP client
 // with new credentials: the current remote offer is re-applied with them,
 // and the new answer returned (its ufrag, pwd and candidates are what the
 // client needs).
 func (p *Participant) RestartICE(ufrag, pwd string) (string, error) {
-	if ufrag == "" || pwd == "" || strings.ContainsAny(ufrag+pwd, "\r\n") {
-		return "", fmt.Errorf("%w: ICE restart needs a ufrag and a pwd", ErrInvalidSDP)
-	}
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
-	if p.isClosed() {
-		return "", ErrClosed
-	}
-	cur := p.pc.RemoteDescription()
-	if cur == nil || cur.Type != webrtc.SDPTypeOffer {
-		return "", fmt.Errorf("%w: no offer to restart", ErrInvalidState)
-	}
-	next := iceCredRE.ReplaceAllStringFunc(cur.SDP, func(line string) string {
-		if strings.HasPrefix(line, "a=ice-ufrag:") {
-			return "a=ice-ufrag:" + ufrag
-		}
-		return "a=ice-pwd:" + pwd
-	})
-	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: next}); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalidSDP, err)
-	}
-	answer, err := p.pc.CreateAnswer(nil)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalidSDP, err)
-	}
-	return p.setLocalLocked(answer)
+	return p.neg.restartWith(ufrag, pwd)
 }
 
 // RemoteICEUfrag is the client's current ICE username fragment.
-func (p *Participant) RemoteICEUfrag() string {
-	d := p.pc.RemoteDescription()
-	if d == nil {
-		return ""
-	}
-	for _, line := range strings.Split(d.SDP, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimRight(line, "\r"), "a=ice-ufrag:"); ok {
-			return v
-		}
-	}
-	return ""
-}
+func (p *Participant) RemoteICEUfrag() string { return p.neg.remoteUfrag() }

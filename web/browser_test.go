@@ -27,8 +27,11 @@ import (
 const chromiumPath = "/usr/bin/chromium"
 
 // chromiumFlags are the flags that make headless Chromium do WebRTC with a
-// fake camera and microphone against a server on 127.0.0.1
-// (shared/TESTING.md).
+// fake camera and microphone against a server on 127.0.0.1. Without
+// allow-loopback-in-peer-connection Chromium gathers no 127.0.0.1
+// candidates (on a host with only lo, none at all, and gathering never
+// completes); the fake UI flag also keeps a receive-only page from
+// hiding its host address behind an mDNS name pion cannot resolve.
 func chromiumFlags() []string {
 	return []string{
 		"no-sandbox", "disable-gpu", "disable-quic", "no-first-run",
