@@ -102,7 +102,7 @@ func stopsWithin(t *testing.T, c *wsClient, key string, d time.Duration) int {
 func keepsFlowing(t *testing.T, c *wsClient, key string) {
 	t.Helper()
 	n := c.packets(key)
-	waitFor(t, 3*time.Second, key+" keeps flowing", func() bool { return c.packets(key) > n+10 })
+	waitFor(t, 10*time.Second, key+" keeps flowing", func() bool { return c.packets(key) > n+10 })
 }
 
 func leftEvent(t *testing.T, c *wsClient) (reason, message string) {

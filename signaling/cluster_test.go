@@ -558,7 +558,7 @@ func TestClusterRevocationReachesEveryNode(t *testing.T) {
 	}
 	c := startNode(t, rd, prefix, "c", nil)
 	for _, n := range []*testNode{a, b, c} {
-		waitFor(t, 3*time.Second, "the revocation on "+n.ID, func() bool {
+		waitFor(t, 10*time.Second, "the revocation on "+n.ID, func() bool {
 			_, err := n.Sig.Tokens().Verify(old)
 			return errors.Is(err, signaling.ErrTokenRevoked)
 		})
