@@ -71,6 +71,10 @@
 // signaling must put a room in the map (CreateRoom) before it lists it
 // locally, and take it out of the map (DeleteRoom) before it stops
 // listing it; otherwise a heartbeat in between calls Lost or Adopt for it.
+// Even in that order, a heartbeat that reads Rooms just before a room
+// created here is listed, and the map just after CreateRoom wrote it,
+// calls Adopt for it: Adopt must ignore a room its caller is creating
+// (signaling remembers the names it is creating).
 //
 // # Outages
 //

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -176,11 +177,7 @@ func TestRooms(t *testing.T) {
 
 	before := time.Now().Add(-time.Second)
 	want := RoomRecord{Name: "r1", Kind: "broadcast", MaxParticipants: 50, AutoRecord: true, Owner: "a"}
-	rec, err := a.CreateRoom(ctx, want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ha.add(rec)
+	rec := createHeld(t, ctx, a, ha, want)
 	want.Epoch, want.Created = 1, rec.Created
 	if rec != want || rec.Created.Before(before) || rec.Created.After(time.Now()) {
 		t.Fatalf("CreateRoom = %+v", rec)
@@ -248,11 +245,7 @@ func TestRehomeDeadNode(t *testing.T) {
 	d := newNode(t, r.URL(), "d", hd)
 	for i := range 12 {
 		name := fmt.Sprintf("room%02d", i)
-		rec, err := d.CreateRoom(ctx, RoomRecord{Name: name, Kind: "conference", Owner: "d"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hd.add(rec)
+		createHeld(t, ctx, d, hd, RoomRecord{Name: name, Kind: "conference", Owner: "d"})
 	}
 	sweepers := map[string]*holder{"a": newHolder(), "b": newHolder(), "c": newHolder()}
 	var a *Cluster
@@ -313,11 +306,7 @@ func TestCutOffNodeLosesRooms(t *testing.T) {
 	a := newNode(t, p.URL(), "a", ha)
 	b := newNode(t, r.URL(), "b", hb)
 	for _, name := range []string{"r1", "r2"} {
-		rec, err := a.CreateRoom(ctx, RoomRecord{Name: name, Owner: "a"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ha.add(rec)
+		createHeld(t, ctx, a, ha, RoomRecord{Name: name, Owner: "a"})
 	}
 
 	p.Cut()
@@ -373,12 +362,7 @@ func TestAllCutOffNoRehoming(t *testing.T) {
 		c *Cluster
 		h *holder
 	}{{a, ha}, {b, hb}} {
-		rec, err := n.c.CreateRoom(ctx, RoomRecord{Name: "room-" + n.c.ID(), Owner: n.c.ID()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.h.add(rec)
-		want = append(want, rec)
+		want = append(want, createHeld(t, ctx, n.c, n.h, RoomRecord{Name: "room-" + n.c.ID(), Owner: n.c.ID()}))
 	}
 
 	p.Cut()
@@ -402,6 +386,75 @@ func TestAllCutOffNoRehoming(t *testing.T) {
 	}
 }
 
+// A heartbeat that reads Rooms before a room this node is creating is
+// held, and the map after its record is written, calls Adopt for it
+// (see Config.Adopt); the caller, creating it, ignores that, and no
+// later heartbeat adopts or loses it. The interleaving is forced: the
+// heartbeat is held inside Rooms while the record is written.
+func TestHeartbeatDuringCreation(t *testing.T) {
+	r := startRedis(t)
+	ctx := ctxT(t)
+	ha := newHolder()
+	var hold atomic.Bool
+	var listed atomic.Int64
+	entered, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	adopts := make(chan RoomRecord, 16)
+	a := newNode(t, r.URL(), "a", ha, func(c *Config) {
+		c.Lease = 5 * time.Second // a heartbeat held up must not lose a's lease
+		c.Rooms = func() []RoomRecord {
+			if hold.CompareAndSwap(true, false) {
+				entered <- struct{}{}
+				<-release
+			}
+			defer listed.Add(1)
+			return ha.list()
+		}
+		c.Adopt = func(rec RoomRecord) {
+			adopts <- rec
+			ha.adopt(rec)
+		}
+	})
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // before a's Close
+
+	hold.Store(true)
+	select {
+	case <-entered:
+	case <-time.After(testDeadline):
+		t.Fatal("no heartbeat")
+	}
+	ha.mu.Lock()
+	ha.creating["r"] = true
+	ha.mu.Unlock()
+	rec, err := a.CreateRoom(ctx, RoomRecord{Name: "r", Owner: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	releaseOnce.Do(func() { close(release) })
+	select {
+	case got := <-adopts:
+		if got != rec {
+			t.Fatalf("Adopt(%+v), want %+v", got, rec)
+		}
+	case <-time.After(testDeadline):
+		t.Fatal("the held heartbeat did not call Adopt for the room being created")
+	}
+	ha.add(rec)
+	// The next heartbeat lists the room; the one after it has reconciled
+	// that one.
+	n := listed.Load()
+	waitFor(t, "two more heartbeats", func() bool { return listed.Load() >= n+2 })
+	if adopted, lost := ha.counts(); len(adopted)+len(lost) != 0 {
+		t.Errorf("adopted %v, lost %v", adopted, lost)
+	}
+	if len(adopts) != 0 {
+		t.Errorf("Adopt called again for %+v", <-adopts)
+	}
+	if !slices.Equal(ha.names(), []string{"r"}) {
+		t.Errorf("holding %v", ha.names())
+	}
+}
+
 // Redis stops: calls fail fast, Available turns false. Redis comes back
 // empty: the nodes register again, write their rooms back, and the bus
 // works again.
@@ -416,12 +469,7 @@ func TestRedisOutageAndEmptyRestart(t *testing.T) {
 		c *Cluster
 		h *holder
 	}{{a, ha}, {b, hb}} {
-		rec, err := n.c.CreateRoom(ctx, RoomRecord{Name: "room-" + n.c.ID(), Kind: "broadcast", Owner: n.c.ID()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.h.add(rec)
-		want = append(want, rec)
+		want = append(want, createHeld(t, ctx, n.c, n.h, RoomRecord{Name: "room-" + n.c.ID(), Kind: "broadcast", Owner: n.c.ID()}))
 	}
 	var mu sync.Mutex
 	var got []string

@@ -140,16 +140,37 @@ type holder struct {
 	rooms   map[string]RoomRecord
 	adopted map[string]int
 	lost    map[string]int
+	// creating: rooms being created on this node (createHeld), from
+	// before CreateRoom until a heartbeat has read them from list. A
+	// heartbeat that read list before the room was held may find it in
+	// the map, owned here, and call Adopt for it; like signaling (its
+	// creating set, then "the room exists"), the holder ignores that.
+	creating map[string]bool
 }
 
 func newHolder() *holder {
-	return &holder{rooms: map[string]RoomRecord{}, adopted: map[string]int{}, lost: map[string]int{}}
+	return &holder{rooms: map[string]RoomRecord{}, adopted: map[string]int{}, lost: map[string]int{}, creating: map[string]bool{}}
 }
 
 func (h *holder) add(r RoomRecord) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.rooms[r.Name] = r
+}
+
+// createHeld creates rec through c, for a room h holds (rec.Owner is h's
+// node), as signaling does: the record first, then the room held.
+func createHeld(t *testing.T, ctx context.Context, c *Cluster, h *holder, rec RoomRecord) RoomRecord {
+	t.Helper()
+	h.mu.Lock()
+	h.creating[rec.Name] = true
+	h.mu.Unlock()
+	rec, err := c.CreateRoom(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.add(rec)
+	return rec
 }
 
 func (h *holder) remove(name string) {
@@ -161,6 +182,9 @@ func (h *holder) remove(name string) {
 func (h *holder) list() []RoomRecord {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	for name := range h.rooms {
+		delete(h.creating, name)
+	}
 	return slices.Collect(maps.Values(h.rooms))
 }
 
@@ -173,6 +197,9 @@ func (h *holder) names() []string {
 func (h *holder) adopt(r RoomRecord) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.creating[r.Name] {
+		return
+	}
 	h.rooms[r.Name] = r
 	h.adopted[r.Name]++
 }

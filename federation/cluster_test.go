@@ -363,7 +363,15 @@ func TestClusterRoomsAcrossNodes(t *testing.T) {
 		if resp, body := call(t, []*testNode{b, a}[i%2].URL, "POST", "/v1/rooms", adminH(), fmt.Sprintf(`{"name":%q,"kind":"conference"}`, name)); resp.StatusCode != 409 || errorCode(t, body) != "room_exists" {
 			t.Errorf("create %s again through the other node: %d %s", name, resp.StatusCode, body)
 		}
-		time.Sleep(250 * time.Millisecond) // a heartbeat: the load is seen
+		waitFor(t, 10*time.Second, "the load in the map", func() bool { // what the next Pick sees
+			ns, err := a.Cl.Nodes(context.Background())
+			for _, n := range ns {
+				if n.Load.Rooms != len(nodes[n.ID].SFU.Rooms()) {
+					return false
+				}
+			}
+			return err == nil && len(ns) == 2
+		})
 	}
 	if n := len(a.SFU.Rooms()); n != 2 {
 		t.Errorf("node a holds %d rooms, b %d: want them spread by load", n, len(b.SFU.Rooms()))
@@ -554,7 +562,7 @@ func TestClusterRevocationReachesEveryNode(t *testing.T) {
 	}
 	c := startNode(t, rd, prefix, "c", nil)
 	for _, n := range []*testNode{a, b, c} {
-		waitFor(t, 3*time.Second, "the revocation on "+n.ID, func() bool {
+		waitFor(t, 10*time.Second, "the revocation on "+n.ID, func() bool {
 			_, err := n.Sig.Tokens().Verify(old)
 			return errors.Is(err, signaling.ErrTokenRevoked)
 		})

@@ -192,7 +192,7 @@ func TestLogWait(t *testing.T) {
 				if !errors.Is(err, tt.want) {
 					t.Fatalf("Wait = %v, want %v", err, tt.want)
 				}
-			case <-time.After(2 * time.Second):
+			case <-time.After(10 * time.Second):
 				t.Fatal("Wait did not return")
 			}
 		})

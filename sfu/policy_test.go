@@ -488,7 +488,7 @@ func TestPolicyProctoring(t *testing.T) {
 	// The proctors still receive both candidates.
 	for _, p := range []*lpeer{p1, p2} {
 		before := p.count("c2/camera")
-		waitFor(t, 2*time.Second, p.p.identity+" still receives c2", func() bool { return p.count("c2/camera") > before+10 })
+		waitFor(t, 10*time.Second, p.p.identity+" still receives c2", func() bool { return p.count("c2/camera") > before+10 })
 	}
 
 	// c2 leaves: proctors are told, c1 is not.

@@ -119,6 +119,7 @@ func TestMessageRate(t *testing.T) {
 	noisy := dial(t, srv, "class", "noisy", "participant")
 	calm := dial(t, srv, "class", "calm", "participant")
 	noisy.waitEvent("joined", nil)
+	start := time.Now()
 	for i := range 30 {
 		noisy.send("chat", fmt.Sprint("m", i), map[string]string{"text": "spam"})
 	}
@@ -126,15 +127,22 @@ func TestMessageRate(t *testing.T) {
 	if !strings.Contains(string(e.Data), `"ref":"m`) {
 		t.Errorf("rate_limited without the message's ref: %s", e.Data)
 	}
-	time.Sleep(200 * time.Millisecond)
-	chats := 0
-	for _, e := range calm.eventsOf("chat") {
-		if strings.Contains(string(e.Data), "spam") {
-			chats++
+	count := func(c *wsClient, typ, substr string) int {
+		n := 0
+		for _, e := range c.eventsOf(typ) {
+			if strings.Contains(string(e.Data), substr) {
+				n++
+			}
 		}
+		return n
 	}
-	if chats < 10 || chats >= 15 {
-		t.Errorf("calm got %d of the 30 messages sent at once; want the burst of 10 (and a few refilled)", chats)
+	// Each of the 30 is either delivered to calm or refused to noisy.
+	waitFor(t, 10*time.Second, "the 30 messages delivered or refused", func() bool {
+		return count(calm, "chat", "spam")+count(noisy, "error", `"code":"rate_limited"`) == 30
+	})
+	elapsed := time.Since(start)
+	if chats := count(calm, "chat", "spam"); chats < 10 || float64(chats) > 10+5*elapsed.Seconds() {
+		t.Errorf("calm got %d of the 30 messages sent at once, taken within %v; want the burst of 10 and what 5/s refills meanwhile", chats, elapsed)
 	}
 	msg := `{"type":"chat","data":{"text":"hi"}}`
 	var limited bool

@@ -480,10 +480,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		t.Errorf("(c) the new room through %s: %s", via.id, body)
 	}
 	before = sub.total.Load()
-	time.Sleep(500 * time.Millisecond)
-	if sub.total.Load() == before {
-		t.Error("(c) no media after Redis came back")
-	}
+	waitUntil(t, 10*time.Second, "(c) media after Redis came back", func() bool { return sub.total.Load() > before }, sub.history)
 	if f := pub.fatal.Load(); f != nil {
 		t.Errorf("alice stopped: %v", f)
 	}
