@@ -185,14 +185,6 @@ func (s *Server) ReadRoomRequest(c *gin.Context) (CreateRoomRequest, string, err
 	return req, raw, err
 }
 
-// AdmitRoom refuses a new room while the server drains
-// (ErrDraining) or shuts down (ErrShuttingDown).
-func (s *Server) AdmitRoom() error { return s.admitRoom() }
-
-// RoomCreated tells the webhooks of a room opened here (room.created)
-// and watches it for them, as POST /v1/rooms does on a single node.
-func (s *Server) RoomCreated(r *sfu.Room) { s.roomCreated(r) }
-
 // WatchHooks watches a room opened here for the webhooks of its
 // participants, tracks and end, without telling of the room itself
 // (federation tells room.rehomed of a room re-homed here).

@@ -2,7 +2,9 @@ package signaling
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -18,22 +20,40 @@ var ErrDraining = errors.New("server is draining: no new rooms")
 // drainPoll is how often a draining server looks for rooms to end.
 const drainPoll = 250 * time.Millisecond
 
-// opsState is the server's operational state: drain mode.
-type opsState struct {
+// operations owns the server's life cycle as operators see it: health,
+// readiness, drain mode and shutdown, and the metrics endpoint.
+type operations struct {
+	cfg  *Config // Metrics, Webhooks, DrainTimeout
+	log  *slog.Logger
+	sfu  *sfu.SFU
+	fed  Federation // hands a draining node's empty rooms over
+	auth gin.HandlerFunc
+	// stats adds the signaling layer's sessions to serverStats.
+	stats func(map[string]int)
+
+	// mu guards closing, draining and since. Nothing is locked while
+	// holding it.
+	mu       sync.Mutex
+	closing  bool // Close has begun: nothing new is admitted
 	draining bool
 	since    time.Time
 	drained  chan struct{} // closed when draining and no room is left
 }
 
-// initOps wires metrics and webhooks; New calls it.
+// initOps wires metrics and webhooks and makes s.ops; New calls it.
 func (s *Server) initOps() {
-	s.ops.drained = make(chan struct{})
+	s.ops = &operations{cfg: &s.cfg, log: s.log, sfu: s.sfu, fed: s.fed, auth: s.requireAdmin,
+		drained: make(chan struct{}),
+		stats: func(out map[string]int) {
+			s.resources.count(out)
+			s.hub.countTransports(out)
+		}}
 	if s.cfg.Metrics == nil {
 		s.cfg.Metrics = metrics.New("dev")
 	}
 	m := s.cfg.Metrics
 	m.WatchSFU(s.sfu.Stats)
-	m.WatchServer(s.serverStats)
+	m.WatchServer(s.ops.serverStats)
 	if s.cfg.Recordings != nil {
 		m.WatchRecordings(s.cfg.Recordings.Stats)
 		s.cfg.Recordings.OnEvent(s.evidence.recordingToFeed) // recording_* on the admin room feeds
@@ -49,21 +69,18 @@ func (s *Server) initOps() {
 // Metrics is the server's metrics registry.
 func (s *Server) Metrics() *metrics.Metrics { return s.cfg.Metrics }
 
-// opsRoutes registers the health, readiness, metrics and drain endpoints.
-func (s *Server) opsRoutes(e *gin.Engine) {
-	e.GET("/healthz", s.healthz)
-	e.GET("/readyz", s.readyz)
-	e.GET("/metrics", gin.WrapH(s.cfg.Metrics.Handler()))
-	e.POST("/v1/drain", s.requireAdmin, s.postDrain)
+// routes registers the health, readiness, metrics and drain endpoints.
+func (o *operations) routes(e *gin.Engine) {
+	e.GET("/healthz", o.healthz)
+	e.GET("/readyz", o.readyz)
+	e.GET("/metrics", gin.WrapH(o.cfg.Metrics.Handler()))
+	e.POST("/v1/drain", o.auth, o.postDrain)
 }
 
 // serverStats is what the metrics read from the signaling layer.
-func (s *Server) serverStats() metrics.ServerStats {
-	s.mu.Lock()
-	out := metrics.ServerStats{Sessions: map[string]int{}, Draining: s.ops.draining}
-	s.mu.Unlock()
-	s.resources.count(out.Sessions)
-	s.hub.countTransports(out.Sessions)
+func (o *operations) serverStats() metrics.ServerStats {
+	out := metrics.ServerStats{Sessions: map[string]int{}, Draining: o.isDraining()}
+	o.stats(out.Sessions)
 	return out
 }
 
@@ -72,9 +89,9 @@ type statusResponse struct {
 }
 
 // healthz answers 200 while the process serves HTTP at all.
-func (s *Server) healthz(c *gin.Context) {
+func (o *operations) healthz(c *gin.Context) {
 	c.Header("Cache-Control", "no-store")
-	if h := s.fed.Health(); h != nil {
+	if h := o.fed.Health(); h != nil {
 		c.JSON(http.StatusOK, h)
 		return
 	}
@@ -83,11 +100,11 @@ func (s *Server) healthz(c *gin.Context) {
 
 // readyz answers 200 when the server takes new rooms, 503 while it
 // drains or shuts down.
-func (s *Server) readyz(c *gin.Context) {
+func (o *operations) readyz(c *gin.Context) {
 	c.Header("Cache-Control", "no-store")
-	s.mu.Lock()
-	closing, draining := s.closing, s.ops.draining
-	s.mu.Unlock()
+	o.mu.Lock()
+	closing, draining := o.closing, o.draining
+	o.mu.Unlock()
 	switch {
 	case closing:
 		c.JSON(http.StatusServiceUnavailable, statusResponse{Status: "shutting_down"})
@@ -105,88 +122,102 @@ type drainResponse struct {
 	Rooms    int       `json:"rooms"`
 }
 
-func (s *Server) postDrain(c *gin.Context) {
-	s.Drain()
-	s.mu.Lock()
-	since := s.ops.since
-	s.mu.Unlock()
-	c.JSON(http.StatusAccepted, drainResponse{Draining: true, Since: since.UTC(), Rooms: len(s.sfu.Rooms())})
+func (o *operations) postDrain(c *gin.Context) {
+	o.drain()
+	o.mu.Lock()
+	since := o.since
+	o.mu.Unlock()
+	c.JSON(http.StatusAccepted, drainResponse{Draining: true, Since: since.UTC(), Rooms: len(o.sfu.Rooms())})
 }
 
 // Drain starts drain mode: new rooms are refused with ErrDraining and
 // /readyz answers 503; rooms already open go on. A room with nobody in it
 // is ended (at once, or when its last participant leaves); when no room
 // is left, Drained is closed. Calling it again does nothing.
-func (s *Server) Drain() {
-	s.mu.Lock()
-	if s.ops.draining {
-		s.mu.Unlock()
-		return
-	}
-	s.ops.draining, s.ops.since = true, time.Now()
-	s.mu.Unlock()
-	s.log.Info("draining: new rooms are refused", "rooms", len(s.sfu.Rooms()))
-	s.cfg.Webhooks.Emit(webhooks.ServerDraining, map[string]any{"rooms": len(s.sfu.Rooms())})
-	go s.drainLoop()
-}
+func (s *Server) Drain() { s.ops.drain() }
 
 // Draining reports whether drain mode is on.
-func (s *Server) Draining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ops.draining
-}
+func (s *Server) Draining() bool { return s.ops.isDraining() }
 
 // Drained is closed once the server drains and no room is left.
 func (s *Server) Drained() <-chan struct{} { return s.ops.drained }
 
+func (o *operations) drain() {
+	o.mu.Lock()
+	if o.draining {
+		o.mu.Unlock()
+		return
+	}
+	o.draining, o.since = true, time.Now()
+	o.mu.Unlock()
+	o.log.Info("draining: new rooms are refused", "rooms", len(o.sfu.Rooms()))
+	o.cfg.Webhooks.Emit(webhooks.ServerDraining, map[string]any{"rooms": len(o.sfu.Rooms())})
+	go o.drainLoop()
+}
+
+func (o *operations) isDraining() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.draining
+}
+
 // drainLoop ends empty rooms until none is left.
-func (s *Server) drainLoop() {
+func (o *operations) drainLoop() {
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
 	var deadline <-chan time.Time
-	if s.cfg.DrainTimeout > 0 {
-		d := time.NewTimer(s.cfg.DrainTimeout)
+	if o.cfg.DrainTimeout > 0 {
+		d := time.NewTimer(o.cfg.DrainTimeout)
 		defer d.Stop()
 		deadline = d.C
 	}
 	for {
-		rooms := s.sfu.Rooms()
+		rooms := o.sfu.Rooms()
 		for _, r := range rooms {
-			if len(r.List()) == 0 && !s.fed.HandOff(r) {
+			if len(r.List()) == 0 && !o.fed.HandOff(r) {
 				r.Close(sfu.ReasonRoomClosed)
 			}
 		}
-		if len(s.sfu.Rooms()) == 0 {
-			s.log.Info("drained: no room left")
-			close(s.ops.drained)
+		if len(o.sfu.Rooms()) == 0 {
+			o.log.Info("drained: no room left")
+			close(o.drained)
 			return
 		}
 		select {
 		case <-t.C:
 		case <-deadline:
-			s.log.Warn("drain timeout: rooms still open", "rooms", len(s.sfu.Rooms()), "timeout", s.cfg.DrainTimeout)
-			close(s.ops.drained)
+			o.log.Warn("drain timeout: rooms still open", "rooms", len(o.sfu.Rooms()), "timeout", o.cfg.DrainTimeout)
+			close(o.drained)
 			return
 		}
 	}
 }
 
-// admitRoom refuses a new room while draining or shutting down.
-func (s *Server) admitRoom() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// shutDown marks the server closing: from now on admit refuses.
+func (o *operations) shutDown() {
+	o.mu.Lock()
+	o.closing = true
+	o.mu.Unlock()
+}
+
+// AdmitRoom refuses a new room while the server drains
+// (ErrDraining) or shuts down (ErrShuttingDown).
+func (s *Server) AdmitRoom() error {
+	o := s.ops
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	switch {
-	case s.closing:
+	case o.closing:
 		return ErrShuttingDown
-	case s.ops.draining:
+	case o.draining:
 		return ErrDraining
 	}
 	return nil
 }
 
-// roomCreated tells the webhooks of a new room and watches it for them.
-func (s *Server) roomCreated(r *sfu.Room) {
+// RoomCreated tells the webhooks of a room opened here (room.created)
+// and watches it for them; rooms.go and package federation call it.
+func (s *Server) RoomCreated(r *sfu.Room) {
 	h := s.cfg.Webhooks
 	if !h.Enabled() {
 		return

@@ -54,7 +54,7 @@ func (s *Server) createRoom(c *gin.Context) {
 		writeError(c, fmt.Errorf("%w: max_participants must not be negative", ErrInvalidRequest))
 		return
 	}
-	if err := s.admitRoom(); err != nil {
+	if err := s.AdmitRoom(); err != nil {
 		writeError(c, err)
 		return
 	}
@@ -63,7 +63,7 @@ func (s *Server) createRoom(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	s.roomCreated(r)
+	s.RoomCreated(r)
 	c.JSON(http.StatusCreated, describeRoom(r, nil))
 }
 

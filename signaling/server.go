@@ -30,7 +30,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -119,12 +118,7 @@ type Server struct {
 
 	resources *resourceTable // WHIP and WHEP resources (whip_resources.go)
 
-	// mu guards closing and ops. Nothing is locked while holding it, and
-	// no lock of package federation is taken under it, nor it under one
-	// of theirs.
-	mu      sync.Mutex
-	closing bool
-	ops     opsState // drain mode (ops.go)
+	ops *operations // health, readiness, drain, shutdown (ops.go)
 }
 
 // New builds the server. cfg.SFU and cfg.AdminKey are required.
@@ -212,7 +206,7 @@ func (s *Server) routes() *gin.Engine {
 
 	whipHandler{s.resources}.routes(e)
 	whepHandler{s.resources}.routes(e)
-	s.opsRoutes(e)
+	s.ops.routes(e)
 
 	static := web.FS()
 	page := func(name string) gin.HandlerFunc {
@@ -271,9 +265,7 @@ func (s *Server) bindJSON(c *gin.Context, v any) error {
 // server_shutdown: its rooms stay in the map and are re-homed once it has
 // left the cluster, so clients open new sessions and find them there.
 func (s *Server) Close(timeout time.Duration) {
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
+	s.ops.shutDown()
 	s.hub.refuse()
 	s.resources.refuse()
 	reason := s.fed.Close()
