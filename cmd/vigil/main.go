@@ -140,21 +140,35 @@ func run(args []string, stdout, stderr io.Writer) error {
 		_, _ = rand.Read(b)
 		cfg.AdminKey, generated = hex.EncodeToString(b), true
 	}
+	// Each part is pushed on the stack as it is made and closed in the
+	// reverse order when run returns, on every path: the signaling
+	// server first (every room ends, every client is told why, and the
+	// media core closes), then the cluster membership, the HTTP
+	// listener, TURN, the incident monitor and its store, the recordings
+	// (finalized once the rooms are gone) and last the webhooks, so that
+	// the events of all of those still go out.
+	var stack closers
+	defer stack.close()
+	hooks, err := webhooks.New(webhooks.Config{URLs: cfg.WebhookURLs, Secret: cfg.WebhookSecret, Logger: logger})
+	if err != nil {
+		return err
+	}
+	stack.push(func() { hooks.Close(5 * time.Second) })
 	rec, err := recordings.New(recordings.Config{Dir: cfg.RecordingsDir, Retention: cfg.Retention, Logger: logger})
 	if err != nil {
 		return err
 	}
-	defer rec.Close() // after the rooms have closed: finalizes every file
+	stack.push(func() { _ = rec.Close() })
 	store, err := incidents.Open(cfg.DataDir)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	stack.push(func() { _ = store.Close() })
 	monitor, err := incidents.NewMonitor(incidents.Config{Store: store, Recordings: rec, Logger: logger})
 	if err != nil {
 		return err
 	}
-	defer monitor.Close() // after the rooms, before the store
+	stack.push(monitor.Close)
 	var publicIPs []string
 	if cfg.PublicIP != "" {
 		publicIPs = []string{cfg.PublicIP}
@@ -165,7 +179,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if turnSrv != nil {
-		defer turnSrv.Close() // after the rooms
+		stack.push(func() { _ = turnSrv.Close() })
 	}
 	media, err := sfu.New(sfu.Config{
 		UDPAddr: fmt.Sprintf(":%d", cfg.UDPPort), PublicIPs: publicIPs, ICEServers: iceServers,
@@ -176,15 +190,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	hooks, err := webhooks.New(webhooks.Config{URLs: cfg.WebhookURLs, Secret: cfg.WebhookSecret, Logger: logger})
-	if err != nil {
-		_ = media.Close()
-		return err
-	}
-	defer hooks.Close(5 * time.Second) // after the rooms: their last events go out
+	// The signaling server closes the media core once it exists (every
+	// room ends with its reason); until then this does.
+	mediaOwned := false
+	stack.push(func() {
+		if !mediaOwned {
+			_ = media.Close()
+		}
+	})
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
-		_ = media.Close()
 		return fmt.Errorf("http: %w", err)
 	}
 	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
@@ -193,12 +208,25 @@ func run(args []string, stdout, stderr io.Writer) error {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
 		if err != nil {
 			_ = ln.Close()
-			_ = media.Close()
 			return fmt.Errorf("tls: %w", err)
 		}
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		ln, scheme = tls.NewListener(ln, hs.TLSConfig), "https"
 	}
+	// Until Serve owns it, closing the listener is the HTTP part's close;
+	// then Shutdown is (it closes the listener too).
+	serving := false
+	stack.push(func() {
+		if !serving {
+			_ = ln.Close()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(ctx); err != nil {
+			logger.Warn("http shutdown", "err", err)
+		}
+	})
 	gin.SetMode(gin.ReleaseMode)
 	// Cluster mode (redis_url): the server is a node, which joins
 	// before serving.
@@ -209,10 +237,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 		MessageRate: float64(noLimit(cfg.MessageRate)), JoinRate: float64(noLimit(cfg.JoinRate)), MintRate: float64(noLimit(cfg.MintRate)),
 	}, ln.Addr(), scheme, logger)
 	if err != nil {
-		_ = ln.Close()
-		_ = media.Close()
 		return err
 	}
+	mediaOwned = true
+	// Leaving the cluster after the sessions are told: the rooms of this
+	// node move to others at their next heartbeat, without waiting for
+	// the lease.
+	stack.push(func() { closeCluster(cl, logger) })
+	// Sessions first, so every client is told why, then the rest.
+	stack.push(func() { sig.Close(5 * time.Second) })
 	hs.Handler = sig.Handler()
 
 	fmt.Fprintf(stdout, "Vigil is running. Open %s in a browser.\n", strings.Replace(browseURL(ln.Addr()), "http:", scheme+":", 1))
@@ -227,31 +260,34 @@ func run(args []string, stdout, stderr io.Writer) error {
 	stopDrainSignal := notifyDrain(sig.Drain) // SIGUSR1 starts a drain
 	defer stopDrainSignal()
 	serveErr := make(chan error, 1)
+	serving = true
 	go func() { serveErr <- hs.Serve(ln) }()
 	select {
 	case err := <-serveErr:
-		sig.Close(5 * time.Second)
-		closeCluster(cl, logger)
 		return fmt.Errorf("http: %w", err)
 	case <-ctx.Done():
 	case <-sig.Drained():
 		logger.Info("drained")
 	}
 	logger.Info("shutting down")
-	// Sessions first, so every client is told why, then the listener.
-	sig.Close(5 * time.Second)
-	// Then leave the cluster: the rooms of this node move to others at
-	// their next heartbeat, without waiting for the lease.
-	closeCluster(cl, logger)
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(shutdownCtx); err != nil {
-		logger.Warn("http shutdown", "err", err)
-	}
-	_ = rec.Close() // the rooms are closed: finalize every recording
-	hooks.Close(5 * time.Second)
+	stack.close()
 	logger.Info("stopped")
 	return nil
+}
+
+// closers is run's stack of things to close: pushed as they are made,
+// closed last first, each once.
+type closers []func()
+
+func (c *closers) push(f func()) { *c = append(*c, f) }
+
+// close closes everything pushed, in reverse order, and empties the
+// stack (a second close does nothing).
+func (c *closers) close() {
+	for i := len(*c) - 1; i >= 0; i-- {
+		(*c)[i]()
+	}
+	*c = nil
 }
 
 // tcpAddr is the ICE over TCP address of port, "" (off) for 0.

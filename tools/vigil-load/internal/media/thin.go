@@ -34,16 +34,17 @@ import (
 )
 
 // A thin subscriber is a WHEP client made to cost as little per
-// received packet as we can: its datagrams come from the step's Runner
+// received packet as we can: its datagrams come from the step's shared
 // socket (thinNet, one reader for all), it answers STUN itself, hands
 // DTLS records to a pion/dtls handshake, and decrypts SRTP with a
 // pion/srtp context, reading nothing of the packet but its header and
 // the probe. No interceptors, no packet
 // buffers, no RTCP sent: the server asks for keyframes itself. A stock
 // pion subscriber spends more CPU per received packet than the SFU spends
-// forwarding it (TESTING.md), so the generator would measure itself.
+// forwarding it (measured on our 2-core machines), so the generator
+// would measure itself.
 
-// thinCert is one self-signed certificate Runner by every thin client:
+// thinCert is one self-signed certificate used by every thin client:
 // making one per client would cost more than its handshake.
 type thinCert struct {
 	cert        tls.Certificate
