@@ -184,24 +184,39 @@ type openSessionResponse struct {
 	WSURL     string `json:"ws_url"`
 }
 
-func (s *Server) openSession(c *gin.Context) {
+// admitJoin is the first step of every join that receives (a session,
+// a WHEP player): the seam prepares it (an edge of a cascade readies its
+// replica), the token is checked against the room, and the seam may
+// serve it elsewhere (a big broadcast sends a viewer to an edge). ok is
+// false when the reply has been written; done is to be called (deferred)
+// either way, once the join has ended.
+func (s *Server) admitJoin(c *gin.Context) (claims *Claims, room *sfu.Room, done func(), ok bool) {
+	done = func() {}
 	edgeDone, err := s.fed.PrepareJoin(c)
 	if edgeDone != nil {
-		defer edgeDone()
+		done = edgeDone
 	}
 	if err != nil {
 		writeError(c, err)
-		return
+		return nil, nil, done, false
 	}
-	claims, room, err := s.authorizeJoin(c.Request, c.Param("room"))
-	if err != nil {
+	if claims, room, err = s.authorizeJoin(c.Request, c.Param("room")); err != nil {
 		writeError(c, err)
-		return
+		return nil, nil, done, false
 	}
 	if s.fed.SpillJoin(c, claims, room) {
+		return nil, nil, done, false
+	}
+	return claims, room, done, true
+}
+
+func (s *Server) openSession(c *gin.Context) {
+	claims, room, done, ok := s.admitJoin(c)
+	defer done()
+	if !ok {
 		return
 	}
-	ss, err := s.newSession(room, claims)
+	ss, err := s.hub.open(room, claims)
 	if err != nil {
 		writeError(c, err)
 		return
@@ -218,7 +233,7 @@ func (s *Server) openSession(c *gin.Context) {
 }
 
 func (s *Server) closeSession(c *gin.Context) {
-	ss, err := s.session(c.Param("session"))
+	ss, err := s.hub.session(c.Param("session"))
 	if err != nil {
 		writeError(c, err)
 		return
@@ -227,6 +242,3 @@ func (s *Server) closeSession(c *gin.Context) {
 	c.Status(http.StatusNoContent)
 }
 
-func (s *Server) session(id string) (*Session, error) {
-	return s.hub.session(id)
-}

@@ -275,12 +275,6 @@ func (s *Server) Close(timeout time.Duration) {
 	s.hub.close(reason, timeout)
 }
 
-// newSession opens a session in room for the token's holder; rooms.go
-// calls it (sessionHub.open).
-func (s *Server) newSession(room *sfu.Room, claims *Claims) (*Session, error) {
-	return s.hub.open(room, claims)
-}
-
 // transports is sessionHub.transports, for rooms.go and federation.go.
 func (s *Server) transports(room string) map[*sfu.Participant]string {
 	return s.hub.transports(room)

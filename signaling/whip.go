@@ -85,20 +85,9 @@ func (h whepHandler) post(c *gin.Context) {
 		writeError(c, err)
 		return
 	}
-	edgeDone, err := s.fed.PrepareJoin(c)
-	if edgeDone != nil {
-		defer edgeDone()
-	}
-	if err != nil {
-		writeError(c, err)
-		return
-	}
-	claims, room, err := s.authorizeJoin(c.Request, c.Param("room"))
-	if err != nil {
-		writeError(c, err)
-		return
-	}
-	if s.fed.SpillJoin(c, claims, room) {
+	claims, room, done, ok := s.admitJoin(c)
+	defer done()
+	if !ok {
 		return
 	}
 	role := sfu.Role(claims.Role)
