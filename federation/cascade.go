@@ -39,8 +39,8 @@ const (
 	msgRoomEvent        = "room_event"     // cluster.Message type of edge presence
 )
 
-// cascade is the cascade's part of a node: the replicas this node
-// serves as an edge, and the relays the rooms it owns feed.
+// cascade is the node's part in cascaded broadcasts: the replicas this
+// node serves as an edge, and the relays the rooms it owns feed.
 type cascade struct {
 	*core
 	router *router // peer auth and relaying
