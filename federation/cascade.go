@@ -39,9 +39,12 @@ const (
 	msgRoomEvent        = "room_event"     // cluster.Message type of edge presence
 )
 
-// cascadeState is the cascade's part of a node: the replicas this node
-// serves as an edge, and the relays the rooms it owns feed.
-type cascadeState struct {
+// cascade is the node's part in cascaded broadcasts: the replicas this
+// node serves as an edge, and the relays the rooms it owns feed.
+type cascade struct {
+	*core
+	router *router // peer auth and relaying
+
 	// mu guards the fields below it but wg. While it is held, a
 	// replica's mu may be taken (stopUnless, ensureReplica), and the sfu
 	// may be called to create a room and watch it (ensureReplica).
@@ -57,38 +60,38 @@ type cascadeState struct {
 	unsub   func()         // the bus subscription
 }
 
-func (n *Node) edgeViewers() int {
-	if n.cfg.EdgeViewers == 0 {
+func (cs *cascade) edgeViewers() int {
+	if cs.cfg.EdgeViewers == 0 {
 		return DefaultEdgeViewers
 	}
-	return n.cfg.EdgeViewers
+	return cs.cfg.EdgeViewers
 }
 
-func (n *Node) edgeIdle() time.Duration {
-	if n.cfg.EdgeIdle <= 0 {
+func (cs *cascade) edgeIdle() time.Duration {
+	if cs.cfg.EdgeIdle <= 0 {
 		return defaultEdgeIdle
 	}
-	return n.cfg.EdgeIdle
+	return cs.cfg.EdgeIdle
 }
 
 // startCascade subscribes to the presence of the edges' viewers, which
 // the owner adds to its rooms' admin feeds.
-func (n *Node) startCascade() {
-	n.cascade.unsub = n.cl.Subscribe(msgRoomEvent, n.edgePresence)
+func (cs *cascade) startCascade() {
+	cs.unsub = cs.cl.Subscribe(msgRoomEvent, cs.edgePresence)
 }
 
 // closeCascade ends every replica (its viewers leave with
 // server_shutdown, its relay session ends) and waits for them.
-func (n *Node) closeCascade() {
-	n.cascade.mu.Lock()
-	n.cascade.closed = true
-	reps := make([]*replica, 0, len(n.cascade.replicas))
-	for _, r := range n.cascade.replicas {
+func (cs *cascade) closeCascade() {
+	cs.mu.Lock()
+	cs.closed = true
+	reps := make([]*replica, 0, len(cs.replicas))
+	for _, r := range cs.replicas {
 		reps = append(reps, r)
 	}
-	unsub := n.cascade.unsub
-	n.cascade.unsub = nil
-	n.cascade.mu.Unlock()
+	unsub := cs.unsub
+	cs.unsub = nil
+	cs.mu.Unlock()
 	if unsub != nil {
 		unsub()
 	}
@@ -97,108 +100,108 @@ func (n *Node) closeCascade() {
 		// there (or at another edge).
 		r.stop(signaling.ReasonRoomMoved)
 	}
-	n.cascade.wg.Wait()
+	cs.wg.Wait()
 }
 
 // isReplica reports whether the local room called name is an edge
 // replica of a broadcast another node owns.
-func (n *Node) isReplica(name string) bool {
-	n.cascade.mu.Lock()
-	defer n.cascade.mu.Unlock()
-	r := n.cascade.replicas[name]
-	return (r != nil && !r.roomGone.Load()) || n.cascade.closing[name] > 0
+func (cs *cascade) isReplica(name string) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	r := cs.replicas[name]
+	return (r != nil && !r.roomGone.Load()) || cs.closing[name] > 0
 }
 
 // isRelayJoin reports whether a session POST is a relay's: a peer's
 // request with HeaderRelay, whose token names that peer's relay.
-func (n *Node) isRelayJoin(c *gin.Context, claims *signaling.Claims) bool {
-	peer, ok := n.fromPeer(c)
+func (cs *cascade) isRelayJoin(c *gin.Context, claims *signaling.Claims) bool {
+	peer, ok := cs.router.fromPeer(c)
 	return ok && c.GetHeader(HeaderRelay) != "" && claims.Subject == relayIdentityPrefix+peer &&
 		sfu.Role(claims.Role) == sfu.RoleViewer
 }
 
 // isEdgeJoin reports whether the request asks this node to serve a join
 // as an edge: a peer's request with HeaderEdge.
-func (n *Node) isEdgeJoin(c *gin.Context) bool {
-	_, ok := n.fromPeer(c)
+func (cs *cascade) isEdgeJoin(c *gin.Context) bool {
+	_, ok := cs.router.fromPeer(c)
 	return ok && c.GetHeader(HeaderEdge) == "1"
 }
 
-// Joined implements signaling.Federation: it remembers, at the owner,
+// Joined is the node's signaling.Federation.Joined: it remembers, at the owner,
 // that the participant of a relay's session (isRelayJoin) is not a
 // viewer.
-func (n *Node) Joined(c *gin.Context, claims *signaling.Claims, p *sfu.Participant) {
-	if !n.isRelayJoin(c, claims) {
+func (cs *cascade) Joined(c *gin.Context, claims *signaling.Claims, p *sfu.Participant) {
+	if !cs.isRelayJoin(c, claims) {
 		return
 	}
-	n.cascade.mu.Lock()
-	defer n.cascade.mu.Unlock()
-	if n.cascade.relays == nil {
-		n.cascade.relays = map[*sfu.Participant]bool{}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.relays == nil {
+		cs.relays = map[*sfu.Participant]bool{}
 	}
-	n.cascade.relays[p] = true
+	cs.relays[p] = true
 }
 
 // localViewers counts the viewers of room on this node, relays aside.
-func (n *Node) localViewers(room *sfu.Room) int {
+func (cs *cascade) localViewers(room *sfu.Room) int {
 	ps := room.List()
-	n.cascade.mu.Lock()
-	defer n.cascade.mu.Unlock()
-	for p := range n.cascade.relays {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for p := range cs.relays {
 		select {
 		case <-p.Done():
-			delete(n.cascade.relays, p)
+			delete(cs.relays, p)
 		default:
 		}
 	}
 	viewers := 0
 	for _, p := range ps {
-		if p.Role() == sfu.RoleViewer && !n.cascade.relays[p] {
+		if p.Role() == sfu.RoleViewer && !cs.relays[p] {
 			viewers++
 		}
 	}
 	return viewers
 }
 
-// SpillJoin implements signaling.Federation: it sends a viewer's join of
+// SpillJoin is the node's signaling.Federation.SpillJoin: it sends a viewer's join of
 // a full broadcast room this node owns to an edge node, and reports
 // whether it did (it has replied then). The edge is the node the client came through, when a peer
 // relayed the join, else the least loaded other node; with no other
 // live node the join is served here.
-func (n *Node) SpillJoin(c *gin.Context, claims *signaling.Claims, room *sfu.Room) bool {
-	cl := n.cl
-	limit := n.edgeViewers()
+func (cs *cascade) SpillJoin(c *gin.Context, claims *signaling.Claims, room *sfu.Room) bool {
+	cl := cs.cl
+	limit := cs.edgeViewers()
 	if limit < 0 || room.Kind() != sfu.KindBroadcast || sfu.Role(claims.Role) != sfu.RoleViewer ||
-		n.isReplica(room.Name()) || n.isEdgeJoin(c) || n.isRelayJoin(c, claims) {
+		cs.isReplica(room.Name()) || cs.isEdgeJoin(c) || cs.isRelayJoin(c, claims) {
 		return false
 	}
-	if n.localViewers(room) < limit {
+	if cs.localViewers(room) < limit {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), clusterTimeout)
 	defer cancel()
 	var edge cluster.Node
 	var err error
-	if peer, ok := n.fromPeer(c); ok && peer != n.id {
+	if peer, ok := cs.router.fromPeer(c); ok && peer != cs.id {
 		edge, err = cl.Node(ctx, peer)
 	} else {
-		edge, err = cl.Pick(ctx, n.id)
+		edge, err = cl.Pick(ctx, cs.id)
 	}
 	if err != nil {
-		n.log.Debug("no edge node: serving the viewer here", "room", room.Name(), "err", err)
+		cs.log.Debug("no edge node: serving the viewer here", "room", room.Name(), "err", err)
 		return false
 	}
-	n.log.Debug("viewer sent to an edge", "room", room.Name(), "participant", claims.Subject, "edge", edge.ID)
-	n.proxyTo(c, edge, http.Header{HeaderEdge: {"1"}})
+	cs.log.Debug("viewer sent to an edge", "room", room.Name(), "participant", claims.Subject, "edge", edge.ID)
+	cs.router.proxyTo(c, edge, http.Header{HeaderEdge: {"1"}})
 	return true
 }
 
-// PrepareJoin implements signaling.Federation: it readies, for a join
+// PrepareJoin is the node's signaling.Federation.PrepareJoin: it readies, for a join
 // this node serves as an edge, the room's replica and its relay. It returns a func to call once the join
 // is done (the replica does not close for idleness before), or nil when
 // the request is not an edge join.
-func (n *Node) PrepareJoin(c *gin.Context) (func(), error) {
-	if !n.isEdgeJoin(c) {
+func (cs *cascade) PrepareJoin(c *gin.Context) (func(), error) {
+	if !cs.isEdgeJoin(c) {
 		return nil, nil
 	}
 	name := c.Param("room")
@@ -206,7 +209,7 @@ func (n *Node) PrepareJoin(c *gin.Context) (func(), error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: no bearer token", signaling.ErrInvalidToken)
 	}
-	claims, err := n.srv.Tokens().Verify(tok)
+	claims, err := cs.srv.Tokens().Verify(tok)
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +221,7 @@ func (n *Node) PrepareJoin(c *gin.Context) (func(), error) {
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), relayLinkTimeout)
 	defer cancel()
-	r, err := n.ensureReplica(ctx, name)
+	r, err := cs.ensureReplica(ctx, name)
 	if err != nil || r == nil {
 		return nil, err
 	}
@@ -229,15 +232,15 @@ func (n *Node) PrepareJoin(c *gin.Context) (func(), error) {
 // (and its relay) when there is none; nil when this node owns the room
 // (it is served as any local room). The replica counts one join under
 // way, which the caller ends with joinDone.
-func (n *Node) ensureReplica(ctx context.Context, name string) (*replica, error) {
-	cl := n.cl
+func (cs *cascade) ensureReplica(ctx context.Context, name string) (*replica, error) {
+	cl := cs.cl
 	rec, err := cl.Room(ctx, name)
 	switch {
 	case errors.Is(err, cluster.ErrRoomNotFound):
 		return nil, fmt.Errorf("%w: %q", sfu.ErrRoomNotFound, name)
 	case err != nil:
 		return nil, fmt.Errorf("%w: %v", signaling.ErrClusterUnavailable, err)
-	case rec.Owner == n.id:
+	case rec.Owner == cs.id:
 		return nil, nil
 	case sfu.Kind(rec.Kind) != sfu.KindBroadcast:
 		return nil, fmt.Errorf("%w: only broadcasts are cascaded", signaling.ErrForbidden)
@@ -247,41 +250,41 @@ func (n *Node) ensureReplica(ctx context.Context, name string) (*replica, error)
 		return nil, fmt.Errorf("%w: %v", signaling.ErrNodeUnavailable, err)
 	}
 
-	n.cascade.mu.Lock()
-	r := n.cascade.replicas[name]
+	cs.mu.Lock()
+	r := cs.replicas[name]
 	if r != nil && r.roomGone.Load() {
 		r = nil // its room was closed under it (an adoption): it is closing
 	}
 	if r == nil {
-		if n.cascade.closed {
-			n.cascade.mu.Unlock()
+		if cs.closed {
+			cs.mu.Unlock()
 			return nil, signaling.ErrShuttingDown
 		}
-		room, err := n.sfu.CreateRoom(name, sfu.KindBroadcast, sfu.RoomOptions{})
+		room, err := cs.sfu.CreateRoom(name, sfu.KindBroadcast, sfu.RoomOptions{})
 		if err != nil {
-			n.cascade.mu.Unlock()
+			cs.mu.Unlock()
 			if errors.Is(err, sfu.ErrRoomExists) {
 				return nil, signaling.ErrRoomMoved // a room of ours by that name: it was moved away
 			}
 			return nil, err
 		}
-		if r, err = n.newReplica(room, owner); err != nil {
-			n.cascade.mu.Unlock()
+		if r, err = cs.newReplica(room, owner); err != nil {
+			cs.mu.Unlock()
 			room.Close(sfu.ReasonRoomClosed)
 			return nil, err
 		}
-		if n.cascade.replicas == nil {
-			n.cascade.replicas = map[string]*replica{}
+		if cs.replicas == nil {
+			cs.replicas = map[string]*replica{}
 		}
-		n.cascade.replicas[name] = r
-		n.cascade.wg.Add(2)
+		cs.replicas[name] = r
+		cs.wg.Add(2)
 		go r.run()
 		go r.watch()
 	}
 	r.mu.Lock()
 	r.pending++
 	r.mu.Unlock()
-	n.cascade.mu.Unlock()
+	cs.mu.Unlock()
 
 	select {
 	case <-r.ready:
@@ -327,8 +330,8 @@ func (edgeLeftEvent) Type() string { return "participant_left" }
 
 // edgePresence adds an edge's viewer coming or going to the admin feed
 // of the room, if this node owns it and the feed is on.
-func (n *Node) edgePresence(m cluster.Message) {
-	if m.Origin == n.id || n.isReplica(m.Room) {
+func (cs *cascade) edgePresence(m cluster.Message) {
+	if m.Origin == cs.id || cs.isReplica(m.Room) {
 		return
 	}
 	var d struct {
@@ -343,7 +346,7 @@ func (n *Node) edgePresence(m cluster.Message) {
 		var ev edgeJoinedEvent
 		if json.Unmarshal(d.Event, &ev) == nil {
 			ev.Node = m.Origin
-			n.srv.FeedEvent(m.Room, ev)
+			cs.srv.FeedEvent(m.Room, ev)
 		}
 	case "participant_left":
 		var ev edgeLeftEvent
@@ -358,7 +361,7 @@ func (n *Node) edgePresence(m cluster.Message) {
 		}
 		for _, id := range ids {
 			ev.Identity = id
-			n.srv.FeedEvent(m.Room, ev)
+			cs.srv.FeedEvent(m.Room, ev)
 		}
 	}
 }

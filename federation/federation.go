@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -53,8 +52,18 @@ type Config struct {
 
 // Node is one node of a cluster: a signaling server whose
 // signaling.Federation it is, and its cluster membership, whose
-// callbacks (load, rooms, adopt, lost) are its methods.
+// callbacks (load, rooms, adopt, lost) are its room map's. It is the
+// composition of three parts, each owning its state and lock, which
+// it delegates signaling.Federation's methods to.
 type Node struct {
+	*core
+	router  *router  // peer auth, routing and relaying (relay.go)
+	rooms   *roomMap // rooms held here, placement, revocations (rooms.go)
+	cascade *cascade // cascaded broadcasts (cascade.go, replica.go)
+}
+
+// core is what the parts of a node share.
+type core struct {
 	cfg Config
 	id  string // this node's id, known before the membership exists
 	log *slog.Logger
@@ -64,12 +73,8 @@ type Node struct {
 	// its callbacks (load, heldRooms, adopt, lose) use id, never cl,
 	// but for a room that ended here, which needs a request served
 	// after New returned.
-	srv     *signaling.Server
-	cl      *cluster.Cluster
-	peerKey []byte          // the key of peer auths (relay.go)
-	peers   *http.Transport // relayed requests to other nodes
-	st      clusterState    // rooms held here, revocations to tell (rooms.go)
-	cascade cascadeState    // cascaded broadcasts (cascade.go)
+	srv *signaling.Server
+	cl  *cluster.Cluster
 }
 
 // New builds a node: its signaling server (with the node as its
@@ -87,11 +92,13 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		_, _ = rand.Read(b[:]) // crypto/rand.Read does not fail
 		cfg.Cluster.NodeID = hex.EncodeToString(b[:])
 	}
-	n := &Node{
-		cfg: cfg, id: cfg.Cluster.NodeID, log: cfg.Signaling.Logger, sfu: cfg.Signaling.SFU,
-		peerKey: peerKey(cfg.Signaling.AdminKey), peers: newPeerTransport(),
-	}
-	n.st.init()
+	co := &core{cfg: cfg, id: cfg.Cluster.NodeID, log: cfg.Signaling.Logger, sfu: cfg.Signaling.SFU}
+	rt := &router{core: co, peerKey: peerKey(cfg.Signaling.AdminKey), peers: newPeerTransport(), urls: map[string]string{}}
+	rm := newRoomMap(co)
+	cs := &cascade{core: co, router: rt}
+	rt.rooms, rt.cascade = rm, cs
+	rm.router, rm.cascade = rt, cs
+	n := &Node{core: co, router: rt, rooms: rm, cascade: cs}
 	sc := cfg.Signaling
 	sc.Federation = n
 	srv, err := signaling.New(sc)
@@ -100,15 +107,15 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.srv = srv
 	cc := cfg.Cluster
-	cc.Load, cc.Rooms, cc.Adopt, cc.Lost = n.load, n.heldRooms, n.adopt, n.lose
+	cc.Load, cc.Rooms, cc.Adopt, cc.Lost = rm.load, rm.heldRooms, rm.adopt, rm.lose
 	cl, err := cluster.New(ctx, cc)
 	if err != nil {
 		srv.Close(time.Second) // no session yet: returns at once
 		return nil, fmt.Errorf("join the cluster: %w", err)
 	}
 	n.cl = cl
-	n.startCluster()
-	n.startCascade()
+	rm.startCluster()
+	cs.startCascade()
 	return n, nil
 }
 
@@ -121,8 +128,41 @@ func (n *Node) Server() *signaling.Server { return n.srv }
 // the cluster.
 func (n *Node) Cluster() *cluster.Cluster { return n.cl }
 
-// The node as signaling.Federation. Route, ClientAddr, PrepareJoin,
-// SpillJoin and Joined are in relay.go and cascade.go.
+// The node as signaling.Federation: each method is its part's.
+
+// Route implements signaling.Federation (router.Route).
+func (n *Node) Route(c *gin.Context, kind signaling.Relay) { n.router.Route(c, kind) }
+
+// ClientAddr implements signaling.Federation (router.ClientAddr).
+func (n *Node) ClientAddr(c *gin.Context) string { return n.router.ClientAddr(c) }
+
+// CreateRoom implements signaling.Federation (roomMap.CreateRoom).
+func (n *Node) CreateRoom(c *gin.Context) bool { return n.rooms.CreateRoom(c) }
+
+// ListRooms implements signaling.Federation (roomMap.ListRooms).
+func (n *Node) ListRooms(c *gin.Context) bool { return n.rooms.ListRooms(c) }
+
+// RoomDeleted implements signaling.Federation (roomMap.RoomDeleted).
+func (n *Node) RoomDeleted(name string) { n.rooms.RoomDeleted(name) }
+
+// Revoked implements signaling.Federation (roomMap.Revoked).
+func (n *Node) Revoked(room, identity string, at time.Time) { n.rooms.Revoked(room, identity, at) }
+
+// HandOff implements signaling.Federation (roomMap.HandOff).
+func (n *Node) HandOff(r *sfu.Room) bool { return n.rooms.HandOff(r) }
+
+// PrepareJoin implements signaling.Federation (cascade.PrepareJoin).
+func (n *Node) PrepareJoin(c *gin.Context) (func(), error) { return n.cascade.PrepareJoin(c) }
+
+// SpillJoin implements signaling.Federation (cascade.SpillJoin).
+func (n *Node) SpillJoin(c *gin.Context, claims *signaling.Claims, room *sfu.Room) bool {
+	return n.cascade.SpillJoin(c, claims, room)
+}
+
+// Joined implements signaling.Federation (cascade.Joined).
+func (n *Node) Joined(c *gin.Context, claims *signaling.Claims, p *sfu.Participant) {
+	n.cascade.Joined(c, claims, p)
+}
 
 // NodeID implements signaling.Federation: this node's id.
 func (n *Node) NodeID() string { return n.id }
@@ -147,8 +187,8 @@ func (n *Node) Health() any {
 // and are re-homed once it has left the cluster, so clients open new
 // sessions and find them there.
 func (n *Node) Close() string {
-	n.closeCascade()
-	n.stopCluster()
+	n.cascade.closeCascade()
+	n.rooms.stopCluster()
 	return signaling.ReasonRoomMoved
 }
 

@@ -13,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -48,6 +49,20 @@ const HeaderRelay = "X-Vigil-Relay"
 // clusterTimeout bounds one call to Redis made for a request.
 const clusterTimeout = 1500 * time.Millisecond
 
+// router is the node's peer auth, routing and relaying: it serves here
+// what this node holds and relays the rest to the node that does.
+type router struct {
+	*core
+	rooms   *roomMap        // rooms ended here, whose record is still to delete
+	cascade *cascade        // which rooms are edge replicas
+	peerKey []byte          // the key of peer auths
+	peers   *http.Transport // relayed requests to other nodes
+
+	// mu guards urls. Nothing else is locked while it is held.
+	mu   sync.Mutex
+	urls map[string]string // last known URL of each node, by id
+}
+
 // peerKey derives the key of the peer auth from the admin key.
 func peerKey(adminKey string) []byte {
 	m := hmac.New(sha256.New, []byte(adminKey))
@@ -56,8 +71,8 @@ func peerKey(adminKey string) []byte {
 }
 
 // peerAuth is the HeaderPeerAuth value of node id.
-func (n *Node) peerAuth(id string) string {
-	m := hmac.New(sha256.New, n.peerKey)
+func (rt *router) peerAuth(id string) string {
+	m := hmac.New(sha256.New, rt.peerKey)
 	m.Write([]byte(id))
 	return hex.EncodeToString(m.Sum(nil))
 }
@@ -65,26 +80,26 @@ func (n *Node) peerAuth(id string) string {
 // fromPeer reports whether the request was relayed by another node of
 // the cluster, and which: its HeaderPeerAuth must verify (compared in
 // constant time).
-func (n *Node) fromPeer(c *gin.Context) (nodeID string, ok bool) {
+func (rt *router) fromPeer(c *gin.Context) (nodeID string, ok bool) {
 	id := c.Request.Header.Get(HeaderPeer)
 	got, err := hex.DecodeString(c.Request.Header.Get(HeaderPeerAuth))
 	if id == "" || err != nil {
 		return "", false
 	}
-	want, _ := hex.DecodeString(n.peerAuth(id))
+	want, _ := hex.DecodeString(rt.peerAuth(id))
 	if !hmac.Equal(got, want) {
 		return "", false
 	}
 	return id, true
 }
 
-// ClientAddr implements signaling.Federation: the address the
+// ClientAddr is the node's signaling.Federation.ClientAddr: the address the
 // per-address limits count is the client a
 // peer relays for (HeaderClientIP, with a valid peer auth), else the
 // request's own client (the peer's, or X-Forwarded-For from a trusted
 // proxy).
-func (n *Node) ClientAddr(c *gin.Context) string {
-	if _, ok := n.fromPeer(c); ok {
+func (rt *router) ClientAddr(c *gin.Context) string {
+	if _, ok := rt.fromPeer(c); ok {
 		if ip := strings.TrimSpace(c.Request.Header.Get(HeaderClientIP)); ip != "" {
 			return ip
 		}
@@ -98,8 +113,8 @@ var peerHeaders = []string{HeaderPeer, HeaderPeerAuth, HeaderClientIP, HeaderEdg
 
 // stripPeerHeaders forgets the peer headers of a request that does not
 // carry a valid peer auth, so that nothing after it believes them.
-func (n *Node) stripPeerHeaders(c *gin.Context) {
-	if _, ok := n.fromPeer(c); ok {
+func (rt *router) stripPeerHeaders(c *gin.Context) {
+	if _, ok := rt.fromPeer(c); ok {
 		return
 	}
 	for _, h := range peerHeaders {
@@ -128,7 +143,7 @@ func newPeerTransport() *http.Transport {
 // streamed replies (SSE, long polls) are flushed as they come. A node
 // that cannot be reached gets 503 node_unavailable. The handler chain is
 // aborted: nothing after it runs.
-func (n *Node) proxyTo(c *gin.Context, to cluster.Node, extra http.Header) {
+func (rt *router) proxyTo(c *gin.Context, to cluster.Node, extra http.Header) {
 	defer c.Abort()
 	defer func() {
 		// A relayed stream that ends badly (either side went away) after
@@ -139,16 +154,16 @@ func (n *Node) proxyTo(c *gin.Context, to cluster.Node, extra http.Header) {
 			if err, ok := v.(error); !ok || !errors.Is(err, http.ErrAbortHandler) {
 				panic(v)
 			}
-			n.log.Debug("relayed reply cut short", "node", to.ID, "path", c.Request.URL.Path)
+			rt.log.Debug("relayed reply cut short", "node", to.ID, "path", c.Request.URL.Path)
 		}
 	}()
 	target, err := url.Parse(to.URL)
 	if err != nil || target.Host == "" {
-		n.log.Error("relay: bad node URL", "node", to.ID, "url", to.URL)
-		n.refuseUnavailable(c, signaling.ErrNodeUnavailable)
+		rt.log.Error("relay: bad node URL", "node", to.ID, "url", to.URL)
+		refuseUnavailable(c, signaling.ErrNodeUnavailable)
 		return
 	}
-	client := n.ClientAddr(c)
+	client := rt.ClientAddr(c)
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
@@ -156,8 +171,8 @@ func (n *Node) proxyTo(c *gin.Context, to cluster.Node, extra http.Header) {
 			for _, h := range peerHeaders {
 				pr.Out.Header.Del(h)
 			}
-			pr.Out.Header.Set(HeaderPeer, n.id)
-			pr.Out.Header.Set(HeaderPeerAuth, n.peerAuth(n.id))
+			pr.Out.Header.Set(HeaderPeer, rt.id)
+			pr.Out.Header.Set(HeaderPeerAuth, rt.peerAuth(rt.id))
 			pr.Out.Header.Set(HeaderClientIP, client)
 			for k, vs := range extra {
 				pr.Out.Header.Del(k)
@@ -166,15 +181,15 @@ func (n *Node) proxyTo(c *gin.Context, to cluster.Node, extra http.Header) {
 				}
 			}
 		},
-		Transport:     n.peers,
+		Transport:     rt.peers,
 		FlushInterval: -1,
-		ErrorLog:      slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		ErrorLog:      slog.NewLogLogger(rt.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(r.Context().Err(), context.Canceled) {
 				return // the client went away
 			}
-			n.log.Warn("relay to node failed", "node", to.ID, "path", r.URL.Path, "err", err)
-			n.refuseUnavailable(c, signaling.ErrNodeUnavailable)
+			rt.log.Warn("relay to node failed", "node", to.ID, "path", r.URL.Path, "err", err)
+			refuseUnavailable(c, signaling.ErrNodeUnavailable)
 		},
 	}
 	rp.ServeHTTP(c.Writer, c.Request)
@@ -182,7 +197,7 @@ func (n *Node) proxyTo(c *gin.Context, to cluster.Node, extra http.Header) {
 
 // refuseUnavailable writes a retryable 503 (cluster_unavailable,
 // node_unavailable or room_moved) with Retry-After.
-func (n *Node) refuseUnavailable(c *gin.Context, err error) {
+func refuseUnavailable(c *gin.Context, err error) {
 	if c.Writer.Written() {
 		return
 	}
@@ -201,8 +216,8 @@ func unavailable(err error) error {
 // redisCtx is the context of a call to Redis made for a request, or
 // signaling.ErrClusterUnavailable at once when the last call failed, so that a
 // request needing Redis fails fast while it is away.
-func (n *Node) redisCtx(c *gin.Context) (context.Context, context.CancelFunc, error) {
-	if !n.cl.Available() {
+func (rt *router) redisCtx(c *gin.Context) (context.Context, context.CancelFunc, error) {
+	if !rt.cl.Available() {
 		return nil, nil, signaling.ErrClusterUnavailable
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), clusterTimeout)
@@ -212,42 +227,42 @@ func (n *Node) redisCtx(c *gin.Context) (context.Context, context.CancelFunc, er
 // node looks up a live node. While Redis is away it answers from the
 // last URL it saw for that id: a session on a node that is still up
 // stays reachable.
-func (n *Node) node(ctx context.Context, id string) (cluster.Node, error) {
+func (rt *router) node(ctx context.Context, id string) (cluster.Node, error) {
 	var to cluster.Node
 	err := signaling.ErrClusterUnavailable
-	if n.cl.Available() {
-		to, err = n.cl.Node(ctx, id)
+	if rt.cl.Available() {
+		to, err = rt.cl.Node(ctx, id)
 	}
-	n.st.mu.Lock()
-	defer n.st.mu.Unlock()
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
 	switch {
 	case err == nil:
-		n.st.urls[id] = to.URL
+		rt.urls[id] = to.URL
 	case errors.Is(err, cluster.ErrNodeNotFound):
-		delete(n.st.urls, id)
+		delete(rt.urls, id)
 	default:
-		if u, ok := n.st.urls[id]; ok {
+		if u, ok := rt.urls[id]; ok {
 			return cluster.Node{ID: id, URL: u}, nil
 		}
 	}
 	return to, err
 }
 
-// Route implements signaling.Federation: the routing step, before CORS
+// Route is the node's signaling.Federation.Route: the routing step, before CORS
 // and any handler. It drops the peer headers of a request without a
 // valid peer auth; then a room this node holds, or a session or
 // WHIP/WHEP resource it issued, is served here, and any other is relayed
 // to the node that holds it. Requests relayed by a peer are never
 // relayed again.
-func (n *Node) Route(c *gin.Context, kind signaling.Relay) {
-	n.stripPeerHeaders(c)
+func (rt *router) Route(c *gin.Context, kind signaling.Relay) {
+	rt.stripPeerHeaders(c)
 	switch kind {
 	case signaling.RelayRoom:
-		n.routeRoom(c, c.Param("room"))
+		rt.routeRoom(c, c.Param("room"))
 	case signaling.RelaySession:
-		n.routeID(c, c.Param("session"), signaling.ErrSessionNotFound)
+		rt.routeID(c, c.Param("session"), signaling.ErrSessionNotFound)
 	case signaling.RelayResource:
-		n.routeID(c, c.Param("resource"), signaling.ErrResourceNotFound)
+		rt.routeID(c, c.Param("resource"), signaling.ErrResourceNotFound)
 	}
 }
 
@@ -256,74 +271,74 @@ func (n *Node) Route(c *gin.Context, kind signaling.Relay) {
 // otherwise. A room the map does not know is left to the handler, which
 // answers as a single node does (404 room_not_found, after its own
 // checks).
-func (n *Node) routeRoom(c *gin.Context, name string) {
-	if _, err := n.sfu.Room(name); err == nil && !n.isReplica(name) {
+func (rt *router) routeRoom(c *gin.Context, name string) {
+	if _, err := rt.sfu.Room(name); err == nil && !rt.cascade.isReplica(name) {
 		return
 	}
-	if _, peer := n.fromPeer(c); peer {
+	if _, peer := rt.fromPeer(c); peer {
 		if c.GetHeader(HeaderEdge) == "1" {
 			return // an edge of a cascaded broadcast asks for its replica (cascade.go)
 		}
 		// Never relayed twice: the room moved since the peer looked.
-		n.refuseUnavailable(c, signaling.ErrRoomMoved)
+		refuseUnavailable(c, signaling.ErrRoomMoved)
 		return
 	}
-	ctx, cancel, err := n.redisCtx(c)
+	ctx, cancel, err := rt.redisCtx(c)
 	if err != nil {
-		n.refuseUnavailable(c, err)
+		refuseUnavailable(c, err)
 		return
 	}
 	defer cancel()
-	me := n.id
-	rec, err := n.cl.Room(ctx, name)
+	me := rt.id
+	rec, err := rt.cl.Room(ctx, name)
 	switch {
 	case errors.Is(err, cluster.ErrRoomNotFound):
 		return
 	case err != nil:
-		n.refuseUnavailable(c, unavailable(err))
+		refuseUnavailable(c, unavailable(err))
 		return
 	case rec.Owner == me:
-		if n.deletingRoom(name) {
+		if rt.rooms.deletingRoom(name) {
 			return // ended here: its record goes soon
 		}
 		// Re-homed here, adopted at the next heartbeat.
-		n.refuseUnavailable(c, signaling.ErrRoomMoved)
+		refuseUnavailable(c, signaling.ErrRoomMoved)
 		return
 	}
-	owner, err := n.node(ctx, rec.Owner)
+	owner, err := rt.node(ctx, rec.Owner)
 	switch {
 	case errors.Is(err, cluster.ErrNodeNotFound):
 		// Its owner died; the room is re-homed when the lease runs out.
-		n.refuseUnavailable(c, fmt.Errorf("%w: node %s is gone; the room moves to another node", signaling.ErrNodeUnavailable, rec.Owner))
+		refuseUnavailable(c, fmt.Errorf("%w: node %s is gone; the room moves to another node", signaling.ErrNodeUnavailable, rec.Owner))
 		return
 	case err != nil:
-		n.refuseUnavailable(c, unavailable(err))
+		refuseUnavailable(c, unavailable(err))
 		return
 	}
-	n.proxyTo(c, owner, nil)
+	rt.proxyTo(c, owner, nil)
 }
 
 // routeID relays the request of a session or WHIP/WHEP resource issued
 // by another node to that node. One whose node is gone is notFound: the
 // client opens a new session with its token.
-func (n *Node) routeID(c *gin.Context, id string, notFound error) {
+func (rt *router) routeID(c *gin.Context, id string, notFound error) {
 	prefix, _, ok := strings.Cut(id, ".")
-	if !ok || prefix == n.id {
+	if !ok || prefix == rt.id {
 		return
 	}
-	if _, peer := n.fromPeer(c); peer {
+	if _, peer := rt.fromPeer(c); peer {
 		return // never relayed twice: answered here (not found)
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), clusterTimeout)
 	defer cancel()
-	issuer, err := n.node(ctx, prefix)
+	issuer, err := rt.node(ctx, prefix)
 	switch {
 	case errors.Is(err, cluster.ErrNodeNotFound):
 		writeError(c, fmt.Errorf("%w: its node %s is gone; open a new session", notFound, prefix))
 		return
 	case err != nil:
-		n.refuseUnavailable(c, unavailable(err))
+		refuseUnavailable(c, unavailable(err))
 		return
 	}
-	n.proxyTo(c, issuer, nil)
+	rt.proxyTo(c, issuer, nil)
 }

@@ -24,7 +24,7 @@ import (
 
 // replica is an edge's copy of a broadcast room, fed by its relay.
 type replica struct {
-	n     *Node
+	cs    *cascade
 	name  string
 	owner cluster.Node
 	room  *sfu.Room
@@ -75,14 +75,14 @@ type relayedTrack struct {
 	track *webrtc.TrackRemote
 }
 
-func (n *Node) newReplica(room *sfu.Room, owner cluster.Node) (*replica, error) {
-	pc, err := n.sfu.NewRelayConnection()
+func (cs *cascade) newReplica(room *sfu.Room, owner cluster.Node) (*replica, error) {
+	pc, err := cs.sfu.NewRelayConnection()
 	if err != nil {
 		return nil, err
 	}
 	r := &replica{
-		n: n, name: room.Name(), owner: owner, room: room, pc: pc,
-		log:   n.log.With("room", room.Name(), "owner", owner.ID),
+		cs: cs, name: room.Name(), owner: owner, room: room, pc: pc,
+		log:   cs.log.With("room", room.Name(), "owner", owner.ID),
 		ready: make(chan struct{}), quit: make(chan struct{}), notify: make(chan struct{}, 1),
 		begun: time.Now(),
 		mids:  map[string]sfu.TrackInfo{}, hosts: map[string]*sfu.Participant{},
@@ -144,8 +144,8 @@ func (r *replica) Deliver(ev sfu.Event) {
 // watch tells the bus of the replica's viewers coming and going, and
 // closes the replica once it has had no viewer for Config.EdgeIdle.
 func (r *replica) watch() {
-	defer r.n.cascade.wg.Done()
-	idle := r.n.edgeIdle()
+	defer r.cs.wg.Done()
+	idle := r.cs.edgeIdle()
 	tick := time.NewTicker(min(idle/4, time.Second))
 	defer tick.Stop()
 	idleSince := time.Now()
@@ -219,24 +219,24 @@ func (r *replica) stop(reason string) { r.stopUnless(reason, false) }
 // way (checked under the same locks as ensureReplica counts one). It
 // reports whether it stopped the replica.
 func (r *replica) stopUnless(reason string, ifIdle bool) bool {
-	n := r.n
-	n.cascade.mu.Lock()
+	cs := r.cs
+	cs.mu.Lock()
 	r.mu.Lock()
 	if r.closing || (ifIdle && r.pending > 0) {
 		r.mu.Unlock()
-		n.cascade.mu.Unlock()
+		cs.mu.Unlock()
 		return false
 	}
 	r.closing, r.reason = true, reason
 	r.mu.Unlock()
-	if n.cascade.replicas[r.name] == r {
-		delete(n.cascade.replicas, r.name)
+	if cs.replicas[r.name] == r {
+		delete(cs.replicas, r.name)
 	}
-	if n.cascade.closing == nil {
-		n.cascade.closing = map[string]int{}
+	if cs.closing == nil {
+		cs.closing = map[string]int{}
 	}
-	n.cascade.closing[r.name]++ // until teardown has closed the room
-	n.cascade.mu.Unlock()
+	cs.closing[r.name]++ // until teardown has closed the room
+	cs.mu.Unlock()
 	close(r.quit)
 	r.cancel() // a link being opened
 	r.wmu.Lock()
@@ -255,12 +255,12 @@ func (r *replica) teardown() {
 	r.mu.Unlock()
 	r.fail(fmt.Errorf("%w: the replica closed (%s)", signaling.ErrRoomMoved, reason))
 	r.room.Close(reason)
-	n := r.n
-	n.cascade.mu.Lock()
-	if n.cascade.closing[r.name]--; n.cascade.closing[r.name] <= 0 {
-		delete(n.cascade.closing, r.name)
+	cs := r.cs
+	cs.mu.Lock()
+	if cs.closing[r.name]--; cs.closing[r.name] <= 0 {
+		delete(cs.closing, r.name)
 	}
-	n.cascade.mu.Unlock()
+	cs.mu.Unlock()
 	// The viewers that were here leave the owner's feed at once (watch
 	// has stopped: it would tell one at a time).
 	r.mu.Lock()
@@ -303,7 +303,7 @@ func (r *replica) presence(ev sfu.Event) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
 	defer cancel()
-	if err := r.n.cl.Publish(ctx, cluster.Message{Type: msgRoomEvent, Room: r.name, Data: data}); err != nil {
+	if err := r.cs.cl.Publish(ctx, cluster.Message{Type: msgRoomEvent, Room: r.name, Data: data}); err != nil {
 		r.log.Debug("publish edge presence", "err", err)
 	}
 }
@@ -314,7 +314,7 @@ func (r *replica) presence(ev sfu.Event) {
 // until the link ends or the replica is stopped; then it tears the
 // replica down.
 func (r *replica) run() {
-	defer r.n.cascade.wg.Done()
+	defer r.cs.wg.Done()
 	defer r.teardown()
 	ctx, cancel := context.WithTimeout(r.ctx, relayLinkTimeout)
 	err := r.open(ctx)
@@ -336,16 +336,16 @@ func (r *replica) run() {
 
 // peerHeader is what the edge's requests to the owner carry.
 func (r *replica) peerHeader() http.Header {
-	n := r.n
-	id := n.id
-	return http.Header{HeaderPeer: {id}, HeaderPeerAuth: {n.peerAuth(id)}}
+	cs := r.cs
+	id := cs.id
+	return http.Header{HeaderPeer: {id}, HeaderPeerAuth: {cs.router.peerAuth(id)}}
 }
 
 // open joins the owner's room as the relay (a session with a token the
 // edge mints) and attaches its socket.
 func (r *replica) open(ctx context.Context) error {
-	n := r.n
-	tok, _, err := n.srv.Tokens().Mint(r.name, relayIdentityPrefix+n.id, string(sfu.RoleViewer), 5*time.Minute)
+	cs := r.cs
+	tok, _, err := cs.srv.Tokens().Mint(r.name, relayIdentityPrefix+cs.id, string(sfu.RoleViewer), 5*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -357,7 +357,7 @@ func (r *replica) open(ctx context.Context) error {
 	req.Header = r.peerHeader()
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set(HeaderRelay, "1")
-	resp, err := (&http.Client{Transport: n.peers}).Do(req)
+	resp, err := (&http.Client{Transport: cs.router.peers}).Do(req)
 	if err != nil {
 		return err
 	}
@@ -385,7 +385,7 @@ func (r *replica) dial(ctx context.Context) error {
 	r.mu.Unlock()
 	u := strings.TrimRight(r.owner.URL, "/") + "/v1/sessions/" + url.PathEscape(sid) + fmt.Sprintf("/ws?cursor=%d", cursor)
 	u = "ws" + strings.TrimPrefix(u, "http") // http -> ws, https -> wss
-	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, NetDialContext: r.n.peers.DialContext, TLSClientConfig: r.n.peers.TLSClientConfig}
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, NetDialContext: r.cs.router.peers.DialContext, TLSClientConfig: r.cs.router.peers.TLSClientConfig}
 	conn, resp, err := d.DialContext(ctx, u, r.peerHeader())
 	if err != nil {
 		if resp != nil {
@@ -631,7 +631,7 @@ func (r *replica) leaveOwner() {
 		return
 	}
 	req.Header = r.peerHeader()
-	if resp, err := (&http.Client{Transport: r.n.peers}).Do(req); err == nil {
+	if resp, err := (&http.Client{Transport: r.cs.router.peers}).Do(req); err == nil {
 		resp.Body.Close()
 	}
 }

@@ -20,8 +20,15 @@ import (
 	"github.com/vigil-media/vigil/webhooks"
 )
 
-// clusterState is what a node keeps beside the sfu's rooms.
-type clusterState struct {
+// roomMap is the node's side of the cluster's room map: the rooms it
+// holds and their records, placement of new rooms, listing, adoption,
+// loss and hand-off, and revocations told over the bus. Its methods
+// include the membership's callbacks (load, heldRooms, adopt, lose).
+type roomMap struct {
+	*core
+	router  *router  // peer auth and relaying
+	cascade *cascade // which rooms are edge replicas
+
 	// mu guards the fields below it. Nothing else is locked while it
 	// is held: it is taken under a room's lock (clusterWatcher), so a
 	// room's lock must never be taken under it.
@@ -30,7 +37,6 @@ type clusterState struct {
 	creating map[string]bool               // rooms being created here: not to adopt
 	deleting map[string]bool               // rooms ended here whose record is still to delete
 	revokes  []cluster.Revocation          // revocations not yet told to the cluster
-	urls     map[string]string             // last known URL of each node, by id
 
 	// Set by startCluster, before the loop starts; not guarded.
 	stop  chan struct{} // closed by stopCluster
@@ -39,31 +45,32 @@ type clusterState struct {
 	once  sync.Once     // stopCluster
 }
 
-// init makes the maps, before the membership's callbacks may use them.
-func (st *clusterState) init() {
-	st.creating, st.deleting, st.urls = map[string]bool{}, map[string]bool{}, map[string]string{}
-	st.records = map[string]cluster.RoomRecord{}
+// newRoomMap makes the maps, before the membership's callbacks may use
+// them; New links router and cascade.
+func newRoomMap(co *core) *roomMap {
+	return &roomMap{core: co, creating: map[string]bool{}, deleting: map[string]bool{},
+		records: map[string]cluster.RoomRecord{}}
 }
 
 // startCluster subscribes to the revocations of the other nodes and
 // starts the loop that loads them (now, and again whenever Redis comes
 // back). New calls it once the node has joined.
-func (n *Node) startCluster() {
-	n.st.stop, n.st.done = make(chan struct{}), make(chan struct{})
-	n.st.unsub = n.cl.Subscribe(msgRevoked, n.onRevoked)
-	go n.clusterLoop()
+func (rm *roomMap) startCluster() {
+	rm.stop, rm.done = make(chan struct{}), make(chan struct{})
+	rm.unsub = rm.cl.Subscribe(msgRevoked, rm.onRevoked)
+	go rm.clusterLoop()
 }
 
 // stopCluster stops what startCluster started, if it did; Close calls
 // it.
-func (n *Node) stopCluster() {
-	if n.st.stop == nil {
+func (rm *roomMap) stopCluster() {
+	if rm.stop == nil {
 		return
 	}
-	n.st.once.Do(func() {
-		close(n.st.stop)
-		<-n.st.done
-		n.st.unsub()
+	rm.once.Do(func() {
+		close(rm.stop)
+		<-rm.done
+		rm.unsub()
 	})
 }
 
@@ -74,26 +81,26 @@ const clusterPoll = 250 * time.Millisecond
 // back after an outage: it loads the revocations, tells the cluster of
 // those made here meanwhile, and deletes the records of the rooms that
 // ended here meanwhile.
-func (n *Node) clusterLoop() {
-	defer close(n.st.done)
+func (rm *roomMap) clusterLoop() {
+	defer close(rm.done)
 	t := time.NewTicker(clusterPoll)
 	defer t.Stop()
 	synced := false
 	for {
 		switch {
-		case !n.cl.Available():
+		case !rm.cl.Available():
 			if synced {
-				n.log.Warn("cluster: Redis is unreachable; rooms here go on, cross-node calls fail until it is back")
+				rm.log.Warn("cluster: Redis is unreachable; rooms here go on, cross-node calls fail until it is back")
 			}
 			synced = false
 		case !synced:
-			synced = n.resync() == nil
+			synced = rm.resync() == nil
 			if synced {
-				n.log.Info("cluster: in sync with Redis", "node", n.id)
+				rm.log.Info("cluster: in sync with Redis", "node", rm.id)
 			}
 		}
 		select {
-		case <-n.st.stop:
+		case <-rm.stop:
 			return
 		case <-t.C:
 		}
@@ -101,53 +108,53 @@ func (n *Node) clusterLoop() {
 }
 
 // resync is one resynchronization (clusterLoop).
-func (n *Node) resync() error {
+func (rm *roomMap) resync() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*clusterTimeout)
 	defer cancel()
-	cl := n.cl
+	cl := rm.cl
 	revs, err := cl.Revocations(ctx)
 	if err != nil {
 		return err
 	}
 	for _, rv := range revs {
-		n.applyRevocation(rv)
+		rm.applyRevocation(rv)
 	}
-	n.st.mu.Lock()
-	pending := n.st.revokes
-	n.st.revokes = nil
+	rm.mu.Lock()
+	pending := rm.revokes
+	rm.revokes = nil
 	var deleting []string
-	for name := range n.st.deleting {
+	for name := range rm.deleting {
 		deleting = append(deleting, name)
 	}
-	n.st.mu.Unlock()
+	rm.mu.Unlock()
 	for i, rv := range pending {
 		if err := cl.Revoke(ctx, rv); err != nil {
-			n.st.mu.Lock()
-			n.st.revokes = append(pending[i:], n.st.revokes...)
-			n.st.mu.Unlock()
+			rm.mu.Lock()
+			rm.revokes = append(pending[i:], rm.revokes...)
+			rm.mu.Unlock()
 			return err
 		}
 	}
 	for _, name := range deleting {
-		if err := n.forgetRoom(name); err != nil {
+		if err := rm.forgetRoom(name); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// CreateRoom implements signaling.Federation: it serves POST /v1/rooms.
+// CreateRoom is the node's signaling.Federation.CreateRoom: it serves POST /v1/rooms.
 // The room goes to the least loaded live node (this one included), which
 // writes its record in the map first (so that the name is taken
 // cluster-wide) and then opens it. A draining node places every new room
 // elsewhere.
-func (n *Node) CreateRoom(c *gin.Context) bool {
-	n.createRoom(c)
+func (rm *roomMap) CreateRoom(c *gin.Context) bool {
+	rm.createRoom(c)
 	return true
 }
 
-func (n *Node) createRoom(c *gin.Context) {
-	req, raw, err := n.srv.ReadRoomRequest(c)
+func (rm *roomMap) createRoom(c *gin.Context) {
+	req, raw, err := rm.srv.ReadRoomRequest(c)
 	if err != nil {
 		writeError(c, err)
 		return
@@ -163,17 +170,17 @@ func (n *Node) createRoom(c *gin.Context) {
 		writeError(c, fmt.Errorf("%w: %q", sfu.ErrInvalidKind, req.Kind))
 		return
 	}
-	cl := n.cl
-	me := n.id
-	ctx, cancel, err := n.redisCtx(c)
+	cl := rm.cl
+	me := rm.id
+	ctx, cancel, err := rm.router.redisCtx(c)
 	if err != nil {
-		n.refuseUnavailable(c, err)
+		refuseUnavailable(c, err)
 		return
 	}
 	defer cancel()
-	if _, peer := n.fromPeer(c); !peer {
+	if _, peer := rm.router.fromPeer(c); !peer {
 		var except []string
-		if n.srv.Draining() {
+		if rm.srv.Draining() {
 			except = []string{me}
 		}
 		to, err := cl.Pick(ctx, except...)
@@ -182,35 +189,35 @@ func (n *Node) createRoom(c *gin.Context) {
 			writeError(c, signaling.ErrDraining) // no other node to place it on
 			return
 		case err != nil:
-			n.refuseUnavailable(c, unavailable(err))
+			refuseUnavailable(c, unavailable(err))
 			return
 		case to.ID != me:
 			c.Request.Body = io.NopCloser(strings.NewReader(raw))
 			c.Request.ContentLength = int64(len(raw))
-			n.proxyTo(c, to, http.Header{HeaderPlaced: {to.ID}})
+			rm.router.proxyTo(c, to, http.Header{HeaderPlaced: {to.ID}})
 			return
 		}
 	}
-	if err := n.srv.AdmitRoom(); err != nil {
+	if err := rm.srv.AdmitRoom(); err != nil {
 		writeError(c, err)
 		return
 	}
-	if _, err := n.sfu.Room(req.Name); err == nil {
+	if _, err := rm.sfu.Room(req.Name); err == nil {
 		writeError(c, fmt.Errorf("%w: %q", sfu.ErrRoomExists, req.Name))
 		return
 	}
-	n.st.mu.Lock()
-	if n.st.creating[req.Name] {
-		n.st.mu.Unlock()
+	rm.mu.Lock()
+	if rm.creating[req.Name] {
+		rm.mu.Unlock()
 		writeError(c, fmt.Errorf("%w: %q", sfu.ErrRoomExists, req.Name))
 		return
 	}
-	n.st.creating[req.Name] = true
-	n.st.mu.Unlock()
+	rm.creating[req.Name] = true
+	rm.mu.Unlock()
 	defer func() {
-		n.st.mu.Lock()
-		delete(n.st.creating, req.Name)
-		n.st.mu.Unlock()
+		rm.mu.Lock()
+		delete(rm.creating, req.Name)
+		rm.mu.Unlock()
 	}()
 	rec, err := cl.CreateRoom(ctx, cluster.RoomRecord{Name: req.Name, Kind: string(req.Kind),
 		MaxParticipants: req.MaxParticipants, AutoRecord: req.AutoRecord, Owner: me})
@@ -219,52 +226,52 @@ func (n *Node) createRoom(c *gin.Context) {
 		writeError(c, fmt.Errorf("%w: %q", sfu.ErrRoomExists, req.Name))
 		return
 	case err != nil:
-		n.refuseUnavailable(c, unavailable(err))
+		refuseUnavailable(c, unavailable(err))
 		return
 	}
-	r, err := n.sfu.CreateRoom(req.Name, req.Kind, sfu.RoomOptions{MaxParticipants: req.MaxParticipants, AutoRecord: req.AutoRecord})
+	r, err := rm.sfu.CreateRoom(req.Name, req.Kind, sfu.RoomOptions{MaxParticipants: req.MaxParticipants, AutoRecord: req.AutoRecord})
 	if err != nil {
 		if derr := cl.DeleteRoom(context.WithoutCancel(ctx), req.Name, me); derr != nil && !errors.Is(derr, cluster.ErrRoomNotFound) {
-			n.log.Warn("cluster: undo a room record", "room", req.Name, "err", derr)
+			rm.log.Warn("cluster: undo a room record", "room", req.Name, "err", derr)
 		}
 		writeError(c, err)
 		return
 	}
-	n.keepRecord(rec)
-	n.srv.RoomCreated(r)
-	n.watchRoom(r)
-	c.JSON(http.StatusCreated, n.srv.DescribeRoom(r))
+	rm.keepRecord(rec)
+	rm.srv.RoomCreated(r)
+	rm.watchRoom(r)
+	c.JSON(http.StatusCreated, rm.srv.DescribeRoom(r))
 }
 
-// ListRooms implements signaling.Federation: it serves GET /v1/rooms,
+// ListRooms is the node's signaling.Federation.ListRooms: it serves GET /v1/rooms,
 // unless a peer asks or ?scope=local does (this node's rooms only).
-func (n *Node) ListRooms(c *gin.Context) bool {
-	if _, peer := n.fromPeer(c); peer || c.Query("scope") == "local" {
+func (rm *roomMap) ListRooms(c *gin.Context) bool {
+	if _, peer := rm.router.fromPeer(c); peer || c.Query("scope") == "local" {
 		return false
 	}
-	n.listRooms(c)
+	rm.listRooms(c)
 	return true
 }
 
 // listRooms is GET /v1/rooms on a node: every room of the map, each
 // described by the node that holds it (asked with ?scope=local), or from
 // its record alone when that node does not answer.
-func (n *Node) listRooms(c *gin.Context) {
-	ctx, cancel, err := n.redisCtx(c)
+func (rm *roomMap) listRooms(c *gin.Context) {
+	ctx, cancel, err := rm.router.redisCtx(c)
 	if err != nil {
-		n.refuseUnavailable(c, err)
+		refuseUnavailable(c, err)
 		return
 	}
 	defer cancel()
-	cl := n.cl
+	cl := rm.cl
 	recs, err := cl.Rooms(ctx)
 	if err != nil {
-		n.refuseUnavailable(c, unavailable(err))
+		refuseUnavailable(c, unavailable(err))
 		return
 	}
 	nodes, err := cl.Nodes(ctx)
 	if err != nil {
-		n.refuseUnavailable(c, unavailable(err))
+		refuseUnavailable(c, unavailable(err))
 		return
 	}
 	type listed struct {
@@ -274,17 +281,17 @@ func (n *Node) listRooms(c *gin.Context) {
 	results := make(chan listed, len(nodes))
 	asked := 0
 	for _, peer := range nodes {
-		if peer.ID == n.id {
+		if peer.ID == rm.id {
 			continue
 		}
 		asked++
 		go func() {
-			results <- listed{node: peer.ID, rooms: n.peerRooms(c, peer)}
+			results <- listed{node: peer.ID, rooms: rm.peerRooms(c, peer)}
 		}()
 	}
-	byNode := map[string]map[string]signaling.RoomResponse{n.id: {}}
-	for _, r := range n.srv.DescribeRooms() {
-		byNode[n.id][r.Name] = r
+	byNode := map[string]map[string]signaling.RoomResponse{rm.id: {}}
+	for _, r := range rm.srv.DescribeRooms() {
+		byNode[rm.id][r.Name] = r
 	}
 	for range asked {
 		l := <-results
@@ -311,7 +318,7 @@ func (n *Node) listRooms(c *gin.Context) {
 // peerRooms asks node peer for the rooms it holds (GET
 // /v1/rooms?scope=local with the caller's admin key and this node's peer
 // auth); nil if it does not answer within clusterTimeout.
-func (n *Node) peerRooms(c *gin.Context, peer cluster.Node) []signaling.RoomResponse {
+func (rm *roomMap) peerRooms(c *gin.Context, peer cluster.Node) []signaling.RoomResponse {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), clusterTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(peer.URL, "/")+"/v1/rooms?scope=local", nil)
@@ -319,19 +326,19 @@ func (n *Node) peerRooms(c *gin.Context, peer cluster.Node) []signaling.RoomResp
 		return nil
 	}
 	req.Header.Set("Authorization", c.GetHeader("Authorization"))
-	id := n.id
+	id := rm.id
 	req.Header.Set(HeaderPeer, id)
-	req.Header.Set(HeaderPeerAuth, n.peerAuth(id))
-	req.Header.Set(HeaderClientIP, n.ClientAddr(c))
-	resp, err := n.peers.RoundTrip(req)
+	req.Header.Set(HeaderPeerAuth, rm.router.peerAuth(id))
+	req.Header.Set(HeaderClientIP, rm.router.ClientAddr(c))
+	resp, err := rm.router.peers.RoundTrip(req)
 	if err != nil {
-		n.log.Warn("cluster: list the rooms of a node", "node", peer.ID, "err", err)
+		rm.log.Warn("cluster: list the rooms of a node", "node", peer.ID, "err", err)
 		return nil
 	}
 	defer resp.Body.Close()
 	var out signaling.ListRoomsResponse
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&out) != nil {
-		n.log.Warn("cluster: list the rooms of a node", "node", peer.ID, "status", resp.StatusCode)
+		rm.log.Warn("cluster: list the rooms of a node", "node", peer.ID, "status", resp.StatusCode)
 		return nil
 	}
 	return out.Rooms
@@ -342,7 +349,7 @@ func (n *Node) peerRooms(c *gin.Context, peer cluster.Node) []signaling.RoomResp
 // moved, or that ends because this node shuts down, keeps its record:
 // another node holds it, or will.
 type clusterWatcher struct {
-	n    *Node
+	rm   *roomMap
 	room string
 }
 
@@ -352,137 +359,137 @@ func (w *clusterWatcher) Deliver(ev sfu.Event) {
 	if !ok {
 		return
 	}
-	w.n.st.mu.Lock()
-	defer w.n.st.mu.Unlock()
-	delete(w.n.st.records, w.room)
+	w.rm.mu.Lock()
+	defer w.rm.mu.Unlock()
+	delete(w.rm.records, w.room)
 	if ce.Reason == signaling.ReasonRoomMoved || ce.Reason == sfu.ReasonShutdown {
 		return
 	}
-	w.n.st.deleting[w.room] = true
+	w.rm.deleting[w.room] = true
 	go func() {
-		if err := w.n.forgetRoom(w.room); err != nil {
-			w.n.log.Warn("cluster: delete a room's record; retried when Redis is back", "room", w.room, "err", err)
+		if err := w.rm.forgetRoom(w.room); err != nil {
+			w.rm.log.Warn("cluster: delete a room's record; retried when Redis is back", "room", w.room, "err", err)
 		}
 	}()
 }
 
 // watchRoom makes r's record follow it (clusterWatcher).
-func (n *Node) watchRoom(r *sfu.Room) {
-	if err := r.Watch(&clusterWatcher{n: n, room: r.Name()}); err != nil {
-		n.log.Debug("watch room for the cluster", "room", r.Name(), "err", err)
+func (rm *roomMap) watchRoom(r *sfu.Room) {
+	if err := r.Watch(&clusterWatcher{rm: rm, room: r.Name()}); err != nil {
+		rm.log.Debug("watch room for the cluster", "room", r.Name(), "err", err)
 	}
 }
 
 // deletingRoom reports whether the room ended here and its record is
 // still to delete.
-func (n *Node) deletingRoom(name string) bool {
-	n.st.mu.Lock()
-	defer n.st.mu.Unlock()
-	return n.st.deleting[name]
+func (rm *roomMap) deletingRoom(name string) bool {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	return rm.deleting[name]
 }
 
 // forgetRoom deletes the record of a room that ended here, if this node
 // still owns it. A failure to reach Redis keeps it to retry
 // (clusterLoop); until then the room is not adopted again.
-func (n *Node) forgetRoom(name string) error {
-	n.st.mu.Lock()
-	n.st.deleting[name] = true
-	n.st.mu.Unlock()
+func (rm *roomMap) forgetRoom(name string) error {
+	rm.mu.Lock()
+	rm.deleting[name] = true
+	rm.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
 	defer cancel()
-	err := n.cl.DeleteRoom(ctx, name, n.id)
+	err := rm.cl.DeleteRoom(ctx, name, rm.id)
 	if err != nil && !errors.Is(err, cluster.ErrRoomNotFound) && !errors.Is(err, cluster.ErrNotOwner) {
 		return err
 	}
-	n.st.mu.Lock()
-	delete(n.st.deleting, name)
-	n.st.mu.Unlock()
+	rm.mu.Lock()
+	delete(rm.deleting, name)
+	rm.mu.Unlock()
 	return nil
 }
 
-// RoomDeleted implements signaling.Federation: the record of a room
+// RoomDeleted is the node's signaling.Federation.RoomDeleted: the record of a room
 // deleted here leaves the map (or will, once Redis is back).
-func (n *Node) RoomDeleted(name string) {
-	if err := n.forgetRoom(name); err != nil {
-		n.log.Warn("cluster: delete a room's record; retried when Redis is back", "room", name, "err", err)
+func (rm *roomMap) RoomDeleted(name string) {
+	if err := rm.forgetRoom(name); err != nil {
+		rm.log.Warn("cluster: delete a room's record; retried when Redis is back", "room", name, "err", err)
 	}
 }
 
 // adopt opens here a room the map gives to this node that it does not
 // hold: one re-homed here from a node that died (cluster.Config.Adopt).
 // An edge replica of it gives way to it.
-func (n *Node) adopt(rec cluster.RoomRecord) {
-	if n.srv.AdmitRoom() == signaling.ErrShuttingDown {
+func (rm *roomMap) adopt(rec cluster.RoomRecord) {
+	if rm.srv.AdmitRoom() == signaling.ErrShuttingDown {
 		return // its rooms go to the other nodes
 	}
-	n.st.mu.Lock()
-	creating, deleting := n.st.creating[rec.Name], n.st.deleting[rec.Name]
-	n.st.mu.Unlock()
+	rm.mu.Lock()
+	creating, deleting := rm.creating[rec.Name], rm.deleting[rec.Name]
+	rm.mu.Unlock()
 	switch {
 	case creating:
 		return
 	case deleting:
-		go func() { _ = n.forgetRoom(rec.Name) }()
+		go func() { _ = rm.forgetRoom(rec.Name) }()
 		return
 	}
-	if r, err := n.sfu.Room(rec.Name); err == nil {
-		if !n.isReplica(rec.Name) {
+	if r, err := rm.sfu.Room(rec.Name); err == nil {
+		if !rm.cascade.isReplica(rec.Name) {
 			return
 		}
 		r.Close(signaling.ReasonRoomMoved)
 	}
-	r, err := n.sfu.CreateRoom(rec.Name, sfu.Kind(rec.Kind), sfu.RoomOptions{MaxParticipants: rec.MaxParticipants, AutoRecord: rec.AutoRecord})
+	r, err := rm.sfu.CreateRoom(rec.Name, sfu.Kind(rec.Kind), sfu.RoomOptions{MaxParticipants: rec.MaxParticipants, AutoRecord: rec.AutoRecord})
 	if err != nil {
-		n.log.Error("cluster: adopt a room", "room", rec.Name, "err", err)
+		rm.log.Error("cluster: adopt a room", "room", rec.Name, "err", err)
 		return
 	}
-	n.log.Info("cluster: room re-homed here", "room", rec.Name, "epoch", rec.Epoch)
-	n.keepRecord(rec)
-	n.roomAdopted(r, rec)
-	n.watchRoom(r)
+	rm.log.Info("cluster: room re-homed here", "room", rec.Name, "epoch", rec.Epoch)
+	rm.keepRecord(rec)
+	rm.roomAdopted(r, rec)
+	rm.watchRoom(r)
 }
 
-// HandOff implements signaling.Federation: it moves an empty room this
+// HandOff is the node's signaling.Federation.HandOff: it moves an empty room this
 // node holds to the least loaded other node, for a drain: the room goes
 // on there instead of ending. It reports whether it did; false for an
 // edge replica, or with no other node (or no Redis): the room ends then,
 // as on a single node.
-func (n *Node) HandOff(r *sfu.Room) bool {
-	cl := n.cl
+func (rm *roomMap) HandOff(r *sfu.Room) bool {
+	cl := rm.cl
 	name := r.Name()
-	if n.isReplica(name) || !cl.Available() {
+	if rm.cascade.isReplica(name) || !cl.Available() {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*clusterTimeout)
 	defer cancel()
-	to, err := cl.Pick(ctx, n.id)
+	to, err := cl.Pick(ctx, rm.id)
 	if err != nil {
 		return false
 	}
-	n.st.mu.Lock()
-	rec, ok := n.st.records[name]
-	n.st.creating[name] = true // not to adopt back meanwhile
-	n.st.mu.Unlock()
+	rm.mu.Lock()
+	rec, ok := rm.records[name]
+	rm.creating[name] = true // not to adopt back meanwhile
+	rm.mu.Unlock()
 	defer func() {
-		n.st.mu.Lock()
-		delete(n.st.creating, name)
-		n.st.mu.Unlock()
+		rm.mu.Lock()
+		delete(rm.creating, name)
+		rm.mu.Unlock()
 	}()
 	if !ok {
 		opts := r.Options()
 		rec = cluster.RoomRecord{Name: name, Kind: string(r.Kind()), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord}
 	}
 	r.Close(signaling.ReasonRoomMoved) // its record stays
-	if err := cl.DeleteRoom(ctx, name, n.id); err != nil && !errors.Is(err, cluster.ErrRoomNotFound) {
-		n.log.Warn("cluster: hand a room over", "room", name, "err", err)
+	if err := cl.DeleteRoom(ctx, name, rm.id); err != nil && !errors.Is(err, cluster.ErrRoomNotFound) {
+		rm.log.Warn("cluster: hand a room over", "room", name, "err", err)
 		return true // closed here; its record is re-homed when this node leaves
 	}
 	rec.Owner = to.ID
 	if _, err := cl.CreateRoom(ctx, rec); err != nil {
-		n.log.Warn("cluster: hand a room over", "room", name, "to", to.ID, "err", err)
+		rm.log.Warn("cluster: hand a room over", "room", name, "to", to.ID, "err", err)
 		return true
 	}
-	n.log.Info("cluster: draining: room handed over", "room", name, "to", to.ID)
+	rm.log.Info("cluster: draining: room handed over", "room", name, "to", to.ID)
 	return true
 }
 
@@ -491,27 +498,27 @@ func (n *Node) HandOff(r *sfu.Room) bool {
 // has (deleted through another node): each participant leaves with
 // reason room_moved, and their clients open new sessions, which reach
 // the room where it is now (cluster.Config.Lost).
-func (n *Node) lose(name string) {
-	r, err := n.sfu.Room(name)
-	if err != nil || n.isReplica(name) {
+func (rm *roomMap) lose(name string) {
+	r, err := rm.sfu.Room(name)
+	if err != nil || rm.cascade.isReplica(name) {
 		return
 	}
-	n.log.Warn("cluster: room moved to another node", "room", name)
+	rm.log.Warn("cluster: room moved to another node", "room", name)
 	go r.Close(signaling.ReasonRoomMoved) // not on the heartbeat: leaving takes a while
 }
 
 // heldRooms lists the rooms this node holds, as records
 // (cluster.Config.Rooms): edge replicas and rooms ending here are not.
-func (n *Node) heldRooms() []cluster.RoomRecord {
-	me := n.id
+func (rm *roomMap) heldRooms() []cluster.RoomRecord {
+	me := rm.id
 	var out []cluster.RoomRecord
-	for _, r := range n.sfu.Rooms() {
-		if n.isReplica(r.Name()) || n.deletingRoom(r.Name()) {
+	for _, r := range rm.sfu.Rooms() {
+		if rm.cascade.isReplica(r.Name()) || rm.deletingRoom(r.Name()) {
 			continue
 		}
-		n.st.mu.Lock()
-		rec, ok := n.st.records[r.Name()]
-		n.st.mu.Unlock()
+		rm.mu.Lock()
+		rec, ok := rm.records[r.Name()]
+		rm.mu.Unlock()
 		if !ok {
 			opts := r.Options()
 			rec = cluster.RoomRecord{Name: r.Name(), Kind: string(r.Kind()), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord}
@@ -525,21 +532,21 @@ func (n *Node) heldRooms() []cluster.RoomRecord {
 // keepRecord keeps the record of a room held here, for heldRooms
 // (written back as it was if Redis loses it); watchRoom's watcher
 // forgets it when the room ends.
-func (n *Node) keepRecord(rec cluster.RoomRecord) {
-	n.st.mu.Lock()
-	defer n.st.mu.Unlock()
-	n.st.records[rec.Name] = rec
+func (rm *roomMap) keepRecord(rec cluster.RoomRecord) {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	rm.records[rec.Name] = rec
 }
 
 // load is this node's load figure (cluster.Config.Load): its rooms
 // (edge replicas included) and their participants; a draining node,
 // which takes no new room, reports the most there is.
-func (n *Node) load() cluster.Load {
-	if n.srv.Draining() {
+func (rm *roomMap) load() cluster.Load {
+	if rm.srv.Draining() {
 		return cluster.Load{Rooms: math.MaxInt32, Participants: math.MaxInt32}
 	}
 	var l cluster.Load
-	for _, r := range n.sfu.Rooms() {
+	for _, r := range rm.sfu.Rooms() {
 		l.Rooms++
 		l.Participants += len(r.List())
 	}
@@ -551,41 +558,41 @@ func (n *Node) load() cluster.Load {
 // msgRevoked is the bus message of a revocation (cluster.Revoke).
 const msgRevoked = "revoked"
 
-// Revoked implements signaling.Federation: it tells every node of a
+// Revoked is the node's signaling.Federation.Revoked: it tells every node of a
 // revocation made here. While Redis is away it is kept and told when
 // Redis is back; this node, which holds the room, applies it at once
 // either way.
-func (n *Node) Revoked(room, identity string, at time.Time) {
+func (rm *roomMap) Revoked(room, identity string, at time.Time) {
 	rv := cluster.Revocation{Room: room, Identity: identity, At: at}
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
 	defer cancel()
-	if err := n.cl.Revoke(ctx, rv); err != nil {
-		n.log.Warn("cluster: revocation not told to the other nodes yet; retried when Redis is back", "room", room, "participant", identity, "err", err)
-		n.st.mu.Lock()
-		n.st.revokes = append(n.st.revokes, rv)
-		n.st.mu.Unlock()
+	if err := rm.cl.Revoke(ctx, rv); err != nil {
+		rm.log.Warn("cluster: revocation not told to the other nodes yet; retried when Redis is back", "room", room, "participant", identity, "err", err)
+		rm.mu.Lock()
+		rm.revokes = append(rm.revokes, rv)
+		rm.mu.Unlock()
 	}
 }
 
 // onRevoked applies a revocation made on another node.
-func (n *Node) onRevoked(m cluster.Message) {
-	if m.Origin == n.id {
+func (rm *roomMap) onRevoked(m cluster.Message) {
+	if m.Origin == rm.id {
 		return // applied when it was made
 	}
 	var rv cluster.Revocation
 	if err := json.Unmarshal(m.Data, &rv); err != nil || rv.Room == "" || rv.Identity == "" {
-		n.log.Warn("cluster: bad revocation message", "origin", m.Origin, "err", err)
+		rm.log.Warn("cluster: bad revocation message", "origin", m.Origin, "err", err)
 		return
 	}
-	n.applyRevocation(rv)
+	rm.applyRevocation(rv)
 }
 
 // applyRevocation refuses the tokens a revocation covers and disconnects
 // the participant of that identity in that room here, if there is one
 // (in an edge replica too).
-func (n *Node) applyRevocation(rv cluster.Revocation) {
-	n.srv.Tokens().RevokeAt(rv.Room, rv.Identity, rv.At)
-	r, err := n.sfu.Room(rv.Room)
+func (rm *roomMap) applyRevocation(rv cluster.Revocation) {
+	rm.srv.Tokens().RevokeAt(rv.Room, rv.Identity, rv.At)
+	r, err := rm.sfu.Room(rv.Room)
 	if err != nil {
 		return
 	}
@@ -596,17 +603,17 @@ func (n *Node) applyRevocation(rv cluster.Revocation) {
 
 // roomAdopted tells the webhooks of a room re-homed here (room.rehomed)
 // and watches it for them.
-func (n *Node) roomAdopted(r *sfu.Room, rec cluster.RoomRecord) {
-	h := n.cfg.Signaling.Webhooks
+func (rm *roomMap) roomAdopted(r *sfu.Room, rec cluster.RoomRecord) {
+	h := rm.cfg.Signaling.Webhooks
 	if !h.Enabled() {
 		return
 	}
 	opts := r.Options()
 	h.Emit(webhooks.RoomRehomed, roomRehomedHook{
 		Room: r.Name(), Kind: r.Kind(), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord,
-		Node: n.id, Epoch: rec.Epoch,
+		Node: rm.id, Epoch: rec.Epoch,
 	})
-	n.srv.WatchHooks(r)
+	rm.srv.WatchHooks(r)
 }
 
 // roomRehomedHook is the payload of room.rehomed: the room (as in
