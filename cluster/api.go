@@ -60,6 +60,9 @@ type Cluster struct {
 
 	// Owned by the heartbeat goroutine (and by New before it starts).
 	hbState heartbeatState
+	// fresh: the rooms created since the write-back was armed
+	// (heartbeat.go); its own lock.
+	fresh freshRooms
 }
 
 // keys names every key under the prefix.

@@ -55,7 +55,9 @@
 // value it read at its last heartbeat; if the value changed, or the node
 // found it missing (it creates it then), Redis lost its data since, and
 // the node writes back every room of its own that the map lacks, until one
-// heartbeat has written them all. If the value is the one remembered, the
+// heartbeat has written them all, but for the rooms it created itself
+// since it found out: those were written in this Redis, so one the map
+// lacks was deleted. If the value is the one remembered, the
 // map is intact and a missing room was deleted. The value is read in the
 // same transaction as the room records, so a Redis that restarts in the
 // middle of a heartbeat is not mistaken for mass deletion. Neither "this

@@ -865,3 +865,57 @@ func verifyNoGoroutines(t *testing.T, ignore goleak.Option) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestNoWriteBackOfRoomsCreatedSince: a node that found Redis empty
+// (here: the first node of a new prefix) writes back, at its next
+// reconcile, the rooms it holds that the map lacks. A room it created
+// after that is in this Redis: if it is gone from the map, it was
+// deleted through another node and must be lost, not written back. The
+// node's first heartbeat is held in Rooms while the room is created,
+// Redis is cut off from it and the room is deleted through another node,
+// so that no reconcile runs between the arming and the deletion.
+func TestNoWriteBackOfRoomsCreatedSince(t *testing.T) {
+	r := startRedis(t)
+	ctx := ctxT(t)
+	p := startProxy(t, r.Addr())
+	ha := newHolder()
+	var hold atomic.Bool
+	hold.Store(true)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	a := newNode(t, p.URL(), "a", ha, func(c *Config) {
+		c.Lease = 5 * time.Second // a held heartbeat must not lose a's lease
+		c.Rooms = func() []RoomRecord {
+			if hold.CompareAndSwap(true, false) {
+				entered <- struct{}{}
+				<-release
+			}
+			return ha.list()
+		}
+	})
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // before a's Close
+	b := newNode(t, r.URL(), "b", newHolder())
+
+	select {
+	case <-entered:
+	case <-time.After(testDeadline):
+		t.Fatal("no heartbeat")
+	}
+	createHeld(t, ctx, a, ha, RoomRecord{Name: "r1", Owner: "a"})
+	p.Cut()
+	if err := b.DeleteRoom(ctx, "r1", "a"); err != nil {
+		t.Fatal(err)
+	}
+	releaseOnce.Do(func() { close(release) }) // its map read fails: cut off
+	waitFor(t, "a to see Redis unavailable", func() bool { return !a.Available() })
+
+	p.Restore()
+	waitFor(t, "a to lose r1", func() bool { return len(ha.names()) == 0 })
+	time.Sleep(3 * testHeartbeat)
+	if _, err := b.Room(ctx, "r1"); !errors.Is(err, ErrRoomNotFound) {
+		t.Errorf("r1 was written back: %v", err)
+	}
+	if adopted, lost := ha.counts(); len(adopted) != 0 || lost["r1"] != 1 {
+		t.Errorf("a adopted %v, lost %v", adopted, lost)
+	}
+}

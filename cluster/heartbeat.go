@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -14,7 +15,8 @@ type heartbeatState struct {
 	// instance is the value of the instance key at the last renewal.
 	instance string
 	// writeBack: Redis lost its data since; write back the rooms this
-	// node lists that the map lacks (instead of calling Lost).
+	// node lists that the map lacks (instead of calling Lost), but for
+	// the rooms created since it was armed (Cluster.fresh).
 	writeBack bool
 	// down: the last heartbeat failed (the outage was logged).
 	down      bool
@@ -174,7 +176,7 @@ func (c *Cluster) reconcile(ctx context.Context, recs map[string]RoomRecord, loc
 			c.log.Info("cluster: room lost to another node", "room", l.Name,
 				"owner", rec.Owner, "epoch", rec.Epoch)
 			c.lost(l.Name)
-		case st.writeBack:
+		case st.writeBack && !c.fresh.has(l.Name):
 			if err := c.writeBack(ctx, l); err != nil {
 				return err
 			}
@@ -184,6 +186,7 @@ func (c *Cluster) reconcile(ctx context.Context, recs map[string]RoomRecord, loc
 		}
 	}
 	st.writeBack = false
+	c.fresh.disarm()
 	return nil
 }
 
@@ -214,4 +217,47 @@ func (c *Cluster) writeBack(ctx context.Context, rec RoomRecord) error {
 		return err
 	}
 	return nil
+}
+
+// freshRooms are the rooms this node created in the map since a heartbeat
+// found Redis empty and armed the write-back, until the next reconcile
+// has written back. They are in this Redis already: one the map lacks
+// was deleted through another node meanwhile, not lost with Redis's
+// data, and must not be written back (a node that creates rooms before
+// its first reconcile, then loses Redis, would otherwise bring back the
+// rooms deleted while it was away).
+type freshRooms struct {
+	// mu guards armed and names; nothing is locked while holding it.
+	mu    sync.Mutex
+	armed bool
+	names map[string]bool
+}
+
+// arm starts counting the rooms created from now on.
+func (f *freshRooms) arm() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.armed, f.names = true, map[string]bool{}
+}
+
+// disarm stops counting and forgets them.
+func (f *freshRooms) disarm() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.armed, f.names = false, nil
+}
+
+// created notes a room this node has just written in the map.
+func (f *freshRooms) created(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.armed {
+		f.names[name] = true
+	}
+}
+
+func (f *freshRooms) has(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.names[name]
 }

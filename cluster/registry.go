@@ -42,8 +42,10 @@ func (c *Cluster) renew(parent context.Context) error {
 		// New found no instance key: a new or an emptied Redis; write
 		// back whatever Rooms lists.
 		st.writeBack = true
+		c.fresh.arm()
 	case st.instance != "" && inst != st.instance:
 		st.writeBack = true
+		c.fresh.arm()
 		c.log.Warn("cluster: redis lost its data; writing this node's rooms back")
 	case st.instance != "" && existed == 0:
 		c.log.Warn("cluster: this node's lease had run out; registered again")

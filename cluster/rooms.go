@@ -25,6 +25,7 @@ func (c *Cluster) CreateRoom(ctx context.Context, rec RoomRecord) (RoomRecord, e
 	if err := c.insertRoom(ctx, "create room", rec); err != nil {
 		return RoomRecord{}, err
 	}
+	c.fresh.created(rec.Name)
 	return rec, nil
 }
 
