@@ -23,7 +23,7 @@ const (
 	StatusRecording   = "recording"   // a segment is being written
 	StatusPaused      = "paused"      // its tracks ended; waiting for the participant to come back
 	StatusComplete    = "complete"    // stopped cleanly; every file finalized
-	StatusFailed      = "failed"      // stopped by a write error (see Error)
+	StatusFailed      = "failed"      // stopped by a write error or a limit (see Error and Reason)
 	StatusInterrupted = "interrupted" // the server died while recording; files play up to the crash
 )
 
@@ -31,17 +31,20 @@ const (
 // microphone ("av") or screen, in one or more segment files. It is written
 // beside the files, and the index of recordings is rebuilt from manifests.
 type Manifest struct {
-	Version        int        `json:"version"`
-	ID             string     `json:"id"`
-	Room           string     `json:"room"`
-	RoomKind       string     `json:"room_kind"`
-	Identity       string     `json:"identity"`
-	Role           string     `json:"role"`
-	Group          string     `json:"group"`
-	Sources        []string   `json:"sources"`
-	Codecs         []string   `json:"codecs"`
-	Status         string     `json:"status"`
-	Error          string     `json:"error,omitempty"`
+	Version  int      `json:"version"`
+	ID       string   `json:"id"`
+	Room     string   `json:"room"`
+	RoomKind string   `json:"room_kind"`
+	Identity string   `json:"identity"`
+	Role     string   `json:"role"`
+	Group    string   `json:"group"`
+	Sources  []string `json:"sources"`
+	Codecs   []string `json:"codecs"`
+	Status   string   `json:"status"`
+	Error    string   `json:"error,omitempty"`
+	// Reason says why a failed recording stopped: disk_full, size_cap,
+	// bitrate_cap or write_error.
+	Reason         string     `json:"reason,omitempty"`
 	StartedAt      time.Time  `json:"started_at"`
 	EndedAt        *time.Time `json:"ended_at,omitempty"`
 	DurationMs     int64      `json:"duration_ms"`
