@@ -44,6 +44,9 @@ const (
 	TrackMissing       Type = "track_missing"       // a required source not published 10 s after admission
 	TrackEnded         Type = "track_ended"         // a required source unpublished while the candidate is there
 	VideoFrozen        Type = "video_frozen"        // no camera packet for 3 s while connected
+	// IncidentsCapped is stored once, when a room instance reaches
+	// Config.MaxPerRoom: the incidents after it are refused.
+	IncidentsCapped Type = "incidents_capped"
 )
 
 // Manual is the type of an incident a proctor flags.
@@ -66,6 +69,7 @@ var clientTypes = map[Type]bool{
 
 var serverTypes = map[Type]bool{
 	ConnectionLost: true, ConnectionRestored: true, TrackMissing: true, TrackEnded: true, VideoFrozen: true,
+	IncidentsCapped: true,
 }
 
 // ClientType reports whether a candidate's page may report t.
@@ -78,19 +82,25 @@ func ValidType(t Type) bool { return clientTypes[t] || serverTypes[t] || t == Ma
 func Types() []Type {
 	return []Type{
 		TabHidden, WindowBlur, FullscreenExit, ScreenShareEnded, CameraEnded, MicrophoneEnded,
-		ConnectionLost, ConnectionRestored, TrackMissing, TrackEnded, VideoFrozen,
+		ConnectionLost, ConnectionRestored, TrackMissing, TrackEnded, VideoFrozen, IncidentsCapped,
 		Manual,
 	}
 }
 
 // Errors of the incidents package. Refusals of the policy wrap
-// sfu.ErrForbidden; an unknown candidate wraps sfu.ErrParticipantNotFound.
+// sfu.ErrForbidden (but ErrNotAdmitted); an unknown candidate wraps
+// sfu.ErrParticipantNotFound.
 var (
 	ErrNotFound         = errors.New("incident not found")
 	ErrSnapshotNotFound = errors.New("incident has no snapshot")
 	ErrRateLimited      = errors.New("too many incident reports")
 	ErrInvalidType      = errors.New("invalid incident type")
 	ErrClosed           = errors.New("incidents are shut down")
+	// ErrNotAdmitted refuses a report from a candidate still waiting for
+	// admission.
+	ErrNotAdmitted = errors.New("candidate not admitted")
+	// ErrCapped refuses an incident past the room's Config.MaxPerRoom.
+	ErrCapped = errors.New("the room has reached its cap of incidents")
 )
 
 // Incident is one thing a proctor has to look at.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"weak"
 
 	"github.com/pion/webrtc/v4"
 	"github.com/vigil-media/vigil/sfu"
@@ -51,6 +52,17 @@ type Config struct {
 	// 0 means 1s. ReportsPerMinute caps them per minute; 0 means 60.
 	ReportsPerType   time.Duration
 	ReportsPerMinute int
+	// MaxPerRoom caps the incidents of one room instance (an
+	// sfu.Room; a room made again under the same name counts afresh):
+	// the one that reaches it is followed by one incidents_capped
+	// incident, and the rest are refused with ErrCapped. 0: no cap.
+	MaxPerRoom int
+	// Retention deletes incidents older than this, and the snapshots no
+	// incident references any more; 0 keeps them.
+	Retention time.Duration
+	// RetentionInterval is how often retention runs; 0 means a tenth of
+	// Retention, between a minute and an hour.
+	RetentionInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -67,8 +79,11 @@ type Monitor struct {
 	store  *Store
 	limits *limiter
 
+	// mu guards what follows; sfu locks are not taken while holding it
+	// (gather runs outside it), nor is any other lock of ours.
 	mu     sync.Mutex
 	cands  map[*sfu.Participant]*candidate
+	counts map[weak.Pointer[sfu.Room]]int // incidents recorded per room instance, for MaxPerRoom
 	closed bool
 
 	stop, done chan struct{}
@@ -130,8 +145,12 @@ func NewMonitor(cfg Config) (*Monitor, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.RetentionInterval <= 0 {
+		cfg.RetentionInterval = min(max(cfg.Retention/10, time.Minute), time.Hour)
+	}
 	m := &Monitor{
-		cfg: cfg, log: cfg.Logger.With("component", "incidents"), store: cfg.Store,
+		counts: map[weak.Pointer[sfu.Room]]int{},
+		cfg:    cfg, log: cfg.Logger.With("component", "incidents"), store: cfg.Store,
 		limits: newLimiter(cfg.ReportsPerType, cfg.ReportsPerMinute),
 		cands:  map[*sfu.Participant]*candidate{},
 		stop:   make(chan struct{}), done: make(chan struct{}),
@@ -254,14 +273,39 @@ func (m *Monitor) loop() {
 	defer close(m.done)
 	t := time.NewTicker(m.cfg.Interval)
 	defer t.Stop()
+	var swept time.Time
 	for {
 		select {
 		case <-m.stop:
 			return
 		case <-t.C:
 			m.check()
+			if now := m.cfg.Now(); m.cfg.Retention > 0 && now.Sub(swept) >= m.cfg.RetentionInterval {
+				swept = now
+				m.Sweep()
+			}
 		}
 	}
+}
+
+// Sweep deletes the incidents older than Retention and the snapshots no
+// incident references any more, and returns how many of each; it runs
+// on a schedule when Retention is set.
+func (m *Monitor) Sweep() (incidents, snapshots int64) {
+	if m.cfg.Retention <= 0 {
+		return 0, 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n, k, err := m.store.DeleteBefore(ctx, m.cfg.Now().Add(-m.cfg.Retention))
+	if err != nil {
+		m.log.Error("incidents retention", "err", err)
+		return n, k
+	}
+	if n > 0 || k > 0 {
+		m.log.Info("retention deleted old incidents", "incidents", n, "snapshots", k, "retention", m.cfg.Retention)
+	}
+	return n, k
 }
 
 // facts is what the sfu says of a candidate now.
@@ -303,6 +347,11 @@ func (m *Monitor) check() {
 	cs := make([]*candidate, 0, len(m.cands))
 	for _, c := range m.cands {
 		cs = append(cs, c)
+	}
+	for k := range m.counts {
+		if k.Value() == nil {
+			delete(m.counts, k) // its room is gone
+		}
 	}
 	m.mu.Unlock()
 	now := m.cfg.Now()
@@ -430,14 +479,17 @@ func (m *Monitor) keyframeOf(p *sfu.Participant) *keyframe {
 	return nil
 }
 
-// Report records an incident a candidate's page reports: only a
-// candidate of a proctoring room, only the client-reported types, and at
-// most one of a type per ReportsPerType and ReportsPerMinute a minute
-// (ErrRateLimited beyond).
+// Report records an incident a candidate's page reports: only an
+// admitted candidate of a proctoring room (ErrNotAdmitted while it
+// waits), only the client-reported types, and at most one of a type per
+// ReportsPerType and ReportsPerMinute a minute (ErrRateLimited beyond).
 func (m *Monitor) Report(p *sfu.Participant, typ Type, note string) (Incident, error) {
 	r := p.Room()
 	if !isCandidate(r, p) {
 		return Incident{}, fmt.Errorf("%w: only a candidate of a proctoring room reports incidents", sfu.ErrForbidden)
+	}
+	if !p.Admitted() {
+		return Incident{}, fmt.Errorf("%w: a candidate reports incidents once a proctor has admitted it", ErrNotAdmitted)
 	}
 	if !ClientType(typ) {
 		return Incident{}, fmt.Errorf("%w: %q is not reported by a client", ErrInvalidType, typ)
@@ -471,15 +523,43 @@ func (m *Monitor) Flag(by *sfu.Participant, identity, note string) (Incident, er
 	}, m.keyframeOf(c))
 }
 
-// record completes inc (id, room, recording offset, snapshot from kf),
-// stores it, then pushes it to the room's proctors.
+// record stores inc (save) unless the room is past MaxPerRoom.
 func (m *Monitor) record(r *sfu.Room, inc Incident, kf *keyframe) (Incident, error) {
 	m.mu.Lock()
 	closed := m.closed
+	capped, over := false, false
+	if limit := m.cfg.MaxPerRoom; limit > 0 && !closed {
+		k := weak.Make(r)
+		n := m.counts[k]
+		over = n >= limit
+		capped = n == limit // the first one over: say so, once
+		if n <= limit {
+			m.counts[k] = n + 1
+		}
+	}
 	m.mu.Unlock()
 	if closed {
 		return Incident{}, ErrClosed
 	}
+	if over {
+		err := fmt.Errorf("%w: %d incidents in room %q", ErrCapped, m.cfg.MaxPerRoom, r.Name())
+		if capped {
+			m.log.Warn("room reached its cap of incidents; further incidents are refused", "room", r.Name(), "max", m.cfg.MaxPerRoom)
+			if _, serr := m.save(r, Incident{
+				Identity: inc.Identity, Type: IncidentsCapped, Source: SourceServer, Time: inc.Time,
+				Note: fmt.Sprintf("the room reached its cap of %d incidents: further incidents (from %s on) are refused", m.cfg.MaxPerRoom, inc.Type),
+			}, nil); serr != nil {
+				m.log.Error("record incident", "room", r.Name(), "type", IncidentsCapped, "err", serr)
+			}
+		}
+		return Incident{}, err
+	}
+	return m.save(r, inc, kf)
+}
+
+// save completes inc (id, room, recording offset, snapshot from kf),
+// stores it, then pushes it to the room's proctors.
+func (m *Monitor) save(r *sfu.Room, inc Incident, kf *keyframe) (Incident, error) {
 	inc.ID, inc.Room, inc.Time = newID(), r.Name(), ms(inc.Time)
 	if m.cfg.Recordings != nil {
 		if id, file, off, ok := m.cfg.Recordings.OffsetFor(inc.Room, inc.Identity, inc.Time); ok {

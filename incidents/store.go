@@ -2,7 +2,9 @@ package incidents
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -47,6 +49,18 @@ var migrations = []string{
 		incident_id TEXT PRIMARY KEY REFERENCES incidents (id) ON DELETE CASCADE,
 		jpeg        BLOB NOT NULL
 	);`,
+	// 2: one stored snapshot per keyframe, referenced by the incidents
+	// that share it (content-addressed by the JPEG's SHA-256) instead of
+	// a copy each; an index for retention by time. The table snapshots of
+	// version 1 is still read for the incidents stored before.
+	`CREATE TABLE keyframe_snapshots (
+		sha256   TEXT    PRIMARY KEY,
+		jpeg     BLOB    NOT NULL,
+		taken_ms INTEGER NOT NULL
+	);
+	ALTER TABLE incidents ADD COLUMN snapshot_sha256 TEXT REFERENCES keyframe_snapshots (sha256);
+	CREATE INDEX incidents_by_snapshot ON incidents (snapshot_sha256);
+	CREATE INDEX incidents_by_time ON incidents (time_ms);`,
 }
 
 // Store keeps incidents in SQLite (modernc.org/sqlite, WAL), in
@@ -125,7 +139,8 @@ func (s *Store) migrate() error {
 func (s *Store) Close() error { return s.db.Close() }
 
 // Add stores an incident and its snapshot (nil: none; at most
-// MaxSnapshotBytes) in one transaction. HasSnapshot is set from snapshot.
+// MaxSnapshotBytes) in one transaction. A snapshot already stored (the
+// same JPEG: incidents on one keyframe) is referenced, not stored again.
 func (s *Store) Add(ctx context.Context, inc Incident, snapshot []byte) error {
 	if len(snapshot) > MaxSnapshotBytes {
 		return fmt.Errorf("incidents: snapshot of %d bytes, over %d", len(snapshot), MaxSnapshotBytes)
@@ -140,18 +155,27 @@ func (s *Store) Add(ctx context.Context, inc Incident, snapshot []byte) error {
 		v := inc.SnapshotTime.UnixMilli()
 		snapMs = &v
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO incidents
-		(id, room, identity, type, source, track, reporter, note, time_ms, recording_id, recording_file, offset_ms, snapshot_ms)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		inc.ID, inc.Room, inc.Identity, string(inc.Type), string(inc.Source), string(inc.Track), inc.Reporter, inc.Note,
-		inc.Time.UnixMilli(), inc.RecordingID, inc.RecordingFile, inc.OffsetMs, snapMs)
-	if err != nil {
-		return fmt.Errorf("incidents: add: %w", err)
-	}
+	var snapSum *string
 	if snapshot != nil {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO snapshots (incident_id, jpeg) VALUES (?, ?)`, inc.ID, snapshot); err != nil {
+		h := sha256.Sum256(snapshot)
+		sum := hex.EncodeToString(h[:])
+		snapSum = &sum
+		taken := inc.Time.UnixMilli()
+		if snapMs != nil {
+			taken = *snapMs
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO keyframe_snapshots (sha256, jpeg, taken_ms) VALUES (?, ?, ?)
+			ON CONFLICT (sha256) DO NOTHING`, sum, snapshot, taken); err != nil {
 			return fmt.Errorf("incidents: add snapshot: %w", err)
 		}
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO incidents
+		(id, room, identity, type, source, track, reporter, note, time_ms, recording_id, recording_file, offset_ms, snapshot_ms, snapshot_sha256)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		inc.ID, inc.Room, inc.Identity, string(inc.Type), string(inc.Source), string(inc.Track), inc.Reporter, inc.Note,
+		inc.Time.UnixMilli(), inc.RecordingID, inc.RecordingFile, inc.OffsetMs, snapMs, snapSum)
+	if err != nil {
+		return fmt.Errorf("incidents: add: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("incidents: add: %w", err)
@@ -170,7 +194,8 @@ type Filter struct {
 }
 
 const columns = `i.id, i.room, i.identity, i.type, i.source, i.track, i.reporter, i.note, i.time_ms,
-	i.recording_id, i.recording_file, i.offset_ms, i.snapshot_ms, s.incident_id IS NOT NULL`
+	i.recording_id, i.recording_file, i.offset_ms, i.snapshot_ms,
+	(s.incident_id IS NOT NULL OR i.snapshot_sha256 IS NOT NULL)`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -264,12 +289,66 @@ func (s *Store) Snapshot(ctx context.Context, room, id string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %q", ErrSnapshotNotFound, id)
 	}
 	var b []byte
-	err = s.db.QueryRowContext(ctx, `SELECT jpeg FROM snapshots WHERE incident_id = ?`, id).Scan(&b)
+	err = s.db.QueryRowContext(ctx, `SELECT COALESCE(
+		(SELECT k.jpeg FROM keyframe_snapshots k WHERE k.sha256 = i.snapshot_sha256),
+		(SELECT s.jpeg FROM snapshots s WHERE s.incident_id = i.id))
+		FROM incidents i WHERE i.id = ?`, id).Scan(&b)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %q", ErrSnapshotNotFound, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("incidents: snapshot: %w", err)
 	}
+	if b == nil {
+		return nil, fmt.Errorf("%w: %q", ErrSnapshotNotFound, id)
+	}
 	return b, nil
+}
+
+// Usage is what the store holds.
+type Usage struct {
+	Incidents     int64 // rows
+	Snapshots     int64 // stored JPEGs (each keyframe's once)
+	SnapshotBytes int64 // their sizes
+}
+
+// Usage counts what the store holds.
+func (s *Store) Usage(ctx context.Context) (Usage, error) {
+	var u Usage
+	err := s.db.QueryRowContext(ctx, `SELECT
+		(SELECT COUNT(*) FROM incidents),
+		(SELECT COUNT(*) FROM keyframe_snapshots) + (SELECT COUNT(*) FROM snapshots),
+		(SELECT COALESCE(SUM(LENGTH(jpeg)), 0) FROM keyframe_snapshots) + (SELECT COALESCE(SUM(LENGTH(jpeg)), 0) FROM snapshots)`).
+		Scan(&u.Incidents, &u.Snapshots, &u.SnapshotBytes)
+	if err != nil {
+		return u, fmt.Errorf("incidents: usage: %w", err)
+	}
+	return u, nil
+}
+
+// DeleteBefore deletes the incidents that happened before t, and the
+// snapshots no incident references any more; it returns how many of
+// each it deleted.
+func (s *Store) DeleteBefore(ctx context.Context, t time.Time) (incidents, snapshots int64, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, 0, fmt.Errorf("incidents: retention: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	// The snapshots of version 1 go with their incidents (ON DELETE CASCADE).
+	res, err := tx.ExecContext(ctx, `DELETE FROM incidents WHERE time_ms < ?`, t.UnixMilli())
+	if err != nil {
+		return 0, 0, fmt.Errorf("incidents: retention: %w", err)
+	}
+	incidents, _ = res.RowsAffected()
+	res, err = tx.ExecContext(ctx, `DELETE FROM keyframe_snapshots
+		WHERE NOT EXISTS (SELECT 1 FROM incidents i WHERE i.snapshot_sha256 = keyframe_snapshots.sha256)`)
+	if err != nil {
+		return 0, 0, fmt.Errorf("incidents: retention: %w", err)
+	}
+	snapshots, _ = res.RowsAffected()
+	if err := tx.Commit(); err != nil {
+		return 0, 0, fmt.Errorf("incidents: retention: %w", err)
+	}
+	return incidents, snapshots, nil
 }

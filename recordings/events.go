@@ -68,11 +68,13 @@ func (m *Manager) Stats() Stats {
 // countingFile counts the bytes appended to a recording file.
 type countingFile struct {
 	fileWriter
-	n *atomic.Uint64
+	n   *atomic.Uint64 // the Manager's, over every recording
+	rec *atomic.Int64  // the recording's
 }
 
 func (f countingFile) Write(b []byte) (int, error) {
 	n, err := f.fileWriter.Write(b)
 	f.n.Add(uint64(n))
+	f.rec.Add(int64(n))
 	return n, err
 }

@@ -29,3 +29,7 @@ func OpusHead(channels int) []byte { return opusHead(channels) }
 func SetOpenFile(cfg *Config, open func(path string) (*os.File, error)) {
 	cfg.openFile = func(path string) (fileWriter, error) { return open(path) }
 }
+
+// SetBitrateWindow shortens what MaxBitrate averages over; call it before
+// any recording starts.
+func SetBitrateWindow(m *Manager, d time.Duration) { m.bitrateWindow = d }

@@ -38,24 +38,22 @@ func (m *Manager) rebuild() error {
 	return nil
 }
 
-// seal marks a recording cut short by a crash as interrupted: each file
-// still open gets its size, end time and hash, so later tampering shows.
+// seal marks a recording cut short by a crash as interrupted. A file
+// still open then was never hashed by the server, and whatever is in it
+// now may have been written by anyone while the server was down: it is
+// marked unverified with its size and modification time, not hashed (a
+// hash would vouch for content the server cannot account for).
 func (m *Manager) seal(dir string, man *Manifest) {
 	segs := man.Segments[:0]
 	for _, s := range man.Segments {
 		if s.SHA256 == "" {
 			path := filepath.Join(dir, s.File)
-			fi, err := os.Stat(path)
-			if err != nil {
+			fi, err := os.Lstat(path)
+			if err != nil || !fi.Mode().IsRegular() {
 				continue // listed before it was created: nothing was written
 			}
-			sum, n, err := hashFile(path)
-			if err != nil {
-				m.log.Warn("hash interrupted segment", "file", path, "err", err)
-				continue
-			}
 			end := fi.ModTime().UTC()
-			s.SHA256, s.Bytes, s.EndedAt, s.Status = sum, n, &end, StatusInterrupted
+			s.Bytes, s.EndedAt, s.Status, s.Unverified = fi.Size(), &end, StatusInterrupted, true
 			s.DurationMs = max(0, end.Sub(s.StartedAt).Milliseconds())
 		}
 		segs = append(segs, s)
@@ -69,7 +67,7 @@ func (m *Manager) seal(dir string, man *Manifest) {
 	if err := writeManifest(dir, man); err != nil {
 		m.log.Warn("rewrite interrupted manifest", "dir", dir, "err", err)
 	}
-	m.log.Warn("recording was interrupted by a crash", "recording", man.ID, "room", man.Room, "participant", man.Identity)
+	m.log.Warn("recording was interrupted by a crash; its open file is unverified", "recording", man.ID, "room", man.Room, "participant", man.Identity)
 }
 
 // Filter selects recordings; empty fields match everything.

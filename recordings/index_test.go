@@ -75,9 +75,11 @@ func TestIndexRebuiltFromManifests(t *testing.T) {
 	if err != nil || got.Status != recordings.StatusComplete {
 		t.Fatalf("complete recording: %+v %v", got, err)
 	}
-	// The one cut short by a crash is marked and sealed, on disk too.
+	// The one cut short by a crash is marked, its open file unverified
+	// (sized, not hashed: issue 16), on disk too.
 	got, err = m.Get(crashed.ID)
-	if err != nil || got.Status != recordings.StatusInterrupted || got.Segments[0].SHA256 == "" || got.Segments[0].Bytes != 7 || got.EndedAt == nil {
+	if err != nil || got.Status != recordings.StatusInterrupted || got.Segments[0].SHA256 != "" || !got.Segments[0].Unverified ||
+		got.Segments[0].Bytes != 7 || got.EndedAt == nil {
 		t.Fatalf("interrupted recording: %+v %v", got, err)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, crashed.ID, recordings.ManifestName))
@@ -261,8 +263,8 @@ func TestWriteErrorStopsOnlyThatRecording(t *testing.T) {
 	}
 	failed := onlyRecording(t, m, recordings.Filter{Identity: "full"})
 	failed = waitStatus(t, m, failed.ID, recordings.StatusFailed)
-	if !strings.Contains(failed.Error, "no space left on device") {
-		t.Errorf("error %q", failed.Error)
+	if !strings.Contains(failed.Error, "no space left on device") || failed.Reason != recordings.ReasonDiskFull {
+		t.Errorf("error %q, reason %q (want disk_full)", failed.Error, failed.Reason)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, failed.ID, recordings.ManifestName))
 	if !strings.Contains(string(b), `"status": "failed"`) || !strings.Contains(string(b), "no space left") {

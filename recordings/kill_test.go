@@ -288,46 +288,30 @@ func TestKillLeavesPlayableFile(t *testing.T) {
 		}
 	}
 
-	// A restart rebuilds the index: the recording is interrupted, sealed.
+	// A restart rebuilds the index: the recording is interrupted, and its
+	// open file unverified: the server never hashed it and does not vouch
+	// for what is there now (issue 16), so it gives no hash.
 	m, err := recordings.New(recordings.Config{Dir: dir, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := m.Get(id)
-	if err != nil || got.Status != recordings.StatusInterrupted || got.Segments[0].SHA256 == "" || got.Segments[0].Bytes == 0 {
+	if err != nil || got.Status != recordings.StatusInterrupted || got.Segments[0].SHA256 != "" || !got.Segments[0].Unverified || got.Segments[0].Bytes == 0 {
 		t.Fatalf("after restart: %+v %v", got, err)
 	}
 	checks, err := m.Verify(id)
-	if err != nil || len(checks) != 1 || checks[0].Result != recordings.CheckOK {
+	if err != nil || len(checks) != 1 || checks[0].Result != recordings.CheckUnverified {
 		t.Fatalf("verify: %+v %v", checks, err)
 	}
 	_ = m.Close()
 
-	// vigil verify agrees, and sees tampering.
-	verify := func() (string, int) {
-		c := exec.Command(bin, "verify")
-		c.Env = append(os.Environ(), "VIGIL_RECORDINGS_DIR="+dir)
-		out, err := c.CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), code
+	// vigil verify agrees: unverified, which is not a failure. (It sees
+	// tampering of hashed files: TestVerifySeesTampering.)
+	c := exec.Command(bin, "verify")
+	c.Env = append(os.Environ(), "VIGIL_RECORDINGS_DIR="+dir)
+	out, err := c.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "UNVERIFIED "+id+"/av-001.webm") {
+		t.Fatalf("vigil verify: %v\n%s", err, out)
 	}
-	out, code := verify()
-	if code != 0 || !strings.Contains(out, "ok "+id+"/av-001.webm") {
-		t.Fatalf("vigil verify: exit %d\n%s", code, out)
-	}
-	data, _ := os.ReadFile(path)
-	data[len(data)/2] ^= 0x01
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, code = verify()
-	if code != 1 || !strings.Contains(out, "MISMATCH "+id+"/av-001.webm") {
-		t.Fatalf("vigil verify after tampering: exit %d\n%s", code, out)
-	}
-	t.Logf("vigil verify after tampering: %s", strings.TrimSpace(out))
+	t.Logf("vigil verify: %s", strings.TrimSpace(string(out)))
 }

@@ -53,6 +53,25 @@ type Config struct {
 	// (0600). A test of another package injects faults here (a file on
 	// /dev/full, where every write fails with ENOSPC).
 	OpenFile func(path string) (*os.File, error)
+	// MaxBytes caps what one recording writes, over all its files; a
+	// recording that reaches it stops as failed, reason size_cap (its
+	// open file finalized, so it may end a cluster and the cues past the
+	// cap). 0: no cap.
+	MaxBytes int64
+	// MaxBitrate caps what one recording writes, in bits a second
+	// averaged over 10 s; over it, the recording stops as failed, reason
+	// bitrate_cap. 0: no cap.
+	MaxBitrate int64
+	// MinFreeBytes is the free space the recordings' file system must
+	// keep: under it a new recording is refused (ErrDiskFull, an
+	// EventRefused) and a running one stops as failed, reason disk_full.
+	// 0: no guard (a full disk still fails recordings by their write
+	// errors).
+	MinFreeBytes int64
+	// FreeSpace returns the bytes free on the file system of a
+	// directory; nil asks the file system (statfs). Tests inject a
+	// smaller disk here.
+	FreeSpace func(dir string) (uint64, error)
 
 	openFile func(path string) (fileWriter, error) // tests inject faults here
 }
@@ -106,6 +125,8 @@ type Manager struct {
 	onEventMu         sync.Mutex                    // serializes OnEvent
 	onEvent           atomic.Pointer[[]func(Event)] // see OnEvent; copied on write
 	written, failures atomic.Uint64                 // see Stats
+
+	bitrateWindow time.Duration // what MaxBitrate averages over; tests shorten it
 }
 
 var _ sfu.TrackObserver = (*Manager)(nil)
@@ -151,8 +172,24 @@ func New(cfg Config) (*Manager, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recordings: %w", err)
 	}
+	if cfg.FreeSpace == nil {
+		cfg.FreeSpace = freeSpaceOf
+	}
+	if cfg.MinFreeBytes > 0 {
+		// Said once at start: a dev machine short of space still starts,
+		// and its recordings are refused with a clear event.
+		switch free, err := cfg.FreeSpace(cfg.Dir); {
+		case err != nil:
+			cfg.Logger.Warn("free disk space unknown: the min_free_disk guard is off", "dir", cfg.Dir, "err", err)
+			cfg.MinFreeBytes = 0
+		case free < uint64(cfg.MinFreeBytes):
+			cfg.Logger.Warn("less free disk space than min_free_disk: recordings will be refused until there is more",
+				"dir", cfg.Dir, "free_bytes", free, "min_free_bytes", cfg.MinFreeBytes)
+		}
+	}
 	m := &Manager{
-		cfg: cfg, log: cfg.Logger.With("component", "recordings"),
+		bitrateWindow: bitrateWindow,
+		cfg:           cfg, log: cfg.Logger.With("component", "recordings"),
 		index: map[string]*entry{}, active: map[recKey]*recorder{},
 		sinks: map[*sfu.UpTrack]*sink{}, rules: map[weak.Pointer[sfu.Room]]*roomRules{},
 		hashes: map[string]hashEntry{},
@@ -212,6 +249,7 @@ func (m *Manager) rulesLocked(r *sfu.Room) *roomRules {
 func (m *Manager) TrackPublished(r *sfu.Room, up *sfu.UpTrack) {
 	pub := up.Publisher()
 	admitted := pub.Admitted()
+	low, free := m.diskLow() // statfs, outside the lock
 	m.mu.Lock()
 	if m.closed || m.sinks[up] != nil || !m.wantsLocked(r, pub.Identity(), pub.Role(), admitted) {
 		m.mu.Unlock()
@@ -221,6 +259,11 @@ func (m *Manager) TrackPublished(r *sfu.Room, up *sfu.UpTrack) {
 	var s *sink
 	for {
 		rec := m.active[key]
+		if rec == nil && low {
+			m.mu.Unlock()
+			m.refuse(key, string(pub.Role()), free)
+			return
+		}
 		if rec == nil {
 			rec = m.newRecorderLocked(key, pub.Role())
 		}
@@ -318,6 +361,9 @@ func (m *Manager) forgetSink(s *sink) {
 func (m *Manager) Start(r *sfu.Room, identity string) ([]Manifest, error) {
 	if identity != "" && !sfu.ValidName(identity) {
 		return nil, fmt.Errorf("%w: %q", ErrInvalidName, identity)
+	}
+	if low, free := m.diskLow(); low {
+		return nil, fmt.Errorf("%w: %d bytes free, under the %d of min_free_disk", ErrDiskFull, free, m.cfg.MinFreeBytes)
 	}
 	m.mu.Lock()
 	if m.closed {

@@ -23,7 +23,7 @@ const (
 	StatusRecording   = "recording"   // a segment is being written
 	StatusPaused      = "paused"      // its tracks ended; waiting for the participant to come back
 	StatusComplete    = "complete"    // stopped cleanly; every file finalized
-	StatusFailed      = "failed"      // stopped by a write error (see Error)
+	StatusFailed      = "failed"      // stopped by a write error or a limit (see Error and Reason)
 	StatusInterrupted = "interrupted" // the server died while recording; files play up to the crash
 )
 
@@ -31,17 +31,20 @@ const (
 // microphone ("av") or screen, in one or more segment files. It is written
 // beside the files, and the index of recordings is rebuilt from manifests.
 type Manifest struct {
-	Version        int        `json:"version"`
-	ID             string     `json:"id"`
-	Room           string     `json:"room"`
-	RoomKind       string     `json:"room_kind"`
-	Identity       string     `json:"identity"`
-	Role           string     `json:"role"`
-	Group          string     `json:"group"`
-	Sources        []string   `json:"sources"`
-	Codecs         []string   `json:"codecs"`
-	Status         string     `json:"status"`
-	Error          string     `json:"error,omitempty"`
+	Version  int      `json:"version"`
+	ID       string   `json:"id"`
+	Room     string   `json:"room"`
+	RoomKind string   `json:"room_kind"`
+	Identity string   `json:"identity"`
+	Role     string   `json:"role"`
+	Group    string   `json:"group"`
+	Sources  []string `json:"sources"`
+	Codecs   []string `json:"codecs"`
+	Status   string   `json:"status"`
+	Error    string   `json:"error,omitempty"`
+	// Reason says why a failed recording stopped: disk_full, size_cap,
+	// bitrate_cap or write_error.
+	Reason         string     `json:"reason,omitempty"`
 	StartedAt      time.Time  `json:"started_at"`
 	EndedAt        *time.Time `json:"ended_at,omitempty"`
 	DurationMs     int64      `json:"duration_ms"`
@@ -68,6 +71,10 @@ type Segment struct {
 	DurationMs int64       `json:"duration_ms"`
 	Bytes      int64       `json:"bytes"`
 	SHA256     string      `json:"sha256,omitempty"`
+	// Unverified marks a file that was open when the server died: the
+	// server never hashed it, and does not vouch for what is there now
+	// (Bytes is its size when the server started again).
+	Unverified bool `json:"unverified,omitempty"`
 
 	// Verified and Check are computed on request (Manager.Inspect) and
 	// never stored.
@@ -164,7 +171,25 @@ func writeManifest(dir string, m *Manifest) error {
 		_ = os.Remove(name)
 		return fmt.Errorf("manifest: %w", err)
 	}
+	// The rename is durable only once the directory is: a power loss
+	// must not bring back the previous manifest.
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("manifest: sync %s: %w", dir, err)
+	}
 	return nil
+}
+
+// syncDir fsyncs a directory, so the entries renamed into it persist.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // readManifest reads and checks the manifest in dir.
@@ -210,6 +235,9 @@ const (
 	CheckMismatch = "mismatch" // the file's SHA-256 differs from the manifest's
 	CheckMissing  = "missing"
 	CheckOpen     = "open" // still being written, no hash yet
+	// CheckUnverified is a file open when the server died: nothing to
+	// check it against (Segment.Unverified).
+	CheckUnverified = "unverified"
 )
 
 // FileCheck is the verification of one segment file.
@@ -229,6 +257,9 @@ func checkSegment(dir, id string, s Segment, hash func(string) (string, int64, e
 	c := FileCheck{Recording: id, File: s.File, Expected: s.SHA256}
 	if s.SHA256 == "" {
 		c.Result = CheckOpen
+		if s.Unverified {
+			c.Result = CheckUnverified
+		}
 		return c
 	}
 	sum, _, err := hash(filepath.Join(dir, s.File))

@@ -69,6 +69,12 @@ type recorder struct {
 	lastEnd     time.Time // when the previous segment ended
 	failed      bool
 	forcing     bool // the tracks are ending: start a segment with what there is
+
+	// Limits (disk.go), writer-owned but bytes, which countingFile adds to.
+	bytes       atomic.Int64 // written to this recording's files
+	windowStart time.Time    // of the bitrate window
+	windowBytes int64        // bytes at windowStart
+	diskChecked time.Time
 }
 
 // post queues a control message; false once the recorder has retired.
@@ -161,9 +167,13 @@ func (r *recorder) onPacket(it item) {
 	if t == nil {
 		return
 	}
-	t.asm.push(&it.p, r.m.now())
+	now := r.m.now()
+	t.asm.push(&it.p, now)
 	r.collect(t)
 	r.pump()
+	if r.m.cfg.MaxBytes > 0 && !r.failed {
+		r.checkLimits(now)
+	}
 }
 
 // collect moves assembled frames to the track's pending list.
@@ -294,7 +304,7 @@ func (r *recorder) onTick() bool {
 		}
 	}
 	r.pump()
-	if r.failed {
+	if r.failed || r.checkLimits(now) {
 		return true
 	}
 	if r.seg != nil && r.seg.pending && now.Sub(r.seg.opened) >= time.Second {
@@ -382,14 +392,18 @@ func (r *recorder) complete() {
 	r.log.Info("recording complete", "segments", len(r.man.Segments), "duration_ms", r.man.DurationMs, "bytes", r.man.Bytes)
 }
 
-// fail stops the recording on an error: logged, marked failed in the
-// manifest, its sinks detached. The media path is not touched.
-func (r *recorder) fail(err error) {
+// fail stops the recording on a write error: logged, marked failed in
+// the manifest with the reason (disk_full or write_error), its sinks
+// detached. The media path is not touched.
+func (r *recorder) fail(err error) { r.failWith(reasonOf(err), err) }
+
+// failWith stops the recording as failed for reason.
+func (r *recorder) failWith(reason string, err error) {
 	if r.failed {
 		return
 	}
 	r.failed = true
-	r.log.Error("recording failed", "err", err)
+	r.log.Error("recording failed", "reason", reason, "err", err)
 	rest, _ := r.retire(true)
 	r.detach(rest)
 	for _, t := range r.tracks {
@@ -410,7 +424,7 @@ func (r *recorder) fail(err error) {
 			s.SHA256, s.Bytes = sum, n
 		}
 	}
-	r.man.Status, r.man.Error, r.man.EndedAt = StatusFailed, err.Error(), &now
+	r.man.Status, r.man.Error, r.man.Reason, r.man.EndedAt = StatusFailed, err.Error(), reason, &now
 	if werr := r.saveManifest(); werr != nil {
 		r.log.Error("recording manifest", "err", werr)
 	}

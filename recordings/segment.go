@@ -238,7 +238,7 @@ func (r *recorder) openSegment() {
 		r.fail(fmt.Errorf("create %s: %w", name, err))
 		return
 	}
-	w := countingFile{fw, &r.m.written}
+	w := countingFile{fw, &r.m.written, &r.bytes}
 	mux, err := newMuxer(w, container, tracks, base)
 	if err != nil {
 		_ = w.Close()

@@ -11,6 +11,7 @@ const (
 	feedRecordingStarted   = "recording_started"
 	feedRecordingCompleted = "recording_completed"
 	feedRecordingFailed    = "recording_failed"
+	feedRecordingRefused   = "recording_refused"
 )
 
 // recordingEvent is the data of a recording_* event on the room feed.
@@ -20,6 +21,7 @@ type recordingEvent struct {
 	Group    string `json:"group"`
 	Status   string `json:"status"`
 	Error    string `json:"error,omitempty"`
+	Reason   string `json:"reason,omitempty"`
 }
 
 // recordingToFeed appends a recording event to its room's admin feed, if
@@ -35,6 +37,8 @@ func (a *evidenceAPI) recordingToFeed(ev recordings.Event) {
 		typ = feedRecordingCompleted
 	case recordings.EventFailed:
 		typ = feedRecordingFailed
+	case recordings.EventRefused:
+		typ = feedRecordingRefused
 	default:
 		return
 	}
@@ -43,7 +47,7 @@ func (a *evidenceAPI) recordingToFeed(ev recordings.Event) {
 		return
 	}
 	man := ev.Recording
-	data, err := json.Marshal(recordingEvent{ID: man.ID, Identity: man.Identity, Group: man.Group, Status: man.Status, Error: man.Error})
+	data, err := json.Marshal(recordingEvent{ID: man.ID, Identity: man.Identity, Group: man.Group, Status: man.Status, Error: man.Error, Reason: man.Reason})
 	if err != nil {
 		return
 	}

@@ -47,6 +47,7 @@ const (
 	RecordingStarted   = "recording.started"
 	RecordingCompleted = "recording.completed"
 	RecordingFailed    = "recording.failed"
+	RecordingRefused   = "recording.refused" // not started: the disk is under min_free_disk
 	IncidentCreated    = "incident.created"
 	ServerDraining     = "server.draining"
 	// RoomRehomed is sent by the node that took over a room whose node
@@ -58,7 +59,7 @@ const (
 var Types = []string{
 	RoomCreated, RoomClosed, ParticipantJoined, ParticipantLeft, ParticipantUpdated,
 	TrackPublished, TrackUnpublished, TrackMuted,
-	RecordingStarted, RecordingCompleted, RecordingFailed, IncidentCreated, ServerDraining, RoomRehomed,
+	RecordingStarted, RecordingCompleted, RecordingFailed, RecordingRefused, IncidentCreated, ServerDraining, RoomRehomed,
 }
 
 // SignatureHeader carries "t=<unix seconds>,v1=<hex HMAC-SHA256(secret,

@@ -197,6 +197,20 @@ func configFrom(l *layered) (config, error) {
 	if c.Retention, err = time.ParseDuration(l.get("recordings-retention")); err != nil {
 		return c, fmt.Errorf("%s: %w", where("recordings-retention"), err)
 	}
+	if c.IncRetention, err = time.ParseDuration(l.get("incidents-retention")); err != nil || c.IncRetention < 0 {
+		return c, fmt.Errorf("%s: incidents retention %q: want a duration, 0 or more", where("incidents-retention"), l.get("incidents-retention"))
+	}
+	for _, b := range []struct {
+		name string
+		to   *int64
+	}{{"recording-max-bytes", &c.RecMaxBytes}, {"min-free-disk", &c.MinFreeDisk}} {
+		if *b.to, err = parseSize(l.get(b.name)); err != nil {
+			return c, fmt.Errorf("%s: %w", where(b.name), err)
+		}
+	}
+	if c.RecMaxBitrate, err = strconv.ParseInt(l.get("recording-max-bitrate"), 10, 64); err != nil || c.RecMaxBitrate < 0 {
+		return c, fmt.Errorf("%s: %q: want bits a second, 0 or more", where("recording-max-bitrate"), l.get("recording-max-bitrate"))
+	}
 	if c.DrainTimeout, err = time.ParseDuration(l.get("drain-timeout")); err != nil {
 		return c, fmt.Errorf("%s: %w", where("drain-timeout"), err)
 	}
@@ -211,7 +225,7 @@ func configFrom(l *layered) (config, error) {
 	ints := []struct {
 		name string
 		to   *int
-	}{{"max-rooms", &c.MaxRooms}, {"max-participants", &c.MaxPeople}, {"max-tracks", &c.MaxTracks}}
+	}{{"max-rooms", &c.MaxRooms}, {"max-participants", &c.MaxPeople}, {"max-tracks", &c.MaxTracks}, {"max-incidents-per-room", &c.MaxIncidents}}
 	for _, n := range ints {
 		v, err := strconv.Atoi(l.get(n.name))
 		if err != nil || v < 0 {
@@ -247,6 +261,25 @@ func configFrom(l *layered) (config, error) {
 		return c, errors.New("webhook urls need a webhook secret (-webhook-secret, VIGIL_WEBHOOK_SECRET or webhook_secret)")
 	}
 	return c, nil
+}
+
+// parseSize reads a size setting: bytes, or a number with KiB, MiB, GiB
+// or TiB (also KB, MB, GB, TB, meaning the same powers of 1024).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for i, suf := range []string{"K", "M", "G", "T"} {
+		for _, form := range []string{suf + "iB", suf + "B"} {
+			if strings.HasSuffix(t, form) {
+				t, mult = strings.TrimSpace(strings.TrimSuffix(t, form)), int64(1)<<(10*(i+1))
+			}
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q: want bytes or a whole number of KiB, MiB, GiB or TiB, 0 or more", s)
+	}
+	return n * mult, nil
 }
 
 // commaList splits a comma-separated setting, dropping empty items.

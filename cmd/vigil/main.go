@@ -51,6 +51,11 @@ type config struct {
 	RecordingsDir string
 	DataDir       string // the incidents database
 	Retention     time.Duration
+	RecMaxBytes   int64 // per recording, 0: no cap
+	RecMaxBitrate int64 // bits a second per recording, 0: no cap
+	MinFreeDisk   int64 // bytes the recordings' disk keeps free, 0: no guard
+	IncRetention  time.Duration
+	MaxIncidents  int // per room instance, 0: no cap
 	ICEServers    string
 	LogLevel      string
 	LogFormat     string
@@ -154,7 +159,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	stack.push(func() { hooks.Close(5 * time.Second) })
-	rec, err := recordings.New(recordings.Config{Dir: cfg.RecordingsDir, Retention: cfg.Retention, Logger: logger})
+	rec, err := recordings.New(recordings.Config{Dir: cfg.RecordingsDir, Retention: cfg.Retention, Logger: logger,
+		MaxBytes: cfg.RecMaxBytes, MaxBitrate: cfg.RecMaxBitrate, MinFreeBytes: cfg.MinFreeDisk})
 	if err != nil {
 		return err
 	}
@@ -164,7 +170,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	stack.push(func() { _ = store.Close() })
-	monitor, err := incidents.NewMonitor(incidents.Config{Store: store, Recordings: rec, Logger: logger})
+	monitor, err := incidents.NewMonitor(incidents.Config{Store: store, Recordings: rec, Logger: logger,
+		MaxPerRoom: cfg.MaxIncidents, Retention: cfg.IncRetention})
 	if err != nil {
 		return err
 	}
