@@ -241,4 +241,3 @@ func (s *Server) closeSession(c *gin.Context) {
 	ss.end(sfu.ReasonLeft)
 	c.Status(http.StatusNoContent)
 }
-
