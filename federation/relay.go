@@ -119,12 +119,28 @@ func requestURI(r *http.Request) string {
 	return r.URL.RequestURI()
 }
 
+// peerVerdictKey keys, in a request's gin context, fromPeer's verdict:
+// the sending node's id, "" for none.
+const peerVerdictKey = "vigil.federation.peer"
+
 // fromPeer reports whether the request was sent by a node of the
 // cluster, and which: its HeaderPeerAuth must verify for its method,
 // request URI and HeaderPeerTime (compared in constant time), and that
-// time be within PeerAuthWindow of now.
+// time be within PeerAuthWindow of now. The verdict is kept for the
+// rest of the request, so that a request checked near the end of the
+// window is not a peer's in one step and a client's in the next.
 func (rt *router) fromPeer(c *gin.Context) (nodeID string, ok bool) {
-	r := c.Request
+	if v, seen := c.Get(peerVerdictKey); seen {
+		id, _ := v.(string)
+		return id, id != ""
+	}
+	id, ok := rt.verifyPeer(c.Request)
+	c.Set(peerVerdictKey, id)
+	return id, ok
+}
+
+// verifyPeer is fromPeer's check.
+func (rt *router) verifyPeer(r *http.Request) (nodeID string, ok bool) {
 	id := r.Header.Get(HeaderPeer)
 	got, err := hex.DecodeString(r.Header.Get(HeaderPeerAuth))
 	if id == "" || err != nil {
