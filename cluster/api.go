@@ -88,6 +88,9 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.URL == "" {
 		return nil, fmt.Errorf("%w: URL is required", ErrInvalid)
 	}
+	if len(cfg.Key) == 0 {
+		return nil, fmt.Errorf("%w: Key is required", ErrInvalid)
+	}
 	if cfg.NodeID == "" {
 		cfg.NodeID = randomID()
 	}

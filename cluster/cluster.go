@@ -8,7 +8,8 @@
 // What is in Redis (every key under Config.Prefix, "vigil:" by default):
 //
 //	node:{id}        hash: url, rooms, participants (the load figure),
-//	                 started (unix ms); PX lease, renewed at every heartbeat
+//	                 started (unix ms), sig (the registration's signature,
+//	                 below); PX lease, renewed at every heartbeat
 //	nodes            set of node ids ever registered (pruned by the sweep)
 //	room:{name}      hash: kind, max_participants, auto_record (0/1), owner,
 //	                 epoch, created (unix ms); no expiry: it lives until
@@ -44,6 +45,20 @@
 //     this node that Config.Rooms does not list; Config.Lost for each room
 //     Config.Rooms lists that the map gives to another node, or (see the
 //     rule below) that the map no longer has.
+//
+// # Signed registrations
+//
+// Whoever can write to Redis could otherwise point a node id at any URL,
+// and every node would relay that node's calls there, admin key and all.
+// So a node signs its registration with the cluster key (Config.Key):
+// sig is the hex HMAC-SHA256, keyed with Config.Key, of "vigil node v1",
+// the node id and its URL, each followed by a newline. A registration
+// whose sig does not verify is not a node: Nodes, Pick and Node leave it
+// out (the heartbeat logs it once), so nothing is placed on it, relayed
+// to it or asked of it. Its rooms are not re-homed while its key exists
+// (a live node whose record was overwritten signs it again at its next
+// heartbeat; one that lies keeps its rooms unreachable, which anyone who
+// can write to Redis could do by deleting them).
 //
 // # Redis restarted empty, or a room deleted?
 //
@@ -131,6 +146,10 @@ type Config struct {
 	// URL is how other nodes reach this node's HTTP server, e.g.
 	// http://10.0.0.5:7880; required.
 	URL string
+	// Key is the cluster key, the same on every node; required. It
+	// signs this node's registration (id and URL), and a registration
+	// it does not verify is ignored (see "Signed registrations").
+	Key []byte
 	// Heartbeat is how often the node renews its lease, publishes its
 	// load and sweeps for dead owners; 0 means 1 s.
 	Heartbeat time.Duration

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,12 +24,13 @@ func TestNewConfig(t *testing.T) {
 		name string
 		cfg  Config
 	}{
-		{"no redis url", Config{URL: "http://x"}},
-		{"no url", Config{RedisURL: "redis://127.0.0.1:1"}},
-		{"dot in id", Config{RedisURL: "redis://127.0.0.1:1", URL: "http://x", NodeID: "a.b"}},
-		{"lease not above heartbeat", Config{RedisURL: "redis://127.0.0.1:1", URL: "http://x",
+		{"no redis url", Config{URL: "http://x", Key: testKey}},
+		{"no url", Config{RedisURL: "redis://127.0.0.1:1", Key: testKey}},
+		{"no key", Config{RedisURL: "redis://127.0.0.1:1", URL: "http://x"}},
+		{"dot in id", Config{RedisURL: "redis://127.0.0.1:1", URL: "http://x", Key: testKey, NodeID: "a.b"}},
+		{"lease not above heartbeat", Config{RedisURL: "redis://127.0.0.1:1", URL: "http://x", Key: testKey,
 			Heartbeat: time.Second, Lease: time.Second}},
-		{"bad scheme", Config{RedisURL: "http://127.0.0.1:1", URL: "http://x"}},
+		{"bad scheme", Config{RedisURL: "http://127.0.0.1:1", URL: "http://x", Key: testKey}},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,7 +44,7 @@ func TestNewConfig(t *testing.T) {
 	t.Run("unreachable", func(t *testing.T) {
 		url := "redis://127.0.0.1:" + strconv.Itoa(freePort(t))
 		start := time.Now()
-		_, err := New(ctx, Config{RedisURL: url, URL: "http://x"})
+		_, err := New(ctx, Config{RedisURL: url, URL: "http://x", Key: testKey})
 		if !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("New: %v, want ErrUnavailable", err)
 		}
@@ -120,6 +122,59 @@ func TestRegistryAndLease(t *testing.T) {
 	}
 	if err := a.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestUnsignedRegistration: a node record written into Redis by anyone
+// but a node holding the cluster key (no signature, a node's signature
+// copied onto another URL, or one made with another key) is not a node:
+// not listed, not picked, not found; its rooms are left alone.
+func TestUnsignedRegistration(t *testing.T) {
+	r := startRedis(t)
+	ctx := ctxT(t)
+	raw := rawClient(t, r.Addr())
+	p := testPrefix(t)
+	a := newNode(t, r.URL(), "a", newHolder(), func(c *Config) {
+		c.Load = func() Load { return Load{Rooms: 9, Participants: 90} } // every forged node is less loaded
+	})
+	aSig := raw.HGet(ctx, p+"node:a", "sig").Val()
+	if aSig != hex.EncodeToString(registrationSig(testKey, "a", "http://a.test:7880")) {
+		t.Fatalf("a's registration: sig %q", aSig)
+	}
+	forged := map[string]string{
+		"0none":     "",
+		"0copied":   aSig, // a's signature, another URL
+		"0otherkey": hex.EncodeToString(registrationSig([]byte("another key"), "0otherkey", "http://attacker.test")),
+	}
+	for id, sig := range forged {
+		raw.HSet(ctx, p+"node:"+id, "url", "http://attacker.test", "rooms", 0, "participants", 0, "started", 0, "sig", sig)
+		raw.SAdd(ctx, p+"nodes", id)
+	}
+	raw.HSet(ctx, p+"room:stolen", "kind", "conference", "max_participants", 0, "auto_record", 0,
+		"owner", "0copied", "epoch", 1, "created", time.Now().UnixMilli())
+	raw.SAdd(ctx, p+"rooms", "stolen")
+	// A record signed with the cluster key is a node: the test can fail.
+	raw.HSet(ctx, p+"node:b", "url", "http://b.test:7880", "rooms", 0, "participants", 0, "started", 0,
+		"sig", hex.EncodeToString(registrationSig(testKey, "b", "http://b.test:7880")))
+	raw.PExpire(ctx, p+"node:b", time.Minute)
+	raw.SAdd(ctx, p+"nodes", "b")
+
+	time.Sleep(3 * testHeartbeat) // the cache refreshed
+	nodes, err := a.Nodes(ctx)
+	if err != nil || !slices.Equal(nodeIDs(nodes), []string{"a", "b"}) {
+		t.Fatalf("Nodes = %v, %v; want [a b]", nodeIDs(nodes), err)
+	}
+	for id := range forged {
+		if n, err := a.Node(ctx, id); !errors.Is(err, ErrNodeNotFound) {
+			t.Errorf("Node(%s) = %+v, %v; want ErrNodeNotFound", id, n, err)
+		}
+	}
+	if n, err := a.Pick(ctx, "b"); err != nil || n.ID != "a" {
+		t.Errorf("Pick = %+v, %v; want a", n, err)
+	}
+	time.Sleep(testLease + 3*testHeartbeat) // past the sweep's wait
+	if rec, err := a.Room(ctx, "stolen"); err != nil || rec.Owner != "0copied" || rec.Epoch != 1 {
+		t.Errorf("the forged owner's room: %+v, %v; want it left alone", rec, err)
 	}
 }
 

@@ -24,6 +24,10 @@ type heartbeatState struct {
 	// upSince: when the heartbeat last found Redis after a failure (or
 	// New registered). The sweep waits for one lease after it.
 	upSince time.Time
+	// unsigned: the ids whose registration did not verify at the last
+	// heartbeat (each logged once, when first seen); no more than the
+	// nodes set holds.
+	unsigned map[string]bool
 }
 
 // heartbeatLoop beats at once, then every Heartbeat, until hbStop.
@@ -48,9 +52,10 @@ func (c *Cluster) beat(ctx context.Context) {
 	err := c.renew(ctx)
 	var live []Node
 	if err == nil {
-		var dead []string
-		live, dead, err = c.readNodes(ctx)
+		var dead, unsigned []string
+		live, dead, unsigned, err = c.readNodes(ctx)
 		if err == nil {
+			c.noteUnsigned(unsigned)
 			c.setCache(live)
 			c.available.Store(true)
 			if st.down {
@@ -73,6 +78,20 @@ func (c *Cluster) beat(ctx context.Context) {
 		st.downSince = time.Now()
 		c.log.Warn("cluster: redis unavailable; retrying at every heartbeat", "err", err)
 	}
+}
+
+// noteUnsigned logs, once each, the registrations that do not verify:
+// someone who can write to Redis, or a node with another cluster key.
+func (c *Cluster) noteUnsigned(ids []string) {
+	st := &c.hbState
+	seen := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		seen[id] = true
+		if !st.unsigned[id] {
+			c.log.Warn("cluster: a node's registration is not signed with this cluster's key; ignoring it (is its admin key another?)", "peer", id)
+		}
+	}
+	st.unsigned = seen
 }
 
 // sweepAndReconcile re-homes the rooms of dead owners, then tells this
@@ -111,7 +130,10 @@ func (c *Cluster) sweep(ctx context.Context, recs map[string]RoomRecord, live []
 	}
 	for _, name := range slices.Sorted(maps.Keys(recs)) {
 		rec := recs[name]
-		if rec.Owner == c.ID() || isLive(rec.Owner) {
+		if rec.Owner == c.ID() || isLive(rec.Owner) || c.hbState.unsigned[rec.Owner] {
+			// An owner whose registration does not verify is not dead
+			// (its key is there; the re-homing script would refuse):
+			// its rooms stay until its key expires or is signed again.
 			continue
 		}
 		to, found := pick(cand)

@@ -21,6 +21,9 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// testKey is the cluster key of the test nodes.
+var testKey = []byte("test cluster key")
+
 // Short beats keep the tests fast.
 const (
 	testHeartbeat = 100 * time.Millisecond
@@ -112,6 +115,7 @@ func newNode(t *testing.T, redisURL, id string, h *holder, mod ...func(*Config))
 		RedisURL:  redisURL,
 		NodeID:    id,
 		URL:       "http://" + id + ".test:7880",
+		Key:       testKey,
 		Heartbeat: testHeartbeat,
 		Lease:     testLease,
 		Prefix:    testPrefix(t),

@@ -3,6 +3,9 @@ package cluster
 import (
 	"cmp"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strconv"
@@ -23,6 +26,7 @@ func (c *Cluster) renew(parent context.Context) error {
 			[]string{c.keys.node(c.ID()), c.keys.nodes(), c.keys.instance()},
 			c.ID(), c.lease.Milliseconds(), fresh, c.cfg.URL,
 			load.Rooms, load.Participants, c.start.UnixMilli(),
+			hex.EncodeToString(registrationSig(c.cfg.Key, c.ID(), c.cfg.URL)),
 		).Slice()
 		return err
 	})
@@ -54,38 +58,61 @@ func (c *Cluster) renew(parent context.Context) error {
 	return nil
 }
 
-// Nodes lists the live nodes (lease not expired), this one included,
-// sorted by id.
+// registrationLabel starts the signed text of a registration.
+const registrationLabel = "vigil node v1"
+
+// registrationSig is the signature of node id's registration at url
+// (see "Signed registrations" in the package doc).
+func registrationSig(key []byte, id, url string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(registrationLabel + "\n" + id + "\n" + url + "\n"))
+	return m.Sum(nil)
+}
+
+// signed reports whether the registration h of node id carries a
+// signature of its URL with the cluster key (compared in constant time).
+func (c *Cluster) signed(id string, h map[string]string) bool {
+	got, err := hex.DecodeString(h["sig"])
+	return err == nil && hmac.Equal(got, registrationSig(c.cfg.Key, id, h["url"]))
+}
+
+// Nodes lists the live nodes (lease not expired, registration signed),
+// this one included, sorted by id.
 func (c *Cluster) Nodes(ctx context.Context) ([]Node, error) {
-	live, _, err := c.readNodes(ctx)
+	live, _, _, err := c.readNodes(ctx)
 	return live, err
 }
 
-// readNodes reads the nodes set: the live nodes sorted by id, and the ids
-// whose key is gone.
-func (c *Cluster) readNodes(ctx context.Context) (live []Node, dead []string, err error) {
+// readNodes reads the nodes set: the live nodes sorted by id, the ids
+// whose key is gone, and the ids whose registration is not signed with
+// the cluster key (left out of live).
+func (c *Cluster) readNodes(ctx context.Context) (live []Node, dead, unsigned []string, err error) {
 	err = c.call(ctx, "nodes", func(ctx context.Context) error {
 		ids, hashes, err := c.hashesOf(ctx, c.keys.nodes(), c.keys.node)
 		if err != nil {
 			return err
 		}
 		for i, id := range ids {
-			if h := hashes[i]; len(h) > 0 {
-				live = append(live, parseNode(id, h))
-			} else {
+			switch h := hashes[i]; {
+			case len(h) == 0:
 				dead = append(dead, id)
+			case !c.signed(id, h):
+				unsigned = append(unsigned, id)
+			default:
+				live = append(live, parseNode(id, h))
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	slices.SortFunc(live, func(a, b Node) int { return cmp.Compare(a.ID, b.ID) })
-	return live, dead, nil
+	return live, dead, unsigned, nil
 }
 
-// Node returns a live node, ErrNodeNotFound when its lease ran out. It
+// Node returns a live node, ErrNodeNotFound when its lease ran out or its
+// registration is not signed with the cluster key. It
 // may answer from a cache no older than one heartbeat (refreshed by the
 // heartbeat); a node missing from the cache, or a cache gone stale
 // (Redis unreachable), is asked of Redis.
@@ -108,6 +135,10 @@ func (c *Cluster) Node(ctx context.Context, id string) (Node, error) {
 	}
 	if len(h) == 0 {
 		return Node{}, fmt.Errorf("%w: %q", ErrNodeNotFound, id)
+	}
+	if !c.signed(id, h) {
+		c.log.Debug("cluster: a node's registration is not signed with the cluster key; ignored", "peer", id)
+		return Node{}, fmt.Errorf("%w: %q: its registration is not signed with the cluster key", ErrNodeNotFound, id)
 	}
 	return parseNode(id, h), nil
 }

@@ -11,7 +11,7 @@ import "github.com/redis/go-redis/v9"
 //
 //	KEYS: node key, nodes set, instance key
 //	ARGV: id, lease ms, fresh instance value, url, rooms, participants,
-//	      started ms
+//	      started ms, sig
 //	returns {instance value, 1 if this call created it else 0,
 //	         1 if the node key existed before else 0}
 var renewScript = redis.NewScript(`
@@ -24,7 +24,7 @@ if not inst then
 end
 local existed = redis.call('EXISTS', KEYS[1])
 redis.call('HSET', KEYS[1], 'url', ARGV[4], 'rooms', ARGV[5],
-	'participants', ARGV[6], 'started', ARGV[7])
+	'participants', ARGV[6], 'started', ARGV[7], 'sig', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 return {inst, created, existed}

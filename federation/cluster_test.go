@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +49,22 @@ type testNode struct {
 // startNode runs a node with id in the cluster of Redis rd under prefix.
 func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure func(*signaling.Config)) *testNode {
 	t.Helper()
+	return startNodeWith(t, rd, prefix, id, nodeOptions{configure: configure})
+}
+
+// nodeOptions are startNodeWith's.
+type nodeOptions struct {
+	configure func(*signaling.Config)
+	// cert: the node serves HTTPS with it, and registers an https URL.
+	cert *tls.Certificate
+	// roots: the authorities the node trusts when it calls an https node.
+	roots *x509.CertPool
+}
+
+// startNodeWith is startNode with more options.
+func startNodeWith(t *testing.T, rd *vigiltest.Redis, prefix, id string, o nodeOptions) *testNode {
+	t.Helper()
+	configure := o.configure
 	gin.SetMode(gin.ReleaseMode)
 	logger := slog.New(slog.DiscardHandler)
 	if os.Getenv("VIGIL_TEST_LOG") != "" {
@@ -56,6 +75,10 @@ func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure f
 		(*handler.Load()).ServeHTTP(w, r)
 	}))
 	url := "http://" + hs.Listener.Addr().String()
+	if o.cert != nil {
+		hs.TLS = &tls.Config{Certificates: []tls.Certificate{*o.cert}}
+		url = "https://" + hs.Listener.Addr().String()
+	}
 	media, err := sfu.New(sfu.Config{UDPAddr: "127.0.0.1:0", IncludeLoopback: true, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +92,7 @@ func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure f
 	node, err := federation.New(ctx, federation.Config{Signaling: cfg, Cluster: cluster.Config{
 		RedisURL: rd.URL, NodeID: id, URL: url, Heartbeat: 100 * time.Millisecond, Lease: 600 * time.Millisecond,
 		Prefix: prefix, Logger: logger,
-	}})
+	}, PeerRootCAs: o.roots})
 	if err != nil {
 		_ = media.Close()
 		t.Fatal(err)
@@ -77,7 +100,11 @@ func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure f
 	s, cl := node.Server(), node.Cluster()
 	h := s.Handler()
 	handler.Store(&h)
-	hs.Start()
+	if o.cert != nil {
+		hs.StartTLS()
+	} else {
+		hs.Start()
+	}
 	t.Cleanup(func() {
 		s.Close(2 * time.Second)
 		_ = cl.Close()
@@ -89,13 +116,51 @@ func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure f
 // testPrefix is a key prefix of one test's own.
 func testPrefix(t *testing.T) string { return "test:" + t.Name() + ":" }
 
-// peerAuth is the documented peer auth of node id (docs/cluster.md).
-func peerAuth(adminKey, id string) string {
+// peerAuth is the documented peer auth (docs/cluster.md) of node id's
+// request method uri signed at Unix time at.
+func peerAuth(adminKey, id, method, uri string, at int64) string {
 	k := hmac.New(sha256.New, []byte(adminKey))
 	k.Write([]byte("vigil cluster peer v1"))
 	m := hmac.New(sha256.New, k.Sum(nil))
-	m.Write([]byte(id))
+	fmt.Fprintf(m, "%s\n%s\n%s\n%d\n", id, method, uri, at)
 	return hex.EncodeToString(m.Sum(nil))
+}
+
+// peerAt is the peer headers of node id's request method uri signed with
+// adminKey at time at, as pairs for adminH.
+func peerAt(adminKey, id, method, uri string, at time.Time) []string {
+	return []string{federation.HeaderPeer, id, federation.HeaderPeerTime, strconv.FormatInt(at.Unix(), 10),
+		federation.HeaderPeerAuth, peerAuth(adminKey, id, method, uri, at.Unix())}
+}
+
+// peer is peerAt now, with the cluster's key.
+func peer(id, method, uri string) []string { return peerAt(clusterKey, id, method, uri, time.Now()) }
+
+// pairs makes a header map of pairs.
+func pairs(kv ...string) map[string]string {
+	h := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h[kv[i]] = kv[i+1]
+	}
+	return h
+}
+
+// registrationSig is the documented signature (docs/cluster.md) of node
+// id's registration at url in Redis.
+func registrationSig(adminKey, id, url string) string {
+	k := hmac.New(sha256.New, []byte(adminKey))
+	k.Write([]byte("vigil cluster registration v1"))
+	m := hmac.New(sha256.New, k.Sum(nil))
+	fmt.Fprintf(m, "vigil node v1\n%s\n%s\n", id, url)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// clusterKeyOf is the documented cluster key (docs/cluster.md) that
+// signs registrations, derived from the admin key.
+func clusterKeyOf(adminKey string) []byte {
+	k := hmac.New(sha256.New, []byte(adminKey))
+	k.Write([]byte("vigil cluster registration v1"))
+	return k.Sum(nil)
 }
 
 // call sends a request to base+path with headers and returns the reply,
@@ -152,7 +217,7 @@ func startFakeNode(t *testing.T, rd *vigiltest.Redis, prefix, id string) *fakeNo
 	f.hs = hs
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cl, err := cluster.New(ctx, cluster.Config{RedisURL: rd.URL, NodeID: id, URL: hs.URL,
+	cl, err := cluster.New(ctx, cluster.Config{RedisURL: rd.URL, NodeID: id, URL: hs.URL, Key: clusterKeyOf(clusterKey),
 		Heartbeat: 100 * time.Millisecond, Lease: 600 * time.Millisecond, Prefix: prefix, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -196,8 +261,12 @@ func TestClusterPeerHeaders(t *testing.T) {
 		t.Fatalf("the owner got %d requests, want 1", len(got))
 	}
 	r := got[0]
+	at, _ := strconv.ParseInt(r.Header.Get(federation.HeaderPeerTime), 10, 64)
+	if d := time.Since(time.Unix(at, 0)); d < -time.Minute || d > time.Minute {
+		t.Errorf("relayed %s: %q, want about now", federation.HeaderPeerTime, r.Header.Get(federation.HeaderPeerTime))
+	}
 	want := map[string]string{
-		federation.HeaderPeer: "a", federation.HeaderPeerAuth: peerAuth(clusterKey, "a"),
+		federation.HeaderPeer: "a", federation.HeaderPeerAuth: peerAuth(clusterKey, "a", "GET", "/v1/rooms/far?x=1", at),
 		federation.HeaderClientIP: "127.0.0.1", federation.HeaderEdge: "",
 		"Authorization": "Bearer " + clusterKey,
 	}
@@ -233,18 +302,17 @@ func TestClusterPeerHeaders(t *testing.T) {
 	}
 
 	// Loop guard: a valid peer auth is never relayed again.
-	valid := adminH(federation.HeaderPeer, "fake", federation.HeaderPeerAuth, peerAuth(clusterKey, "fake"))
 	before := len(fake.requests())
-	resp, body = call(t, a.URL, "GET", "/v1/rooms/far", valid, "")
+	resp, body = call(t, a.URL, "GET", "/v1/rooms/far", adminH(peer("fake", "GET", "/v1/rooms/far")...), "")
 	if resp.StatusCode != 503 || errorCode(t, body) != "room_moved" || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("a peer's request for a room held elsewhere: %d %s (Retry-After %q), want 503 room_moved", resp.StatusCode, body, resp.Header.Get("Retry-After"))
 	}
-	resp, body = call(t, a.URL, "GET", "/v1/sessions/fake.s1/poll", valid, "")
+	resp, body = call(t, a.URL, "GET", "/v1/sessions/fake.s1/poll", adminH(peer("fake", "GET", "/v1/sessions/fake.s1/poll")...), "")
 	if resp.StatusCode != 404 || errorCode(t, body) != "session_not_found" {
 		t.Errorf("a peer's request for a session of another node: %d %s, want 404 session_not_found", resp.StatusCode, body)
 	}
 	// An edge asks for its replica: served here, not relayed.
-	edge := adminH(federation.HeaderPeer, "fake", federation.HeaderPeerAuth, peerAuth(clusterKey, "fake"), federation.HeaderEdge, "1")
+	edge := adminH(append(peer("fake", "GET", "/v1/rooms/far"), federation.HeaderEdge, "1")...)
 	resp, body = call(t, a.URL, "GET", "/v1/rooms/far", edge, "")
 	if resp.StatusCode != 404 || errorCode(t, body) != "room_not_found" {
 		t.Errorf("an edge's request: %d %s, want it served here (404 room_not_found)", resp.StatusCode, body)
@@ -298,8 +366,8 @@ func TestClusterClientAddress(t *testing.T) {
 		// the third join from 127.0.0.1 is refused.
 		var codes []int
 		for i := range 3 {
-			codes = append(codes, join(base, map[string]string{federation.HeaderClientIP: fmt.Sprintf("198.51.100.%d", i),
-				federation.HeaderPeer: "b", federation.HeaderPeerAuth: peerAuth("wrong-key", "b")}))
+			codes = append(codes, join(base, pairs(append(peerAt("wrong-key", "b", "POST", "/v1/rooms/r/sessions", time.Now()),
+				federation.HeaderClientIP, fmt.Sprintf("198.51.100.%d", i))...)))
 		}
 		if codes[0] != 401 || codes[1] != 401 || codes[2] != 429 {
 			t.Errorf("%s: forged client addresses: %v, want [401 401 429]", base, codes)
@@ -307,7 +375,7 @@ func TestClusterClientAddress(t *testing.T) {
 	}
 	// With it, each relayed client has its own bucket...
 	valid := func(ip string) map[string]string {
-		return map[string]string{federation.HeaderClientIP: ip, federation.HeaderPeer: "b", federation.HeaderPeerAuth: peerAuth(clusterKey, "b")}
+		return pairs(append(peer("b", "POST", "/v1/rooms/r/sessions"), federation.HeaderClientIP, ip)...)
 	}
 	for i := range 4 {
 		if code := join(a.URL, valid(fmt.Sprintf("192.0.2.%d", i))); code != 401 {

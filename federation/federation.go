@@ -19,6 +19,7 @@ package federation
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -37,8 +38,9 @@ type Config struct {
 	// AdminKey required); New sets its Federation.
 	Signaling signaling.Config
 	// Cluster configures the node's membership (RedisURL and URL
-	// required); New sets its Load, Rooms, Adopt and Lost, and its
-	// NodeID when empty.
+	// required); New sets its Load, Rooms, Adopt and Lost, its NodeID
+	// when empty, and its Key (which signs the registrations) when
+	// empty, derived from the admin key.
 	Cluster cluster.Config
 	// EdgeViewers is how many viewers of one broadcast room this node
 	// holds before it sends further viewers to edge nodes, which relay
@@ -48,6 +50,9 @@ type Config struct {
 	// EdgeIdle is how long an edge keeps a replica with no viewer before
 	// it closes it and its relay; 0 means 10s.
 	EdgeIdle time.Duration
+	// PeerRootCAs are the certificate authorities the node trusts when
+	// it calls a node whose URL is https; nil means the system's.
+	PeerRootCAs *x509.CertPool
 }
 
 // Node is one node of a cluster: a signaling server whose
@@ -93,7 +98,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Cluster.NodeID = hex.EncodeToString(b[:])
 	}
 	co := &core{cfg: cfg, id: cfg.Cluster.NodeID, log: cfg.Signaling.Logger, sfu: cfg.Signaling.SFU}
-	rt := &router{core: co, peerKey: peerKey(cfg.Signaling.AdminKey), peers: newPeerTransport(), urls: map[string]string{}}
+	rt := &router{core: co, peerKey: deriveKey(cfg.Signaling.AdminKey, peerKeyLabel), peers: newPeerTransport(cfg.PeerRootCAs), urls: map[string]string{}}
 	rm := newRoomMap(co)
 	cs := &cascade{core: co, router: rt}
 	rt.rooms, rt.cascade = rm, cs
@@ -107,6 +112,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.srv = srv
 	cc := cfg.Cluster
+	if len(cc.Key) == 0 {
+		cc.Key = deriveKey(cfg.Signaling.AdminKey, registrationKeyLabel)
+	}
 	cc.Load, cc.Rooms, cc.Adopt, cc.Lost = rm.load, rm.heldRooms, rm.adopt, rm.lose
 	cl, err := cluster.New(ctx, cc)
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,9 +26,15 @@ import (
 
 // Headers of requests between nodes.
 const (
-	// HeaderPeer names the node that relays a request.
+	// HeaderPeer names the node that sends a request.
 	HeaderPeer = "X-Vigil-Peer"
-	// HeaderPeerAuth proves it: hex HMAC-SHA256 of the node id with a key
+	// HeaderPeerTime is when it signed the request: Unix seconds. A
+	// signature more than PeerAuthWindow away from the receiver's clock
+	// does not verify.
+	HeaderPeerTime = "X-Vigil-Peer-Time"
+	// HeaderPeerAuth proves it: the hex HMAC-SHA256 of the node id, the
+	// method, the request URI (path and query, as sent on the request
+	// line) and HeaderPeerTime, each followed by a newline, with a key
 	// derived from the admin key (peerKeyLabel).
 	HeaderPeerAuth = "X-Vigil-Peer-Auth"
 	// HeaderClientIP is the address of the client a peer relays for;
@@ -40,7 +49,15 @@ const (
 	HeaderPlaced = "X-Vigil-Placed"
 
 	peerKeyLabel = "vigil cluster peer v1"
+	// registrationKeyLabel derives the cluster key that signs the node
+	// registrations in Redis (cluster.Config.Key) from the admin key.
+	registrationKeyLabel = "vigil cluster registration v1"
 )
+
+// PeerAuthWindow is how far a peer request's HeaderPeerTime may be from
+// the receiver's clock, either way: the nodes' clocks must agree to
+// within it (NTP), and a captured peer auth is worthless after it.
+const PeerAuthWindow = 30 * time.Second
 
 // HeaderRelay marks, with a valid peer auth, the session POST of a relay:
 // an edge joining the owner's room for its replica (cascade.go).
@@ -63,31 +80,80 @@ type router struct {
 	urls map[string]string // last known URL of each node, by id
 }
 
-// peerKey derives the key of the peer auth from the admin key.
-func peerKey(adminKey string) []byte {
+// deriveKey derives a key of the cluster from the admin key.
+func deriveKey(adminKey, label string) []byte {
 	m := hmac.New(sha256.New, []byte(adminKey))
-	m.Write([]byte(peerKeyLabel))
+	m.Write([]byte(label))
 	return m.Sum(nil)
 }
 
-// peerAuth is the HeaderPeerAuth value of node id.
-func (rt *router) peerAuth(id string) string {
+// peerAuth is the HeaderPeerAuth of node id's request: method, request
+// URI uri, signed at Unix time unix.
+func (rt *router) peerAuth(id, method, uri string, unix int64) []byte {
 	m := hmac.New(sha256.New, rt.peerKey)
-	m.Write([]byte(id))
-	return hex.EncodeToString(m.Sum(nil))
+	m.Write([]byte(id + "\n" + method + "\n" + uri + "\n" + strconv.FormatInt(unix, 10) + "\n"))
+	return m.Sum(nil)
 }
 
-// fromPeer reports whether the request was relayed by another node of
-// the cluster, and which: its HeaderPeerAuth must verify (compared in
-// constant time).
+// signPeer sets on h the headers that make a request of method to uri
+// (path and query) this node's: HeaderPeer, HeaderPeerTime and
+// HeaderPeerAuth.
+func (rt *router) signPeer(h http.Header, method, uri string) {
+	now := time.Now().Unix()
+	h.Set(HeaderPeer, rt.id)
+	h.Set(HeaderPeerTime, strconv.FormatInt(now, 10))
+	h.Set(HeaderPeerAuth, hex.EncodeToString(rt.peerAuth(rt.id, method, uri, now)))
+}
+
+// signPeerRequest signs req (signPeer) for its method and URL.
+func (rt *router) signPeerRequest(req *http.Request) {
+	rt.signPeer(req.Header, req.Method, req.URL.RequestURI())
+}
+
+// requestURI is the request URI a peer signed: the request line's, as
+// received.
+func requestURI(r *http.Request) string {
+	if r.RequestURI != "" {
+		return r.RequestURI
+	}
+	return r.URL.RequestURI()
+}
+
+// peerVerdictKey keys, in a request's gin context, fromPeer's verdict:
+// the sending node's id, "" for none.
+const peerVerdictKey = "vigil.federation.peer"
+
+// fromPeer reports whether the request was sent by a node of the
+// cluster, and which: its HeaderPeerAuth must verify for its method,
+// request URI and HeaderPeerTime (compared in constant time), and that
+// time be within PeerAuthWindow of now. The verdict is kept for the
+// rest of the request, so that a request checked near the end of the
+// window is not a peer's in one step and a client's in the next.
 func (rt *router) fromPeer(c *gin.Context) (nodeID string, ok bool) {
-	id := c.Request.Header.Get(HeaderPeer)
-	got, err := hex.DecodeString(c.Request.Header.Get(HeaderPeerAuth))
+	if v, seen := c.Get(peerVerdictKey); seen {
+		id, _ := v.(string)
+		return id, id != ""
+	}
+	id, ok := rt.verifyPeer(c.Request)
+	c.Set(peerVerdictKey, id)
+	return id, ok
+}
+
+// verifyPeer is fromPeer's check.
+func (rt *router) verifyPeer(r *http.Request) (nodeID string, ok bool) {
+	id := r.Header.Get(HeaderPeer)
+	got, err := hex.DecodeString(r.Header.Get(HeaderPeerAuth))
 	if id == "" || err != nil {
 		return "", false
 	}
-	want, _ := hex.DecodeString(rt.peerAuth(id))
-	if !hmac.Equal(got, want) {
+	at, err := strconv.ParseInt(r.Header.Get(HeaderPeerTime), 10, 64)
+	if err != nil {
+		return "", false
+	}
+	if skew := time.Since(time.Unix(at, 0)); skew > PeerAuthWindow || skew < -PeerAuthWindow {
+		return "", false
+	}
+	if !hmac.Equal(got, rt.peerAuth(id, r.Method, requestURI(r), at)) {
 		return "", false
 	}
 	return id, true
@@ -109,7 +175,7 @@ func (rt *router) ClientAddr(c *gin.Context) string {
 
 // peerHeaders are the headers only a peer may send (HeaderRelay is the
 // cascade's, cascade.go).
-var peerHeaders = []string{HeaderPeer, HeaderPeerAuth, HeaderClientIP, HeaderEdge, HeaderPlaced, HeaderRelay}
+var peerHeaders = []string{HeaderPeer, HeaderPeerTime, HeaderPeerAuth, HeaderClientIP, HeaderEdge, HeaderPlaced, HeaderRelay}
 
 // stripPeerHeaders forgets the peer headers of a request that does not
 // carry a valid peer auth, so that nothing after it believes them.
@@ -122,16 +188,28 @@ func (rt *router) stripPeerHeaders(c *gin.Context) {
 	}
 }
 
-// newPeerTransport is the transport of relayed requests: no overall
-// timeout (WebSockets, SSE and long polls last), a short dial.
-func newPeerTransport() *http.Transport {
+// newPeerTransport is the transport of requests to other nodes: no
+// overall timeout (WebSockets, SSE and long polls last), a short dial,
+// and for an https node URL a verified certificate (roots: the system's
+// when nil). It speaks HTTP/1.1 only, which relays WebSocket upgrades.
+func newPeerTransport(roots *x509.CertPool) *http.Transport {
 	return &http.Transport{
 		Proxy:                 nil,
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   5 * time.Second,
 		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// peerClient sends requests to other nodes over the peer transport. It
+// follows no redirect: a request goes only to a node's signed URL.
+func (rt *router) peerClient() *http.Client {
+	return &http.Client{
+		Transport:     rt.peers,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
 
@@ -171,8 +249,7 @@ func (rt *router) proxyTo(c *gin.Context, to cluster.Node, extra http.Header) {
 			for _, h := range peerHeaders {
 				pr.Out.Header.Del(h)
 			}
-			pr.Out.Header.Set(HeaderPeer, rt.id)
-			pr.Out.Header.Set(HeaderPeerAuth, rt.peerAuth(rt.id))
+			rt.signPeerRequest(pr.Out)
 			pr.Out.Header.Set(HeaderClientIP, client)
 			for k, vs := range extra {
 				pr.Out.Header.Del(k)

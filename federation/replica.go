@@ -334,13 +334,6 @@ func (r *replica) run() {
 	}
 }
 
-// peerHeader is what the edge's requests to the owner carry.
-func (r *replica) peerHeader() http.Header {
-	cs := r.cs
-	id := cs.id
-	return http.Header{HeaderPeer: {id}, HeaderPeerAuth: {cs.router.peerAuth(id)}}
-}
-
 // open joins the owner's room as the relay (a session with a token the
 // edge mints) and attaches its socket.
 func (r *replica) open(ctx context.Context) error {
@@ -354,10 +347,10 @@ func (r *replica) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	req.Header = r.peerHeader()
+	cs.router.signPeerRequest(req)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set(HeaderRelay, "1")
-	resp, err := (&http.Client{Transport: cs.router.peers}).Do(req)
+	resp, err := cs.router.peerClient().Do(req)
 	if err != nil {
 		return err
 	}
@@ -385,8 +378,14 @@ func (r *replica) dial(ctx context.Context) error {
 	r.mu.Unlock()
 	u := strings.TrimRight(r.owner.URL, "/") + "/v1/sessions/" + url.PathEscape(sid) + fmt.Sprintf("/ws?cursor=%d", cursor)
 	u = "ws" + strings.TrimPrefix(u, "http") // http -> ws, https -> wss
+	pu, err := url.Parse(u)
+	if err != nil {
+		return fmt.Errorf("relay socket: %w", err)
+	}
+	h := http.Header{}
+	r.cs.router.signPeer(h, http.MethodGet, pu.RequestURI())
 	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, NetDialContext: r.cs.router.peers.DialContext, TLSClientConfig: r.cs.router.peers.TLSClientConfig}
-	conn, resp, err := d.DialContext(ctx, u, r.peerHeader())
+	conn, resp, err := d.DialContext(ctx, u, h)
 	if err != nil {
 		if resp != nil {
 			return fmt.Errorf("relay socket: %w (%d)", err, resp.StatusCode)
@@ -630,8 +629,8 @@ func (r *replica) leaveOwner() {
 	if err != nil {
 		return
 	}
-	req.Header = r.peerHeader()
-	if resp, err := (&http.Client{Transport: r.cs.router.peers}).Do(req); err == nil {
+	r.cs.router.signPeerRequest(req)
+	if resp, err := r.cs.router.peerClient().Do(req); err == nil {
 		resp.Body.Close()
 	}
 }

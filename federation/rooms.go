@@ -326,9 +326,7 @@ func (rm *roomMap) peerRooms(c *gin.Context, peer cluster.Node) []signaling.Room
 		return nil
 	}
 	req.Header.Set("Authorization", c.GetHeader("Authorization"))
-	id := rm.id
-	req.Header.Set(HeaderPeer, id)
-	req.Header.Set(HeaderPeerAuth, rm.router.peerAuth(id))
+	rm.router.signPeerRequest(req)
 	req.Header.Set(HeaderClientIP, rm.router.ClientAddr(c))
 	resp, err := rm.router.peers.RoundTrip(req)
 	if err != nil {

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"regexp"
 	"time"
 
@@ -23,6 +25,12 @@ var nodeIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // clusterConfig reads and checks the cluster settings.
 func clusterConfig(l *layered, c *config, where func(string) string) error {
 	c.RedisURL, c.NodeID, c.NodeURL = l.get("redis-url"), l.get("node-id"), l.get("node-url")
+	c.PeerCAFile = l.get("peer-ca-file")
+	if c.PeerCAFile != "" {
+		if _, err := peerRoots(c.PeerCAFile); err != nil {
+			return fmt.Errorf("%s: %w", where("peer-ca-file"), err)
+		}
+	}
 	var err error
 	if c.Heartbeat, err = time.ParseDuration(l.get("cluster-heartbeat")); err != nil || c.Heartbeat <= 0 {
 		return fmt.Errorf("%s: heartbeat %q: want a positive duration", where("cluster-heartbeat"), l.get("cluster-heartbeat"))
@@ -46,6 +54,23 @@ func clusterConfig(l *layered, c *config, where func(string) string) error {
 		}
 	}
 	return nil
+}
+
+// peerRoots reads the certificate authorities of peer_ca_file: nil (the
+// system's) for no file.
+func peerRoots(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("peer CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("peer CA file %s: no PEM certificate in it", file)
+	}
+	return pool, nil
 }
 
 // nodeURL is how other nodes reach this one: node_url, else the listen
@@ -75,6 +100,10 @@ func newServer(c config, sc signaling.Config, addr net.Addr, scheme string, logg
 	}
 	// go-redis logs each failed dial; the cluster logs an outage once.
 	redis.SetLogger(redisLog{logger})
+	roots, err := peerRoots(c.PeerCAFile)
+	if err != nil {
+		return nil, nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	n, err := federation.New(ctx, federation.Config{
@@ -84,6 +113,7 @@ func newServer(c config, sc signaling.Config, addr net.Addr, scheme string, logg
 			Heartbeat: c.Heartbeat, Lease: c.Lease, Logger: logger,
 		},
 		EdgeViewers: noLimit(c.EdgeViewers),
+		PeerRootCAs: roots,
 	})
 	if err != nil {
 		return nil, nil, err

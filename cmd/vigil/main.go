@@ -77,6 +77,7 @@ type config struct {
 	RedisURL      string // cluster mode when set (cluster.go)
 	NodeID        string
 	NodeURL       string
+	PeerCAFile    string // PEM roots for https node URLs; none: the system's
 	Heartbeat     time.Duration
 	Lease         time.Duration
 	EdgeViewers   int // viewers of a broadcast before edges serve more (federation/cascade.go)

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vigil-media/vigil/signaling/vigiltest"
 )
 
 // selfSigned writes a certificate for 127.0.0.1 and its key, and returns
@@ -83,5 +85,45 @@ func TestTLS(t *testing.T) {
 	}
 	if code, _, errOut := runCLI(t, "config", "print", "-tls-cert", cert); code == 0 || !strings.Contains(errOut, "both a certificate and a key") {
 		t.Fatalf("a certificate without a key: exit %d, %s", code, errOut)
+	}
+}
+
+// TestClusterHTTPSNodes runs three `vigil serve` nodes: a serves HTTPS
+// with a self-signed certificate (its node URL is https), b trusts that
+// certificate (-peer-ca-file), c does not. A room created through b is
+// placed on a and served through b over TLS; through c it is 503
+// node_unavailable: nothing goes to a node whose certificate does not
+// verify. A peer CA file that cannot be read, or holds no certificate,
+// is a configuration error naming the setting.
+func TestClusterHTTPSNodes(t *testing.T) {
+	cert, key, _ := selfSigned(t)
+	rd := vigiltest.StartRedis(t)
+	cluster := []string{"-redis-url", rd.URL, "-cluster-heartbeat", testHeartbeat.String(), "-cluster-lease", testLease.String()}
+	a := startVigil(t, append(cluster, "-node-id", "a", "-tls-cert", cert, "-tls-key", key)...)
+	b := startVigil(t, append(cluster, "-node-id", "b", "-peer-ca-file", cert)...)
+	c := startVigil(t, append(cluster, "-node-id", "c")...)
+	if !strings.HasPrefix(a.url, "https://") {
+		t.Fatalf("a printed %s, want an https URL", a.url)
+	}
+	time.Sleep(3 * testHeartbeat) // every node has seen the others
+	code, body := b.do(t, "POST", "/v1/rooms", "k", `{"name":"r","kind":"conference"}`)
+	if code != 201 || !strings.Contains(body, `"node":"a"`) {
+		t.Fatalf("create a room through b: %d %s, want it placed on a", code, body)
+	}
+	if code, body := b.do(t, "GET", "/v1/rooms/r", "k", ""); code != 200 || !strings.Contains(body, `"name":"r"`) {
+		t.Errorf("the room through b: %d %s", code, body)
+	}
+	if code, body := c.do(t, "GET", "/v1/rooms/r", "k", ""); code != 503 || !strings.Contains(body, "node_unavailable") {
+		t.Errorf("the room through c, which does not trust a's certificate: %d %s, want 503 node_unavailable", code, body)
+	}
+
+	empty := filepath.Join(t.TempDir(), "empty.pem")
+	if err := os.WriteFile(empty, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{filepath.Join(t.TempDir(), "missing.pem"), empty} {
+		if code, _, errOut := runCLI(t, "config", "print", "-peer-ca-file", f); code == 0 || !strings.Contains(errOut, "-peer-ca-file") {
+			t.Errorf("peer CA file %s: exit %d, %s; want an error naming -peer-ca-file", f, code, errOut)
+		}
 	}
 }
