@@ -580,11 +580,13 @@ func (n *Node) onRevoked(m cluster.Message) {
 	n.applyRevocation(rv)
 }
 
-// applyRevocation refuses the tokens a revocation covers and disconnects
+// applyRevocation refuses the tokens a revocation covers and the TURN
+// credentials this node handed that identity, and disconnects
 // the participant of that identity in that room here, if there is one
 // (in an edge replica too).
 func (n *Node) applyRevocation(rv cluster.Revocation) {
 	n.srv.Tokens().RevokeAt(rv.Room, rv.Identity, rv.At)
+	n.sfu.RevokeICEServers(rv.Room, rv.Identity)
 	r, err := n.sfu.Room(rv.Room)
 	if err != nil {
 		return
