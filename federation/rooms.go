@@ -585,11 +585,13 @@ func (rm *roomMap) onRevoked(m cluster.Message) {
 	rm.applyRevocation(rv)
 }
 
-// applyRevocation refuses the tokens a revocation covers and disconnects
+// applyRevocation refuses the tokens a revocation covers and the TURN
+// credentials this node handed that identity, and disconnects
 // the participant of that identity in that room here, if there is one
 // (in an edge replica too).
 func (rm *roomMap) applyRevocation(rv cluster.Revocation) {
 	rm.srv.Tokens().RevokeAt(rv.Room, rv.Identity, rv.At)
+	rm.sfu.RevokeICEServers(rv.Room, rv.Identity)
 	r, err := rm.sfu.Room(rv.Room)
 	if err != nil {
 		return

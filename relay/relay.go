@@ -1,32 +1,36 @@
 // Package relay is Vigil's embedded TURN server (pion/turn), for clients
 // whose networks allow no direct path to the media ports: it listens on
 // one port number over UDP and TCP, and accepts short-lived credentials
-// in the TURN REST scheme, minted per participant from a shared secret:
-// username "<expiry unix time>:<identity>", password
-// base64(HMAC-SHA1(secret, username)).
+// in the TURN REST scheme, minted per participant from a shared secret
+// (credentials.go): username "<expiry unix time>:<room>:<identity>",
+// password base64(HMAC-SHA1(secret, username)).
 //
-// Its only intended peer is the SFU on the same host: relayed addresses
-// are allocated on this host, and permissions are granted only to this
-// host's own addresses (loopback, its interfaces, Config.PublicIP), so
-// that the relay cannot be used to reach other machines.
+// Its only peer is Vigil's own media on this host (sockets.go):
+//   - permissions (CreatePermission, ChannelBind, Connect) are granted
+//     only to this host's own addresses (loopback, its interfaces,
+//     Config.PublicIP);
+//   - a relayed socket sends only to, and hands on only what comes from,
+//     the media UDP port (SetMediaPorts): never another port of those
+//     addresses, so not a database or any other service on loopback;
+//   - TCP allocations (RFC 6062) are refused unless Config.TCPRelay, and
+//     then connect only to the ICE over TCP port;
+//   - each credential holds at most Config.MaxAllocations allocations;
+//   - Revoke makes the credentials of an identity in a room stop working
+//     and closes their allocations (a kicked or revoked participant).
 package relay
 
 import (
-	"crypto/hmac"
-	"crypto/sha1" //nolint:gosec // the TURN REST credentials scheme is HMAC-SHA1
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
-	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/logging"
-	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
-	"github.com/pion/webrtc/v4"
 )
 
 // Realm is the TURN realm.
@@ -34,6 +38,26 @@ const Realm = "vigil"
 
 // DefaultTTL is how long minted credentials last when Config.TTL is 0.
 const DefaultTTL = time.Hour
+
+// DefaultMaxAllocations is Config.MaxAllocations's default: a browser
+// allocates once per TURN URL (two: UDP and TCP) and local network
+// interface, and an ICE restart allocates again before the old ones are
+// released.
+const DefaultMaxAllocations = 8
+
+// Errors of the relay.
+var (
+	// ErrPeerRefused: a relayed socket was asked to reach, or was reached
+	// from, an address that is not Vigil's media.
+	ErrPeerRefused = errors.New("relay: peer is not this host's media port")
+	// ErrTCPRelayOff: a TCP allocation (RFC 6062) while Config.TCPRelay
+	// is off.
+	ErrTCPRelayOff = errors.New("relay: TCP allocations are off")
+	// ErrQuota: a credential asked for more than Config.MaxAllocations.
+	ErrQuota = errors.New("relay: allocation quota of the credentials reached")
+	// ErrRevoked: the credentials were revoked.
+	ErrRevoked = errors.New("relay: credentials revoked")
+)
 
 // Config configures the TURN server.
 type Config struct {
@@ -56,6 +80,12 @@ type Config struct {
 	Secret string
 	// TTL is how long minted credentials last; 0 means DefaultTTL.
 	TTL time.Duration
+	// TCPRelay allows TCP allocations (RFC 6062), whose Connect then
+	// reaches only the ICE over TCP port; off, they are refused.
+	TCPRelay bool
+	// MaxAllocations is the most allocations one credential holds at
+	// once; 0 means DefaultMaxAllocations, negative no limit.
+	MaxAllocations int
 	// Now is the clock of minted credentials; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -68,15 +98,29 @@ type Server struct {
 	udp  net.PacketConn
 	tcp  net.Listener
 	port int
+
+	// mediaUDP and mediaTCP are the ports of Vigil's media on this host
+	// (SetMediaPorts); 0 until set, and then nothing is relayed.
+	mediaUDP, mediaTCP atomic.Int32
+
+	// mu guards revoked and live; nothing is locked while holding it
+	// (sockets are closed after it is released).
+	mu      sync.Mutex
+	revoked map[revocationKey]revocation
+	live    map[string]map[*relayed]struct{} // by username: its relayed sockets
 }
 
-// New starts a TURN server on cfg.Addr over UDP and TCP.
+// New starts a TURN server on cfg.Addr over UDP and TCP. It relays
+// nothing until SetMediaPorts names the media ports.
 func New(cfg Config) (*Server, error) {
 	if cfg.Secret == "" {
 		return nil, errors.New("relay: no secret")
 	}
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultTTL
+	}
+	if cfg.MaxAllocations == 0 {
+		cfg.MaxAllocations = DefaultMaxAllocations
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -108,20 +152,19 @@ func New(cfg Config) (*Server, error) {
 			cfg.Host = "127.0.0.1"
 		}
 	}
-	s := &Server{cfg: cfg, udp: udp, tcp: tcp, port: port}
-	gen := func() turn.RelayAddressGenerator {
-		return &turn.RelayAddressGeneratorStatic{RelayAddress: cfg.RelayIP, Address: "0.0.0.0"}
-	}
+	s := &Server{cfg: cfg, udp: udp, tcp: tcp, port: port,
+		revoked: map[revocationKey]revocation{}, live: map[string]map[*relayed]struct{}{}}
 	logs := pionLogs{log: cfg.Logger}
 	s.srv, err = turn.NewServer(turn.ServerConfig{
 		Realm:         Realm,
 		AuthHandler:   s.authenticate,
+		QuotaHandler:  s.underQuota,
 		LoggerFactory: logs,
 		PacketConnConfigs: []turn.PacketConnConfig{{
-			PacketConn: udp, RelayAddressGenerator: gen(), PermissionHandler: s.permit,
+			PacketConn: udp, RelayAddressGenerator: s.generator(), PermissionHandler: s.permit,
 		}},
 		ListenerConfigs: []turn.ListenerConfig{{
-			Listener: tcp, RelayAddressGenerator: gen(), PermissionHandler: s.permit,
+			Listener: tcp, RelayAddressGenerator: s.generator(), PermissionHandler: s.permit,
 		}},
 	})
 	if err != nil {
@@ -132,63 +175,36 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// SetMediaPorts names the ports of Vigil's media on this host: udp, the
+// ICE UDP mux; tcp, ICE over TCP (0: off). Relayed sockets reach these
+// ports of this host's addresses and nothing else.
+func (s *Server) SetMediaPorts(udp, tcp int) {
+	s.mediaUDP.Store(int32(udp))
+	s.mediaTCP.Store(int32(tcp))
+}
+
 // Port is the port number of both listeners.
 func (s *Server) Port() int { return s.port }
 
 // Close stops the server and releases every allocation.
 func (s *Server) Close() error { return s.srv.Close() }
 
-// Credentials mints a username and password for identity, valid for the
-// configured TTL.
-func (s *Server) Credentials(identity string) (username, password string) {
-	username = strconv.FormatInt(s.cfg.Now().Add(s.cfg.TTL).Unix(), 10) + ":" + identity
-	return username, Password(s.cfg.Secret, username)
-}
+// Allocations is the number of allocations open.
+func (s *Server) Allocations() int { return s.srv.AllocationCount() }
 
-// Password is base64(HMAC-SHA1(secret, username)), the TURN REST password.
-func Password(secret, username string) string {
-	m := hmac.New(sha1.New, []byte(secret))
-	m.Write([]byte(username))
-	return base64.StdEncoding.EncodeToString(m.Sum(nil))
-}
-
-// ICEServers are the TURN URLs (UDP and TCP) with credentials minted for
-// identity, as clients are handed them.
-func (s *Server) ICEServers(identity string) []webrtc.ICEServer {
-	user, pass := s.Credentials(identity)
-	hp := net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.port))
-	return []webrtc.ICEServer{{
-		URLs:       []string{"turn:" + hp + "?transport=udp", "turn:" + hp + "?transport=tcp"},
-		Username:   user,
-		Credential: pass,
-	}}
-}
-
-// authenticate checks a REST username: "<expiry>:<identity>", not
-// expired for a new allocation, and returns the key of the password its
-// HMAC gives (pion/turn then checks the request's integrity with it).
-// The requests that keep an existing allocation alive (Refresh,
-// CreatePermission, ChannelBind, and TCP Connect and ConnectionBind) are
-// let through after the expiry, so that a call relayed for longer than
-// the TTL goes on: they only act on the allocation of their own 5-tuple,
-// made while the credentials were valid.
-func (s *Server) authenticate(ra *turn.RequestAttributes) (string, []byte, bool) {
-	expiry, identity, ok := strings.Cut(ra.Username, ":")
-	if !ok {
-		s.cfg.Logger.Debug("turn: refused username", "username", ra.Username, "src", ra.SrcAddr.String())
-		return "", nil, false
-	}
-	t, err := strconv.ParseInt(expiry, 10, 64)
-	if err != nil || (ra.Method == stun.MethodAllocate && time.Now().Unix() > t) {
-		s.cfg.Logger.Debug("turn: expired or malformed username", "username", ra.Username, "src", ra.SrcAddr.String())
-		return "", nil, false
-	}
-	return identity, turn.GenerateAuthKey(ra.Username, ra.Realm, Password(s.cfg.Secret, ra.Username)), true
-}
-
-// permit grants permissions to this host's own addresses only.
+// permit grants permissions to this host's own addresses only. The
+// relayed sockets narrow that to the media ports.
 func (s *Server) permit(_ net.Addr, peer net.IP) bool {
-	if peer.IsLoopback() || peer.Equal(s.cfg.RelayIP) || (s.cfg.PublicIP != nil && peer.Equal(s.cfg.PublicIP)) {
+	if s.hostIP(peer) {
+		return true
+	}
+	s.cfg.Logger.Debug("turn: permission refused", "peer", peer.String())
+	return false
+}
+
+// hostIP reports whether ip is one of this host's addresses.
+func (s *Server) hostIP(ip net.IP) bool {
+	if ip.IsLoopback() || ip.Equal(s.cfg.RelayIP) || (s.cfg.PublicIP != nil && ip.Equal(s.cfg.PublicIP)) {
 		return true
 	}
 	addrs, err := net.InterfaceAddrs()
@@ -196,11 +212,10 @@ func (s *Server) permit(_ net.Addr, peer net.IP) bool {
 		return false
 	}
 	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(peer) {
+		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
 			return true
 		}
 	}
-	s.cfg.Logger.Debug("turn: permission refused", "peer", peer.String())
 	return false
 }
 

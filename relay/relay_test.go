@@ -69,9 +69,9 @@ func TestCredentials(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	s := start(t)
-	user, pass := s.Credentials("alice")
+	user, pass := s.Credentials("exam", "alice")
 	exp, id, _ := strings.Cut(user, ":")
-	if id != "alice" {
+	if id != "exam:alice" {
 		t.Fatalf("username %q", user)
 	}
 	if e, _ := strconv.ParseInt(exp, 10, 64); time.Until(time.Unix(e, 0)) < 50*time.Second || time.Until(time.Unix(e, 0)) > time.Minute {
@@ -88,12 +88,14 @@ func TestCredentials(t *testing.T) {
 		if ua, ok := a.(*net.UDPAddr); !ok || !ua.IP.Equal(net.IPv4(127, 0, 0, 1)) {
 			t.Fatalf("%s: relayed address %v, want 127.0.0.1", network, a)
 		}
-		past := strconv.FormatInt(time.Now().Add(-time.Second).Unix(), 10) + ":alice"
+		past := strconv.FormatInt(time.Now().Add(-time.Second).Unix(), 10) + ":exam:alice"
 		refused := map[string][2]string{
 			"wrong password": {user, relay.Password("other", user)},
-			"forged name":    {exp + ":mallory", pass},
+			"forged name":    {exp + ":exam:mallory", pass},
+			"forged room":    {exp + ":other:alice", pass},
 			"expired":        {past, relay.Password("s3cret", past)},
-			"no expiry":      {"alice", relay.Password("s3cret", "alice")},
+			"no expiry":      {"exam:alice", relay.Password("s3cret", "exam:alice")},
+			"no room":        {exp + ":alice", relay.Password("s3cret", exp+":alice")},
 		}
 		for what, cred := range refused {
 			if _, err := allocate(t, s, network, cred[0], cred[1]); err == nil {
@@ -101,9 +103,9 @@ func TestCredentials(t *testing.T) {
 			}
 		}
 	}
-	ice := s.ICEServers("bob")
+	ice := s.ICEServers("exam", "bob")
 	if len(ice) != 1 || len(ice[0].URLs) != 2 || ice[0].URLs[0] != "turn:127.0.0.1:"+strconv.Itoa(s.Port())+"?transport=udp" ||
-		ice[0].URLs[1] != "turn:127.0.0.1:"+strconv.Itoa(s.Port())+"?transport=tcp" || !strings.HasSuffix(ice[0].Username, ":bob") {
+		ice[0].URLs[1] != "turn:127.0.0.1:"+strconv.Itoa(s.Port())+"?transport=tcp" || !strings.HasSuffix(ice[0].Username, ":exam:bob") {
 		t.Fatalf("ice servers %+v", ice)
 	}
 }
@@ -115,7 +117,7 @@ func TestExpiryDuringAllocation(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	s := start(t)
-	user := strconv.FormatInt(time.Now().Add(1500*time.Millisecond).Unix(), 10) + ":alice"
+	user := strconv.FormatInt(time.Now().Add(1500*time.Millisecond).Unix(), 10) + ":exam:alice"
 	pass := relay.Password("s3cret", user)
 	addr := "127.0.0.1:" + strconv.Itoa(s.Port())
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")

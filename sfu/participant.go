@@ -282,6 +282,9 @@ func (p *Participant) leaveWith(ev LeftEvent, fromRoom bool) {
 		d.detach()
 	}
 	p.closePC()
+	if reason == ReasonKicked || reason == ReasonRevoked {
+		p.room.sfu.RevokeICEServers(p.room.name, p.identity)
+	}
 	p.left.Wait()
 	close(p.done)
 	p.sink.Deliver(ev)

@@ -136,7 +136,7 @@ func (r *Room) Join(cfg JoinConfig) (*Participant, error) {
 	p.sink.Deliver(JoinedEvent{
 		Room: r.name, Kind: r.kind, Identity: p.identity, Role: p.role,
 		Permissions:  permissionsOf(r.kind, p.role),
-		ICEServers:   r.sfu.ICEServersFor(p.identity),
+		ICEServers:   r.sfu.ICEServersFor(r.name, p.identity),
 		Participants: roster,
 	})
 	r.mu.Unlock()

@@ -52,10 +52,14 @@ type Config struct {
 	PublicIPs []string
 	// ICEServers are handed to clients in the joined event.
 	ICEServers []webrtc.ICEServer
-	// ICEServersFor, if set, adds ICE servers for one participant (say
-	// TURN with credentials minted for it) to ICEServers, in its joined
-	// event and in WHIP/WHEP Link headers.
-	ICEServersFor func(identity string) []webrtc.ICEServer
+	// ICEServersFor, if set, adds ICE servers for one participant of a
+	// room (say TURN with credentials minted for it) to ICEServers, in
+	// its joined event and in WHIP/WHEP Link headers.
+	ICEServersFor func(room, identity string) []webrtc.ICEServer
+	// RevokeICEServers, if set, is told that what ICEServersFor handed an
+	// identity in a room must stop working: the participant was kicked
+	// or its tokens revoked (RevokeICEServers).
+	RevokeICEServers func(room, identity string)
 	// SocketBuffer is the receive and send buffer asked for on the media
 	// UDP socket, in bytes: it absorbs the bursts that come while the
 	// server is off the CPU (the kernel's default, about 200 KB, holds
@@ -380,14 +384,24 @@ func (g twccGate) BindLocalStream(info *interceptor.StreamInfo, w interceptor.RT
 // ICEServers are the ICE servers handed to clients.
 func (s *SFU) ICEServers() []webrtc.ICEServer { return s.cfg.ICEServers }
 
-// ICEServersFor are the ICE servers handed to the participant identity:
-// Config.ICEServers, then those of Config.ICEServersFor.
-func (s *SFU) ICEServersFor(identity string) []webrtc.ICEServer {
+// ICEServersFor are the ICE servers handed to the participant identity
+// of room: Config.ICEServers, then those of Config.ICEServersFor.
+func (s *SFU) ICEServersFor(room, identity string) []webrtc.ICEServer {
 	out := append([]webrtc.ICEServer{}, s.cfg.ICEServers...) // never null on the wire
 	if s.cfg.ICEServersFor != nil {
-		out = append(out, s.cfg.ICEServersFor(identity)...)
+		out = append(out, s.cfg.ICEServersFor(room, identity)...)
 	}
 	return out
+}
+
+// RevokeICEServers makes the ICE servers credentials handed to identity
+// in room so far stop working (Config.RevokeICEServers). A participant
+// kicked or revoked calls it as it leaves; a revocation of an identity
+// that is not in the room must call it too.
+func (s *SFU) RevokeICEServers(room, identity string) {
+	if s.cfg.RevokeICEServers != nil {
+		s.cfg.RevokeICEServers(room, identity)
+	}
 }
 
 // LocalAddr is the media UDP address.

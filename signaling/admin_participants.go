@@ -258,6 +258,8 @@ func (a *participantsAPI) revokeTokens(c *gin.Context) {
 	// joining).
 	at := a.srv.tokens.Revoke(r.Name(), req.Identity)
 	a.srv.fed.Revoked(r.Name(), req.Identity, at)
+	// Its TURN credentials too, whether or not it is in the room now.
+	a.srv.sfu.RevokeICEServers(r.Name(), req.Identity)
 	out := revokeResponse{Room: r.Name(), Identity: req.Identity, RevokedAt: at.UTC()}
 	if p := r.Participant(req.Identity); p != nil {
 		p.Leave(sfu.ReasonRevoked)

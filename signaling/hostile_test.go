@@ -139,7 +139,8 @@ func TestRelayOnlyClients(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	turnSrv := startTURN(t)
-	srv := vigiltest.StartWith(t, vigiltest.Options{SFU: sfu.Config{ICEServersFor: turnSrv.ICEServers}})
+	srv := vigiltest.StartWith(t, vigiltest.Options{SFU: sfu.Config{ICEServersFor: turnSrv.ICEServers, RevokeICEServers: turnSrv.Revoke}})
+	turnSrv.SetMediaPorts(srv.SFU.LocalAddr().(*net.UDPAddr).Port, 0)
 	srv.CreateRoom(t, "relay", "conference")
 	api := restrictedAPI(t, webrtc.NetworkTypeUDP4, webrtc.NetworkTypeTCP4)
 	clients := map[string]*wsClient{}

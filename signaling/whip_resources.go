@@ -151,7 +151,7 @@ func (t *resourceTable) join(c *gin.Context, req joinRequest) {
 		return
 	}
 	h := c.Writer.Header()
-	for _, l := range iceLinks(t.srv.sfu.ICEServersFor(req.claims.Subject)) {
+	for _, l := range iceLinks(t.srv.sfu.ICEServersFor(req.room.Name(), req.claims.Subject)) {
 		h.Add("Link", l)
 	}
 	h.Set("Location", "/"+req.kind+"/"+req.room.Name()+"/"+res.id)

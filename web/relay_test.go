@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"testing"
 	"time"
 
@@ -61,7 +62,8 @@ func TestRelayOnlyPagesDecode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = turnSrv.Close() })
-	srv := vigiltest.StartWith(t, vigiltest.Options{SFU: sfu.Config{ICEServersFor: turnSrv.ICEServers}})
+	srv := vigiltest.StartWith(t, vigiltest.Options{SFU: sfu.Config{ICEServersFor: turnSrv.ICEServers, RevokeICEServers: turnSrv.Revoke}})
+	turnSrv.SetMediaPorts(srv.SFU.LocalAddr().(*net.UDPAddr).Port, 0)
 	srv.CreateRoom(t, "relayed", "conference")
 	b := startBrowser(t)
 

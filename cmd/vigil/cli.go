@@ -194,6 +194,12 @@ func configFrom(l *layered) (config, error) {
 	if c.TURNTTL, err = time.ParseDuration(l.get("turn-ttl")); err != nil || c.TURNTTL < time.Minute {
 		return c, fmt.Errorf("%s: TURN credentials lifetime %q: want a duration of a minute or more", where("turn-ttl"), l.get("turn-ttl"))
 	}
+	if c.TURNMaxAllocs, err = strconv.Atoi(l.get("turn-max-allocations")); err != nil || c.TURNMaxAllocs < 0 {
+		return c, fmt.Errorf("%s: %q: want a whole number, 0 or more", where("turn-max-allocations"), l.get("turn-max-allocations"))
+	}
+	if c.TURNTCPRelay, err = strconv.ParseBool(l.get("turn-tcp-relay")); err != nil {
+		return c, fmt.Errorf("%s: %q: want true or false", where("turn-tcp-relay"), l.get("turn-tcp-relay"))
+	}
 	if c.Retention, err = time.ParseDuration(l.get("recordings-retention")); err != nil {
 		return c, fmt.Errorf("%s: %w", where("recordings-retention"), err)
 	}

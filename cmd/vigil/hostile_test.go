@@ -34,7 +34,9 @@ func freePort(t *testing.T) int {
 // TestHostileNetworkSettings: -tcp-port and -turn-port open the ICE TCP
 // port and the embedded TURN server; a participant's joined event
 // carries the TURN URLs (UDP and TCP) with credentials minted for it,
-// which allocate a relayed address from the running binary over both.
+// which allocate a relayed address from the running binary over both;
+// a TCP allocation is refused, and once the participant is revoked its
+// credentials allocate nothing.
 func TestHostileNetworkSettings(t *testing.T) {
 	tcpPort, turnPort := freePort(t), freePort(t)
 	p := startVigil(t, "-tcp-port", strconv.Itoa(tcpPort), "-turn-port", strconv.Itoa(turnPort), "-public-ip", "127.0.0.1")
@@ -104,8 +106,44 @@ func TestHostileNetworkSettings(t *testing.T) {
 			t.Fatalf("%s: allocate with the joined credentials: %v", network, err)
 		}
 		_ = relayed.Close()
+		if network == "tcp" {
+			// An RFC 6062 TCP allocation, to reach a loopback TCP service:
+			// refused by default.
+			redis, err := net.Listen("tcp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if alloc, err := client.AllocateTCP(); err == nil {
+				_, cerr := alloc.Connect(redis.Addr())
+				_ = alloc.Close()
+				t.Errorf("TCP allocation granted by default (connect to a loopback service: %v)", cerr)
+			}
+			_ = redis.Close()
+		}
 		client.Close()
 		_ = conn.Close()
+	}
+	// Revoked: the credentials allocate nothing more.
+	if code, body := p.do(t, "POST", "/v1/rooms/r/tokens/revoke", "k", `{"identity":"alice"}`); code != 200 {
+		t.Fatalf("revoke: %d %s", code, body)
+	}
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: hp, TURNServerAddr: hp, Conn: conn,
+		Username: user, Password: pass, Realm: relay.Realm, RTO: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	if relayed, err := client.Allocate(); err == nil {
+		_ = relayed.Close()
+		t.Fatal("allocated with the credentials of a revoked participant")
 	}
 }
 
@@ -123,8 +161,12 @@ func TestHostileNetworkConfig(t *testing.T) {
 		return configFrom(l)
 	}
 	c, err := parse(nil)
-	if err != nil || c.TCPPort != 0 || c.TURNPort != 0 || c.TURNTTL != time.Hour || c.TURNSecret != "" {
+	if err != nil || c.TCPPort != 0 || c.TURNPort != 0 || c.TURNTTL != time.Hour || c.TURNSecret != "" || c.TURNMaxAllocs != 8 || c.TURNTCPRelay {
 		t.Fatalf("defaults: %v %+v", err, c)
+	}
+	c, err = parse(map[string]string{"VIGIL_TURN_MAX_ALLOCATIONS": "0", "VIGIL_TURN_TCP_RELAY": "true"})
+	if err != nil || c.TURNMaxAllocs != 0 || !c.TURNTCPRelay {
+		t.Fatalf("TURN quota and TCP relay: %v %+v", err, c)
 	}
 	c, err = parse(map[string]string{"VIGIL_TCP_PORT": "7881", "VIGIL_TURN_PORT": "3478", "VIGIL_TURN_SECRET": "s", "VIGIL_TURN_TTL": "10m"})
 	if err != nil || c.TCPPort != 7881 || c.TURNPort != 3478 || c.TURNSecret != "s" || c.TURNTTL != 10*time.Minute {
@@ -133,6 +175,7 @@ func TestHostileNetworkConfig(t *testing.T) {
 	for _, bad := range []map[string]string{
 		{"VIGIL_TCP_PORT": "70000"}, {"VIGIL_TURN_PORT": "-1"}, {"VIGIL_TCP_PORT": "3478", "VIGIL_TURN_PORT": "3478"},
 		{"VIGIL_TURN_TTL": "10s"}, {"VIGIL_TURN_TTL": "soon"},
+		{"VIGIL_TURN_MAX_ALLOCATIONS": "-1"}, {"VIGIL_TURN_MAX_ALLOCATIONS": "many"}, {"VIGIL_TURN_TCP_RELAY": "maybe"},
 	} {
 		if _, err := parse(bad); err == nil {
 			t.Errorf("%v accepted", bad)

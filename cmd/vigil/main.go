@@ -47,6 +47,8 @@ type config struct {
 	TURNPort      int // embedded TURN server, 0: off
 	TURNSecret    string
 	TURNTTL       time.Duration
+	TURNMaxAllocs int  // per credential, 0: no limit
+	TURNTCPRelay  bool // TCP allocations (RFC 6062)
 	PublicIP      string
 	RecordingsDir string
 	DataDir       string // the incidents database
@@ -193,10 +195,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 		UDPAddr: fmt.Sprintf(":%d", cfg.UDPPort), PublicIPs: publicIPs, ICEServers: iceServers,
 		IncludeLoopback: true, Logger: logger, Observer: sfu.Observers{rec, monitor},
 		ReconnectGrace: cfg.GracePeriod, MaxRooms: cfg.MaxRooms, MaxParticipants: cfg.MaxPeople, MaxTracks: noLimit(cfg.MaxTracks),
-		TCPAddr: tcpAddr(cfg.TCPPort), ICEServersFor: iceServersFor(turnSrv),
+		TCPAddr: tcpAddr(cfg.TCPPort), ICEServersFor: iceServersFor(turnSrv), RevokeICEServers: revokeICEServers(turnSrv),
 	})
 	if err != nil {
 		return err
+	}
+	if turnSrv != nil {
+		// TURN relays to the media ports of this host, nothing else.
+		turnSrv.SetMediaPorts(portOf(media.LocalAddr()), portOf(media.TCPAddr()))
 	}
 	// The signaling server closes the media core once it exists (every
 	// room ends with its reason); until then this does.
@@ -320,7 +326,8 @@ func startTURN(cfg config, logger *slog.Logger) (*relay.Server, error) {
 		m.Write([]byte("vigil turn secret"))
 		secret = hex.EncodeToString(m.Sum(nil))
 	}
-	rc := relay.Config{Addr: fmt.Sprintf(":%d", cfg.TURNPort), Secret: secret, TTL: cfg.TURNTTL, Host: cfg.PublicIP, Logger: logger}
+	rc := relay.Config{Addr: fmt.Sprintf(":%d", cfg.TURNPort), Secret: secret, TTL: cfg.TURNTTL, Host: cfg.PublicIP,
+		MaxAllocations: noLimit(cfg.TURNMaxAllocs), TCPRelay: cfg.TURNTCPRelay, Logger: logger}
 	if cfg.PublicIP != "" {
 		rc.PublicIP = net.ParseIP(cfg.PublicIP)
 	} else {
@@ -343,11 +350,31 @@ func firstHostIPv4() string {
 
 // iceServersFor hands each participant the TURN server with credentials
 // minted for it; nil when there is no TURN server.
-func iceServersFor(r *relay.Server) func(string) []webrtc.ICEServer {
+func iceServersFor(r *relay.Server) func(room, identity string) []webrtc.ICEServer {
 	if r == nil {
 		return nil
 	}
 	return r.ICEServers
+}
+
+// revokeICEServers makes the TURN credentials of a kicked or revoked
+// participant stop working; nil when there is no TURN server.
+func revokeICEServers(r *relay.Server) func(room, identity string) {
+	if r == nil {
+		return nil
+	}
+	return r.Revoke
+}
+
+// portOf is the port of a UDP or TCP address, 0 for nil.
+func portOf(a net.Addr) int {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.Port
+	case *net.TCPAddr:
+		return a.Port
+	}
+	return 0
 }
 
 // noLimit maps a setting's 0 (no limit) to the negative value the

@@ -34,6 +34,8 @@ func settings() []setting {
 		{flag: "turn-port", env: "VIGIL_TURN_PORT", key: "turn_port", def: "0", usage: "`port` of the embedded TURN server, UDP and TCP, e.g. 3478; 0: off"},
 		{flag: "turn-secret", env: "VIGIL_TURN_SECRET", key: "turn_secret", usage: "shared `secret` of the TURN REST credentials minted per join; derived from the admin key when empty", secret: true},
 		{flag: "turn-ttl", env: "VIGIL_TURN_TTL", key: "turn_ttl", def: "1h", usage: "how long minted TURN credentials last (`duration`)"},
+		{flag: "turn-max-allocations", env: "VIGIL_TURN_MAX_ALLOCATIONS", key: "turn_max_allocations", def: "8", usage: "most TURN allocations one participant's credentials hold at once (`n`); 0: no limit"},
+		{flag: "turn-tcp-relay", env: "VIGIL_TURN_TCP_RELAY", key: "turn_tcp_relay", def: "false", usage: "allow TCP allocations (RFC 6062), which then reach only the ICE over TCP port (`bool`); relaying over UDP to the media port needs none"},
 		{flag: "public-ip", env: "VIGIL_PUBLIC_IP", key: "public_ip", usage: "`address` advertised to clients beside the local ones (behind NAT)"},
 		{flag: "recordings-dir", env: "VIGIL_RECORDINGS_DIR", key: "recordings_dir", def: "recordings/data", usage: "`directory` recordings are written to"},
 		{flag: "data-dir", env: "VIGIL_DATA_DIR", key: "data_dir", def: "data", usage: "`directory` of the server's database (incidents of proctored exams), created 0700"},
