@@ -1,0 +1,198 @@
+package signaling_test
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/webrtc/v4"
+	"github.com/vigil-media/vigil/incidents"
+	"github.com/vigil-media/vigil/signaling/vigiltest"
+	"github.com/vigil-media/vigil/webhooks"
+)
+
+// scrapeText GETs /metrics and returns its text.
+func scrapeText(t *testing.T, srv *vigiltest.Server) string {
+	t.Helper()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: %d %v", resp.StatusCode, err)
+	}
+	return string(b)
+}
+
+var httpSeriesRE = regexp.MustCompile(`(?m)^vigil_http_request_duration_seconds_count\{code="([^"]*)",method="([^"]*)",route="([^"]*)"\}`)
+
+// httpSeries returns the label sets of the HTTP latency histogram.
+func httpSeries(text string) map[[3]string]bool {
+	out := map[[3]string]bool{}
+	for _, m := range httpSeriesRE.FindAllStringSubmatch(text, -1) {
+		out[[3]string{m[1], m[2], m[3]}] = true
+	}
+	return out
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// TestHTTPMetricsBoundedUnderMadeUpMethodsAndPaths is the attack of
+// issue 16: anyone, without a key, sends 600 requests with made-up
+// methods and 600 to random paths. The latency histogram labels methods
+// from a fixed set and routes from the router's patterns, so /metrics
+// gains at most a few series (route "unmatched", method "other"), not
+// one per request.
+func TestHTTPMetricsBoundedUnderMadeUpMethodsAndPaths(t *testing.T) {
+	srv := vigiltest.Start(t)
+	srv.CreateRoom(t, "lobby", "broadcast")
+	before := scrapeText(t, srv)
+	seriesBefore := httpSeries(before)
+
+	client := &http.Client{Timeout: 30 * time.Second}
+	do := func(method, path string) {
+		req, err := http.NewRequest(method, srv.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Errorf("%s %s: %d", method, path, resp.StatusCode)
+		}
+	}
+	paths := []string{"/v1/rooms", "/v1/rooms/lobby", "/metrics", "/nope"}
+	for i := range 600 {
+		do("X"+strings.ToUpper(randomHex(6)), paths[i%len(paths)])
+	}
+	for range 600 {
+		do(http.MethodGet, "/"+randomHex(8)+"/"+randomHex(4))
+	}
+	after := scrapeText(t, srv)
+	seriesAfter := httpSeries(after)
+	t.Logf("/metrics: %d series of vigil_http_request_duration_seconds, %d bytes before; %d series, %d bytes after 1200 hostile requests",
+		len(seriesBefore), len(before), len(seriesAfter), len(after))
+
+	fixed := map[string]bool{"GET": true, "POST": true, "PATCH": true, "DELETE": true, "OPTIONS": true, "HEAD": true, "other": true}
+	added := 0
+	for s := range seriesAfter {
+		code, method, route := s[0], s[1], s[2]
+		if !fixed[method] {
+			t.Errorf("method label %q outside the fixed set", method)
+		}
+		if route != "unmatched" && !strings.HasPrefix(route, "/") {
+			t.Errorf("route label %q is not a route pattern", route)
+		}
+		if strings.Contains(route, "lobby") {
+			t.Errorf("route label %q carries a path, not the pattern", route)
+		}
+		if !seriesBefore[s] {
+			added++
+			t.Logf("new series: code=%s method=%s route=%s", code, method, route)
+		}
+	}
+	// Each path, with "other" or GET, and its status: a handful.
+	if added > 12 {
+		t.Errorf("%d series added by 1200 hostile requests, want a handful", added)
+	}
+	if len(after)-len(before) > 64<<10 {
+		t.Errorf("/metrics grew by %d bytes", len(after)-len(before))
+	}
+}
+
+// hookSink is a real webhook receiver that keeps the events it got.
+type hookSink struct {
+	mu     sync.Mutex
+	events []webhooks.Event
+}
+
+func (h *hookSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	if err := webhooks.Verify("hook-secret", r.Header.Get(webhooks.SignatureHeader), body, time.Now(), 5*time.Minute); err != nil {
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	var ev webhooks.Event
+	if err := json.Unmarshal(body, &ev); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	h.mu.Lock()
+	h.events = append(h.events, ev)
+	h.mu.Unlock()
+}
+
+func (h *hookSink) incidents() []incidents.Incident {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []incidents.Incident
+	for _, ev := range h.events {
+		if ev.Type == webhooks.IncidentCreated {
+			var inc incidents.Incident
+			_ = json.Unmarshal(ev.Data, &inc)
+			out = append(out, inc)
+		}
+	}
+	return out
+}
+
+// TestIncidentsReachWebhooksAndMetrics: an incident a candidate's page
+// reports and one a proctor flags each reach the webhook receiver as
+// incident.created (the stored incident, same id) and count in
+// vigil_incidents_total by type.
+func TestIncidentsReachWebhooksAndMetrics(t *testing.T) {
+	sink := &hookSink{}
+	rx := httptest.NewServer(sink)
+	defer rx.Close()
+	hooks, err := webhooks.New(webhooks.Config{URLs: []string{rx.URL}, Secret: "hook-secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hooks.Close(time.Second)
+	srv := vigiltest.StartWith(t, vigiltest.Options{Webhooks: hooks})
+	if m := scrapeText(t, srv); !strings.Contains(m, `vigil_incidents_total{type="tab_hidden"} 0`) {
+		t.Fatalf("the incident counter is not exposed at 0 before any incident")
+	}
+	syn := newSynthetic(t, "cand")
+	proctor, candidate := examRoom(t, srv, "exam-hooks", "cand", map[string]webrtc.TrackLocal{"camera": syn.video, "microphone": syn.audio})
+	if status, body, _ := candidate.post(mustJSON(map[string]any{"type": "report_incident", "data": map[string]string{"type": "tab_hidden"}}), ""); status != http.StatusOK {
+		t.Fatalf("report_incident: %d %s", status, body)
+	}
+	if status, body, _ := proctor.post(mustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": "cand", "note": "look"}}), ""); status != http.StatusOK {
+		t.Fatalf("flag_incident: %d %s", status, body)
+	}
+	reported := incidentEvent(t, proctor, 10*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.TabHidden })
+	flagged := incidentEvent(t, proctor, 10*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.Manual })
+	waitFor(t, 20*time.Second, "incident.created webhooks", func() bool {
+		got := map[string]bool{}
+		for _, inc := range sink.incidents() {
+			got[inc.ID] = inc.Room == "exam-hooks" && inc.Identity == "cand"
+		}
+		return got[reported.ID] && got[flagged.ID]
+	})
+	m := scrapeText(t, srv)
+	for _, want := range []string{`vigil_incidents_total{type="tab_hidden"} 1`, `vigil_incidents_total{type="manual"} 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics has no %s", want)
+		}
+	}
+	t.Logf("webhook incident.created events: %d", len(sink.incidents()))
+}
