@@ -4,10 +4,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -195,4 +199,84 @@ func TestIncidentsReachWebhooksAndMetrics(t *testing.T) {
 		}
 	}
 	t.Logf("webhook incident.created events: %d", len(sink.incidents()))
+}
+
+// heapInUse is the live heap after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// rss is the process's resident set size from /proc, or 0.
+func rss() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// TestOfferMadeUpMidsBounded is the attack of issue 16: a broadcast
+// viewer sends 200 offers, each declaring 2,500 made-up mids in sources.
+// Each is refused (400 invalid_sdp: the offer sends on none of them) and
+// nothing of it is kept, so the server's heap does not grow with them;
+// the viewer's honest offer is then answered and connects.
+func TestOfferMadeUpMidsBounded(t *testing.T) {
+	srv := vigiltest.Start(t)
+	srv.CreateRoom(t, "stage", "broadcast")
+	viewer := dial(t, srv, "stage", "viewer", "viewer")
+	viewer.waitEvent("joined", nil)
+	if _, err := viewer.pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+		t.Fatal(err)
+	}
+	offer, err := viewer.pc.CreateOffer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := viewer.pc.SetLocalDescription(offer); err != nil {
+		t.Fatal(err)
+	}
+	heapBefore, rssBefore := heapInUse(), rss()
+	codes := map[string]int{}
+	for i := range 200 {
+		sources := make(map[string]string, 2500)
+		for j := range 2500 {
+			sources[fmt.Sprintf("%03d-%04d", i, j)] = "camera"
+		}
+		status, body, _ := viewer.post(mustJSON(map[string]any{"type": "offer", "data": map[string]any{"sdp": offer.SDP, "sources": sources}}), "")
+		if status != http.StatusBadRequest {
+			t.Fatalf("offer %d with made-up mids: %d %s", i, status, body)
+		}
+		codes[errorCode(t, body)]++
+	}
+	heapAfter, rssAfter := heapInUse(), rss()
+	t.Logf("200 offers x 2500 made-up mids: refusals %v; heap %d -> %d KiB (%+d KiB); RSS %d -> %d KiB (%+d KiB)",
+		codes, heapBefore>>10, heapAfter>>10, (int64(heapAfter)-int64(heapBefore))>>10,
+		rssBefore>>10, rssAfter>>10, (int64(rssAfter)-int64(rssBefore))>>10)
+	if codes["invalid_sdp"] != 200 {
+		t.Errorf("refusals %v, want 200 invalid_sdp", codes)
+	}
+	// Kept, 500,000 keys would be tens of MB; bound only what no
+	// keeping could stay under.
+	if grew := int64(heapAfter) - int64(heapBefore); grew > 16<<20 {
+		t.Errorf("the heap grew by %d MiB", grew>>20)
+	}
+
+	// The server goes on serving the viewer: its honest offer is
+	// answered and connects.
+	if status, body, _ := viewer.post(mustJSON(map[string]any{"type": "offer", "data": map[string]any{"sdp": offer.SDP, "sources": map[string]string{}}}), ""); status != http.StatusOK {
+		t.Fatalf("honest offer: %d %s", status, body)
+	}
+	waitFor(t, 20*time.Second, "the viewer connected", func() bool {
+		return viewer.pc.ConnectionState() == webrtc.PeerConnectionStateConnected
+	})
 }
