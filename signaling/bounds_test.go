@@ -19,6 +19,7 @@ import (
 
 	"github.com/pion/webrtc/v4"
 	"github.com/vigil-media/vigil/incidents"
+	"github.com/vigil-media/vigil/signaling"
 	"github.com/vigil-media/vigil/signaling/vigiltest"
 	"github.com/vigil-media/vigil/webhooks"
 )
@@ -279,4 +280,41 @@ func TestOfferMadeUpMidsBounded(t *testing.T) {
 	waitFor(t, 20*time.Second, "the viewer connected", func() bool {
 		return viewer.pc.ConnectionState() == webrtc.PeerConnectionStateConnected
 	})
+}
+
+// TestRateLimitIPv6PerPrefix: behind a trusted proxy, IPv6 clients are
+// limited per /64, so one subscriber cannot get a fresh bucket by
+// picking another address of its prefix; a flood of clients from other
+// prefixes each gets its own bucket (no shared overflow bucket that one
+// flood could exhaust for everyone), and the spent prefix stays spent.
+func TestRateLimitIPv6PerPrefix(t *testing.T) {
+	srv := vigiltest.StartWith(t, vigiltest.Options{Configure: func(c *signaling.Config) {
+		c.MintRate = 0.01 // a burst of 1, then one token per 100 s
+		c.TrustedProxies = []string{"127.0.0.1"}
+	}})
+	srv.CreateRoom(t, "class", "conference")
+	mint := func(from string) (*http.Response, []byte) {
+		return request(t, srv, "POST", "/v1/rooms/class/tokens",
+			map[string]string{"Authorization": "Bearer " + srv.AdminKey, "X-Forwarded-For": from},
+			`{"identity":"p","role":"participant"}`)
+	}
+	if resp, body := mint("2001:db8:a:b::1"); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("first mint: %d %s", resp.StatusCode, body)
+	}
+	resp, body := mint("2001:db8:a:b:ffff::2")
+	wantRateLimited(t, "another address of the same /64", resp, body)
+
+	const others = 2000
+	allowed := 0
+	for i := range others {
+		if resp, _ := mint(fmt.Sprintf("2001:db8:%x:%x::1", 0x100+i/256, i%256)); resp.StatusCode == http.StatusCreated {
+			allowed++
+		}
+	}
+	resp, body = mint("2001:db8:a:b::3")
+	t.Logf("%d clients of other /64s: %d allowed; the spent /64 afterwards: %d", others, allowed, resp.StatusCode)
+	if allowed != others {
+		t.Errorf("%d of %d clients from other /64s allowed: they share a bucket", allowed, others)
+	}
+	wantRateLimited(t, "the spent /64 after the flood", resp, body)
 }
