@@ -318,3 +318,38 @@ func TestRateLimitIPv6PerPrefix(t *testing.T) {
 	}
 	wantRateLimited(t, "the spent /64 after the flood", resp, body)
 }
+
+// TestIdempotencyBoundedPerSession: a session POSTing messages with
+// 1000 fresh Idempotency-Keys keeps only its latest replies (its oldest
+// key runs again), and another session's reply is still replayed.
+func TestIdempotencyBoundedPerSession(t *testing.T) {
+	srv := vigiltest.Start(t)
+	srv.CreateRoom(t, "r", "conference")
+	a := dialVia(t, srv, "r", "alice", "participant", "longpoll")
+	b := dialVia(t, srv, "r", "bob", "participant", "longpoll")
+	a.waitEvent("joined", nil)
+	b.waitEvent("joined", nil)
+	bad := []byte(`{"type":"answer","data":{"sdp":"v=0"}}`) // invalid_state: cheap, and changes nothing
+	if s, body, _ := a.post(bad, "alice-key"); s != http.StatusConflict {
+		t.Fatalf("alice: %d %s", s, body)
+	}
+	const flood = 1000
+	for i := range flood {
+		if s, body, replayed := b.post(bad, fmt.Sprint("bob-", i)); s != http.StatusConflict || replayed {
+			t.Fatalf("bob's key %d: %d %s replayed=%v", i, s, body, replayed)
+		}
+	}
+	_, _, aliceReplayed := a.post(bad, "alice-key")
+	_, _, bobOldest := b.post(bad, "bob-0")
+	_, _, bobNewest := b.post(bad, fmt.Sprint("bob-", flood-1))
+	t.Logf("after %d keys of bob: alice's reply replayed=%v, bob's oldest replayed=%v, bob's newest replayed=%v", flood, aliceReplayed, bobOldest, bobNewest)
+	if !aliceReplayed {
+		t.Error("another session's flood evicted alice's reply")
+	}
+	if bobOldest {
+		t.Error("bob's oldest reply is kept after 1000 newer keys: no per-session bound")
+	}
+	if !bobNewest {
+		t.Error("bob's newest reply is not kept")
+	}
+}
