@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"weak"
 
@@ -85,6 +86,9 @@ type Monitor struct {
 	cands  map[*sfu.Participant]*candidate
 	counts map[weak.Pointer[sfu.Room]]int // incidents recorded per room instance, for MaxPerRoom
 	closed bool
+
+	onIncidentMu sync.Mutex                       // serializes OnIncident
+	onIncident   atomic.Pointer[[]func(Incident)] // see OnIncident; copied on write
 
 	stop, done chan struct{}
 }
@@ -588,7 +592,27 @@ func (m *Monitor) save(r *sfu.Room, inc Incident, kf *keyframe) (Incident, error
 	}
 	m.log.Info("incident", "room", inc.Room, "participant", inc.Identity, "type", inc.Type, "source", inc.Source, "incident", inc.ID)
 	r.NotifyProctors(Event{Incident: inc})
+	if fs := m.onIncident.Load(); fs != nil {
+		for _, f := range *fs {
+			f(inc)
+		}
+	}
 	return inc, nil
+}
+
+// OnIncident makes f receive every incident recorded from now on (once
+// stored and pushed to the proctors), after the functions already
+// registered: the server counts them (vigil_incidents_total) and sends
+// them as incident.created webhooks. f must not block.
+func (m *Monitor) OnIncident(f func(Incident)) {
+	m.onIncidentMu.Lock()
+	defer m.onIncidentMu.Unlock()
+	var fs []func(Incident)
+	if cur := m.onIncident.Load(); cur != nil {
+		fs = append(fs, *cur...)
+	}
+	fs = append(fs, f)
+	m.onIncident.Store(&fs)
 }
 
 // List returns the incidents of a room matching f, oldest first.

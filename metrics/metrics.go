@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/recordings"
 	"github.com/vigil-media/vigil/sfu"
 	"github.com/vigil-media/vigil/webhooks"
@@ -57,8 +58,11 @@ func New(version string) *Metrics {
 	}, []string{"route", "method", "code"})
 	m.incidents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "vigil_incidents_total",
-		Help: "Proctoring incidents flagged, by type.",
+		Help: "Proctoring incidents recorded (reported, detected or flagged), by type.",
 	}, []string{"type"})
+	for _, t := range incidents.Types() { // every type exposed from the start, at 0
+		m.incidents.WithLabelValues(string(t))
+	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "vigil_build_info", Help: "Always 1; the labels say which build runs.",
 	}, []string{"version", "go_version"})
@@ -79,16 +83,40 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// ObserveHTTP records one request.
+// ObserveHTTP records one request. route must be the router's pattern,
+// never the request's path ("" for a request no route matched: labelled
+// "unmatched"); method is labelled from a fixed set (HTTPMethod), so
+// that no client can add series.
 func (m *Metrics) ObserveHTTP(route, method string, status int, d time.Duration) {
 	if route == "" {
 		route = "unmatched"
 	}
-	m.http.WithLabelValues(route, method, strconv.Itoa(status)).Observe(d.Seconds())
+	if status < 100 || status > 599 {
+		status = 0
+	}
+	m.http.WithLabelValues(route, HTTPMethod(method), strconv.Itoa(status)).Observe(d.Seconds())
 }
 
-// Incident counts one incident of type typ.
-func (m *Metrics) Incident(typ string) { m.incidents.WithLabelValues(typ).Inc() }
+// HTTPMethod is the method label of a request method: one of GET, POST,
+// PATCH, DELETE, OPTIONS, HEAD, or "other" for any other (PUT included:
+// no route takes it).
+func HTTPMethod(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete, http.MethodOptions, http.MethodHead:
+		return method
+	}
+	return "other"
+}
+
+// Incident counts one incident of type typ. The types are the fixed set
+// of incidents.Types; anything else is counted as "other", so that the
+// series stay bounded.
+func (m *Metrics) Incident(typ string) {
+	if !incidents.ValidType(incidents.Type(typ)) {
+		typ = "other"
+	}
+	m.incidents.WithLabelValues(typ).Inc()
+}
 
 // WatchSFU makes every scrape read f.
 func (m *Metrics) WatchSFU(f func() sfu.Stats) { m.set(func() { m.sfu = f }) }

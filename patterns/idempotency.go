@@ -34,23 +34,39 @@ func (r Result) clone() Result {
 
 // IdempotencyConfig configures an Idempotency cache.
 type IdempotencyConfig struct {
-	TTL        time.Duration    // how long a key is remembered from its first call; <= 0 means 1h
-	MaxEntries int              // most keys remembered, oldest evicted first; <= 0 means 10000
-	Now        func() time.Time // clock; nil means time.Now
+	TTL        time.Duration // how long a key is remembered from its first call; <= 0 means 1h
+	MaxEntries int           // most keys remembered, oldest evicted first; <= 0 means 10000
+	// MaxPerScope is the most keys remembered for one scope: a new key
+	// beyond it evicts that scope's oldest, never another scope's, so
+	// one client flooding keys cannot push out another's replies. <= 0
+	// means no bound but MaxEntries.
+	MaxPerScope int
+	Now         func() time.Time // clock; nil means time.Now
 }
 
 // Idempotency runs a request's handler at most once per (scope, key) and
 // replays the stored Result to retries, so a client whose reply was lost can
-// safely retry a mutating call. It is bounded by TTL and MaxEntries and is
-// safe for concurrent use.
+// safely retry a mutating call. It is bounded by TTL, MaxEntries and
+// MaxPerScope and is safe for concurrent use.
 type Idempotency struct {
-	ttl time.Duration
-	max int
-	now func() time.Time
+	ttl      time.Duration
+	max      int
+	maxScope int
+	now      func() time.Time
 
+	// mu guards what follows; nothing is locked while holding it.
 	mu         sync.Mutex
 	m          map[idemKey]*idemEntry
 	head, tail *idemEntry // insertion order: head is oldest, so expires first
+	// scopes lists each scope's entries in insertion order (with
+	// MaxPerScope).
+	scopes map[string]*scopeList
+}
+
+// scopeList is one scope's entries, oldest first.
+type scopeList struct {
+	head, tail *idemEntry
+	n          int
 }
 
 type idemKey struct{ scope, key string }
@@ -60,7 +76,9 @@ type idemEntry struct {
 	fp         string
 	expires    time.Time
 	prev, next *idemEntry
-	linked     bool
+	// sprev and snext link the entries of one scope (with MaxPerScope).
+	sprev, snext *idemEntry
+	linked       bool
 
 	done chan struct{} // closed when fn returned (ok) or panicked (!ok)
 	ok   bool          // written before done is closed
@@ -69,7 +87,8 @@ type idemEntry struct {
 
 // NewIdempotency returns an empty cache.
 func NewIdempotency(cfg IdempotencyConfig) *Idempotency {
-	c := &Idempotency{ttl: cfg.TTL, max: cfg.MaxEntries, now: cfg.Now, m: make(map[idemKey]*idemEntry)}
+	c := &Idempotency{ttl: cfg.TTL, max: cfg.MaxEntries, maxScope: cfg.MaxPerScope, now: cfg.Now,
+		m: make(map[idemKey]*idemEntry), scopes: map[string]*scopeList{}}
 	if c.ttl <= 0 {
 		c.ttl = defaultIdempotencyTTL
 	}
@@ -88,8 +107,8 @@ func NewIdempotency(cfg IdempotencyConfig) *Idempotency {
 // waits for it (or for ctx, returning ctx.Err()). A call with the same
 // (scope, key) but another fingerprint gets ErrKeyReused. An empty key runs
 // fn without storing anything. Keys are forgotten TTL after their first
-// call or when MaxEntries newer keys push them out, even if that first call
-// is still running.
+// call or when MaxEntries newer keys (or MaxPerScope newer keys of the
+// same scope) push them out, even if that first call is still running.
 //
 // The first caller receives fn's Result itself and must not modify it;
 // replays receive copies. If fn panics nothing is stored, the panic
@@ -159,6 +178,24 @@ func (c *Idempotency) insertLocked(e *idemEntry) {
 		c.head = e
 	}
 	c.tail = e
+	if c.maxScope > 0 {
+		sl := c.scopes[e.k.scope]
+		if sl == nil {
+			sl = &scopeList{}
+			c.scopes[e.k.scope] = sl
+		}
+		e.sprev = sl.tail
+		if sl.tail != nil {
+			sl.tail.snext = e
+		} else {
+			sl.head = e
+		}
+		sl.tail = e
+		sl.n++
+		for sl.n > c.maxScope {
+			c.removeLocked(sl.head)
+		}
+	}
 	for len(c.m) > c.max {
 		c.removeLocked(c.head)
 	}
@@ -189,4 +226,51 @@ func (c *Idempotency) removeLocked(e *idemEntry) {
 		c.tail = e.prev
 	}
 	e.prev, e.next = nil, nil
+	if c.maxScope > 0 {
+		sl := c.scopes[e.k.scope]
+		if e.sprev != nil {
+			e.sprev.snext = e.snext
+		} else {
+			sl.head = e.snext
+		}
+		if e.snext != nil {
+			e.snext.sprev = e.sprev
+		} else {
+			sl.tail = e.sprev
+		}
+		e.sprev, e.snext = nil, nil
+		if sl.n--; sl.n == 0 {
+			delete(c.scopes, e.k.scope)
+		}
+	}
+}
+
+// Forget drops every key of scope (a session that ended).
+func (c *Idempotency) Forget(scope string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sl := c.scopes[scope]; sl != nil {
+		for sl.head != nil && sl.n > 0 {
+			c.removeLocked(sl.head)
+		}
+		return
+	}
+	for k, e := range c.m { // without MaxPerScope, entries are not listed by scope
+		if k.scope == scope {
+			c.removeLocked(e)
+		}
+	}
+}
+
+// ScopeLen returns the number of keys remembered for scope.
+func (c *Idempotency) ScopeLen(scope string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k := range c.m {
+		if k.scope == scope {
+			n++
+		}
+	}
+	return n
 }

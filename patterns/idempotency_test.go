@@ -270,3 +270,66 @@ func BenchmarkIdempotencyDo(b *testing.B) {
 		}
 	})
 }
+
+// TestIdempotencyPerScopeBound: a scope flooding keys evicts only its own
+// oldest replies; another scope's stay replayable; Forget drops a
+// scope's keys.
+func TestIdempotencyPerScopeBound(t *testing.T) {
+	c := NewIdempotency(IdempotencyConfig{MaxEntries: 1000, MaxPerScope: 8})
+	ctx := context.Background()
+	ran := 0
+	do := func(scope, key string) bool {
+		_, replayed, err := c.Do(ctx, scope, key, "fp", func() Result { ran++; return Result{Status: 200, Body: []byte(key)} })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return replayed
+	}
+	for i := range 4 {
+		do("victim", fmt.Sprint("v", i))
+	}
+	for i := range 10000 {
+		do("flooder", fmt.Sprint("f", i))
+	}
+	t.Logf("after 10000 keys of one scope: %d kept in all, %d of the flooder, %d of the victim", c.Len(), c.ScopeLen("flooder"), c.ScopeLen("victim"))
+	if n := c.ScopeLen("flooder"); n != 8 {
+		t.Errorf("flooder keeps %d keys, want 8", n)
+	}
+	for i := range 4 {
+		if !do("victim", fmt.Sprint("v", i)) {
+			t.Errorf("the victim's key v%d was evicted by another scope", i)
+		}
+	}
+	if do("flooder", "f0") {
+		t.Error("the flooder's oldest key was kept past its bound")
+	}
+	if !do("flooder", "f9999") {
+		t.Error("the flooder's newest key was evicted")
+	}
+	c.Forget("victim")
+	if n := c.ScopeLen("victim"); n != 0 || c.Len() != 8 {
+		t.Errorf("after Forget: %d keys of the scope, %d in all", n, c.Len())
+	}
+	if do("victim", "v0") {
+		t.Error("a forgotten key was replayed")
+	}
+	// Expiry and the global bound keep the scope lists in step.
+	clock := &fakeClock{t: time.Unix(0, 0)}
+	c = NewIdempotency(IdempotencyConfig{MaxEntries: 5, MaxPerScope: 3, TTL: time.Minute, Now: clock.Now})
+	for i := range 20 {
+		do(fmt.Sprint("s", i%4), fmt.Sprint("k", i))
+		if i%7 == 0 {
+			clock.Advance(2 * time.Minute)
+		}
+	}
+	if c.Len() > 5 || len(c.scopes) > 4 {
+		t.Errorf("%d keys, %d scopes listed", c.Len(), len(c.scopes))
+	}
+	total := 0
+	for _, sl := range c.scopes {
+		total += sl.n
+	}
+	if total != c.Len() {
+		t.Errorf("scope lists count %d keys, the cache has %d", total, c.Len())
+	}
+}

@@ -16,7 +16,8 @@ const fuzzOffer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUND
 
 // FuzzOfferChecks: whatever SDP a client offers, the checks made before
 // any of it is applied (publish policy, track limit, simulcast layers,
-// codecs) refuse it with a typed error or accept it, and never panic.
+// codecs) refuse it with a typed error or accept it, and never panic;
+// what an accepted one keeps is bounded by the tracks it may send.
 func FuzzOfferChecks(f *testing.F) {
 	f.Add(fuzzOffer)
 	f.Add("v=0\r\n")
@@ -32,9 +33,12 @@ func FuzzOfferChecks(f *testing.F) {
 		}
 		p.pubs = newPublications(p)
 		p.pubs.sources["1"] = SourceMicrophone
-		err := p.pubs.checkOffer(d, map[string]Source{"0": SourceCamera, "2": SourceScreen})
-		if err != nil && !errors.Is(err, ErrForbidden) && !errors.Is(err, ErrTooManyTracks) {
+		declared, simulcast, err := p.pubs.checkOffer(d, map[string]Source{"0": SourceCamera, "2": SourceScreen})
+		if err != nil && !errors.Is(err, ErrForbidden) && !errors.Is(err, ErrTooManyTracks) && !errors.Is(err, ErrInvalidSDP) {
 			t.Fatalf("untyped refusal: %v", err)
+		}
+		if err == nil && (len(declared) > 2 || len(simulcast) > len(declared)) {
+			t.Fatalf("accepted offer keeps %d sources, %d simulcast mids: more than it may send on", len(declared), len(simulcast))
 		}
 		for mid, rids := range parseSimulcast(d) {
 			if len(rids) == 0 {

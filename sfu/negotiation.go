@@ -55,8 +55,9 @@ func (n *negotiation) closed() bool {
 }
 
 // applyOffer applies a client offer and delivers our answer. record runs
-// under mu once the offer is accepted, before it is applied (the
-// participant records the offer's declared sources there).
+// under mu once the offer is applied (SetRemoteDescription succeeded),
+// before the answer is made: the participant records the offer's
+// declared sources there, and an offer refused records nothing.
 func (n *negotiation) applyOffer(offer string, record func()) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -66,10 +67,10 @@ func (n *negotiation) applyOffer(offer string, record func()) error {
 	if n.awaitingAnswer {
 		return ErrGlare
 	}
-	record()
 	if err := n.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
 	}
+	record()
 	n.flushICELocked()
 	answer, err := n.pc.CreateAnswer(nil)
 	if err != nil {

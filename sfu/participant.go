@@ -149,19 +149,22 @@ func (p *Participant) Tracks() []*UpTrack { return p.pubs.list() }
 
 // HandleOffer applies a client offer. sources declares, for each mid the
 // client sends on, what it carries; every sending m-line must be declared
-// and allowed to the participant's role, or the offer is refused whole
-// with ErrForbidden and nothing changes. The answer is delivered as an
-// AnswerEvent.
+// (by this offer or an earlier one) and allowed to the participant's
+// role, and sources may name no mid the offer does not send on, or the
+// offer is refused whole (ErrForbidden, ErrInvalidSDP) and nothing
+// changes. What it declares is kept only once the offer is applied, and
+// replaces what earlier offers declared: a mid that stops sending is
+// forgotten. The answer is delivered as an AnswerEvent.
 func (p *Participant) HandleOffer(offer string, sources map[string]Source) error {
 	parsed := &sdp.SessionDescription{}
 	if err := parsed.UnmarshalString(offer); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidSDP, err)
 	}
-	if err := p.pubs.checkOffer(parsed, sources); err != nil {
+	declared, simulcast, err := p.pubs.checkOffer(parsed, sources)
+	if err != nil {
 		return err
 	}
-
-	return p.neg.applyOffer(offer, func() { p.pubs.declare(sources, parseSimulcast(parsed)) })
+	return p.neg.applyOffer(offer, func() { p.pubs.declare(declared, simulcast) })
 }
 
 // HandleAnswer applies the client's answer to our pending offer.

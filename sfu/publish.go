@@ -36,17 +36,21 @@ func newPublications(p *Participant) publications {
 	}
 }
 
-// declare records what a client offer declared: the source of each mid
-// it sends on, and the simulcast layers of each.
+// declare records what an applied client offer declared: the source of
+// each mid it sends on, and the simulcast layers of each. What earlier
+// offers declared for mids that no longer send is forgotten, so the maps
+// never hold more than one offer's sending m-lines (at most MaxTracks).
 func (pb *publications) declare(sources map[string]Source, simulcast map[string][]string) {
 	pb.mu.Lock()
 	defer pb.mu.Unlock()
-	for mid, src := range sources {
-		pb.sources[mid] = src
-	}
-	for mid, rids := range simulcast {
-		pb.simulcast[mid] = rids
-	}
+	pb.sources, pb.simulcast = sources, simulcast
+}
+
+// declaredLen is how many mids the kept declarations name, for tests.
+func (pb *publications) declaredLen() (sources, simulcast int) {
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	return len(pb.sources), len(pb.simulcast)
 }
 
 // declared is the source an offer declared for mid.
@@ -113,10 +117,16 @@ func (pb *publications) close() []*UpTrack {
 }
 
 // checkOffer enforces the publish policy on a client offer before any of
-// it is applied.
-func (pb *publications) checkOffer(d *sdp.SessionDescription, sources map[string]Source) error {
+// it is applied, and returns what the offer declares once applied: the
+// source and simulcast layers of each mid it sends on. A source declared
+// for a mid the offer does not send on is refused (ErrInvalidSDP): only
+// the m-lines of the same SDP are ever kept, never a client's made-up
+// keys.
+func (pb *publications) checkOffer(d *sdp.SessionDescription, sources map[string]Source) (map[string]Source, map[string][]string, error) {
 	p := pb.p
 	sending := 0
+	declared := map[string]Source{}
+	simulcast := parseSimulcast(d)
 	for _, m := range d.MediaDescriptions {
 		kind := m.MediaName.Media
 		if kind != "audio" && kind != "video" {
@@ -136,7 +146,7 @@ func (pb *publications) checkOffer(d *sdp.SessionDescription, sources map[string
 			continue
 		}
 		if sending++; p.room.sfu.cfg.MaxTracks > 0 && sending > p.room.sfu.cfg.MaxTracks {
-			return fmt.Errorf("%w: an offer may send at most %d tracks", ErrTooManyTracks, p.room.sfu.cfg.MaxTracks)
+			return nil, nil, fmt.Errorf("%w: an offer may send at most %d tracks", ErrTooManyTracks, p.room.sfu.cfg.MaxTracks)
 		}
 		mid, _ := m.Attribute("mid")
 		src, ok := sources[mid]
@@ -146,16 +156,27 @@ func (pb *publications) checkOffer(d *sdp.SessionDescription, sources map[string
 			src, ok = pb.declared(mid)
 		}
 		if !ok {
-			return fmt.Errorf("%w: m-line %q sends %s without a declared source", ErrForbidden, mid, kind)
+			return nil, nil, fmt.Errorf("%w: m-line %q sends %s without a declared source", ErrForbidden, mid, kind)
 		}
 		if !src.Valid() || src.Audio() != (kind == "audio") {
-			return fmt.Errorf("%w: m-line %q is %s, not %q", ErrForbidden, mid, kind, src)
+			return nil, nil, fmt.Errorf("%w: m-line %q is %s, not %q", ErrForbidden, mid, kind, src)
 		}
 		if role := p.Role(); !CanPublish(p.room.kind, role, src) {
-			return fmt.Errorf("%w: a %s may not publish %s in a %s room", ErrForbidden, role, src, p.room.kind)
+			return nil, nil, fmt.Errorf("%w: a %s may not publish %s in a %s room", ErrForbidden, role, src, p.room.kind)
+		}
+		declared[mid] = src
+	}
+	for mid := range sources {
+		if _, ok := declared[mid]; !ok {
+			return nil, nil, fmt.Errorf("%w: sources names mid %.64q, on which the offer sends nothing", ErrInvalidSDP, mid)
 		}
 	}
-	return nil
+	for mid := range simulcast {
+		if _, ok := declared[mid]; !ok {
+			delete(simulcast, mid) // a receiving m-line's layers are not ours to keep
+		}
+	}
+	return declared, simulcast, nil
 }
 
 // onTrack publishes a track the client sends, if its mid was declared

@@ -33,13 +33,19 @@ type sessionHub struct {
 	conns    sync.WaitGroup       // attached long-lived transports
 }
 
+// maxRepliesPerSession bounds the replies kept for one session's POSTed
+// messages with an Idempotency-Key: a session flooding keys evicts only
+// its own oldest replies, never another session's.
+const maxRepliesPerSession = 256
+
 func newSessionHub(s *Server) *sessionHub {
 	return &sessionHub{
 		srv: s, cfg: &s.cfg,
 		sessions: map[string]*Session{},
 		feeds:    map[string]*roomFeed{},
 		waiters:  patterns.NewWaiters(s.cfg.MaxLongPolls),
-		idem:     patterns.NewIdempotency(patterns.IdempotencyConfig{TTL: 10 * time.Minute, MaxEntries: 100000}),
+		idem: patterns.NewIdempotency(patterns.IdempotencyConfig{TTL: 10 * time.Minute, MaxEntries: 100000,
+			MaxPerScope: maxRepliesPerSession}),
 	}
 }
 
@@ -98,12 +104,17 @@ func (h *sessionHub) all() []*Session {
 	return out
 }
 
-// forget removes ss, if it is still the session of its id.
+// forget removes ss, if it is still the session of its id, and the
+// replies kept for its POSTed messages.
 func (h *sessionHub) forget(ss *Session) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.sessions[ss.id] == ss {
+	ours := h.sessions[ss.id] == ss
+	if ours {
 		delete(h.sessions, ss.id)
+	}
+	h.mu.Unlock()
+	if ours {
+		h.idem.Forget(ss.id)
 	}
 }
 

@@ -1,10 +1,12 @@
 package signaling
 
 import (
+	"container/list"
 	"errors"
 	"fmt"
 	"math"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -76,54 +78,91 @@ func (l *rateLimiter) allow() (bool, time.Duration) {
 }
 
 // addrLimiter keeps a token bucket per client address, in bounded
-// memory: idle buckets (full again) are forgotten, and when
-// maxTrackedAddrs addresses are busy at once, new ones share one bucket.
+// memory. An IPv6 client is counted by its /64 (one subscriber's
+// prefix: a host picks any address in it), an IPv4 client by its
+// address (addrKey). At most maxTrackedAddrs buckets are kept; a new
+// address beyond that evicts the least recently used bucket, so every
+// address has a bucket of its own and a flood from many addresses
+// cannot make anyone share one.
 type addrLimiter struct {
 	rate, burst float64
-	// mu guards buckets, overflow and swept; nothing is locked while
-	// holding it.
-	mu       sync.Mutex
-	buckets  map[string]*bucket
-	overflow bucket
-	swept    time.Time
+	// mu guards buckets and lru; nothing is locked while holding it.
+	mu      sync.Mutex
+	buckets map[string]*list.Element // of lru, by addrKey
+	lru     *list.List               // of *addrBucket, most recently used first
+}
+
+// addrBucket is the bucket of one address key.
+type addrBucket struct {
+	key string
+	b   bucket
 }
 
 func newAddrLimiter(rate float64) *addrLimiter {
 	if rate <= 0 {
 		return nil
 	}
-	return &addrLimiter{rate: rate, burst: math.Max(1, 2*rate), buckets: map[string]*bucket{}}
+	return &addrLimiter{rate: rate, burst: math.Max(1, 2*rate), buckets: map[string]*list.Element{}, lru: list.New()}
+}
+
+// addrKey is the key an address is limited by: an IPv6 address's /64
+// prefix, an IPv4 address (IPv4-mapped ones too) itself, and anything
+// that does not parse as it is.
+func addrKey(addr string) string {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return addr
+	}
+	ip = ip.Unmap()
+	if ip.Is4() {
+		return ip.String()
+	}
+	p, err := ip.WithZone("").Prefix(64)
+	if err != nil {
+		return addr
+	}
+	return p.String()
 }
 
 func (l *addrLimiter) allow(addr string, now time.Time) (bool, time.Duration) {
 	if l == nil {
 		return true, 0
 	}
+	key := addrKey(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.buckets[addr]
-	if b == nil {
-		if len(l.buckets) >= maxTrackedAddrs && now.Sub(l.swept) >= time.Second {
-			l.sweepLocked(now) // at most once a second: it is O(n)
-			l.swept = now
-		}
-		if len(l.buckets) >= maxTrackedAddrs {
-			return l.overflow.take(now, l.rate, l.burst)
-		}
-		b = &bucket{}
-		l.buckets[addr] = b
+	e := l.buckets[key]
+	if e == nil {
+		l.evictLocked(now)
+		e = l.lru.PushFront(&addrBucket{key: key})
+		l.buckets[key] = e
+	} else {
+		l.lru.MoveToFront(e)
 	}
-	return b.take(now, l.rate, l.burst)
+	return e.Value.(*addrBucket).b.take(now, l.rate, l.burst)
 }
 
-// sweepLocked forgets the buckets that are full again.
-func (l *addrLimiter) sweepLocked(now time.Time) {
+// evictLocked makes room for one more bucket: it forgets the least
+// recently used buckets that are full again (an address that comes back
+// gets the same full bucket), and the least recently used one if
+// maxTrackedAddrs are kept still.
+func (l *addrLimiter) evictLocked(now time.Time) {
 	full := time.Duration(l.burst / l.rate * float64(time.Second))
-	for k, b := range l.buckets {
-		if now.Sub(b.last) >= full {
-			delete(l.buckets, k)
+	for range 2 { // a couple at a time: O(1) per request
+		back := l.lru.Back()
+		if back == nil || now.Sub(back.Value.(*addrBucket).b.last) < full {
+			break
 		}
+		l.removeLocked(back)
 	}
+	for l.lru.Len() >= maxTrackedAddrs {
+		l.removeLocked(l.lru.Back())
+	}
+}
+
+func (l *addrLimiter) removeLocked(e *list.Element) {
+	delete(l.buckets, e.Value.(*addrBucket).key)
+	l.lru.Remove(e)
 }
 
 func (l *addrLimiter) size() int {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/metrics"
 	"github.com/vigil-media/vigil/recordings"
 	"github.com/vigil-media/vigil/sfu"
@@ -58,10 +59,16 @@ func (s *Server) initOps() {
 		m.WatchRecordings(s.cfg.Recordings.Stats)
 		s.cfg.Recordings.OnEvent(s.evidence.recordingToFeed) // recording_* on the admin room feeds
 	}
+	if s.cfg.Incidents != nil {
+		s.cfg.Incidents.OnIncident(func(inc incidents.Incident) { m.Incident(string(inc.Type)) })
+	}
 	if h := s.cfg.Webhooks; h.Enabled() {
 		m.WatchWebhooks(h.Stats)
 		if s.cfg.Recordings != nil {
 			s.cfg.Recordings.OnEvent(func(ev recordings.Event) { h.Emit(ev.Type, ev.Recording) })
+		}
+		if s.cfg.Incidents != nil {
+			s.cfg.Incidents.OnIncident(func(inc incidents.Incident) { h.Emit(webhooks.IncidentCreated, inc) })
 		}
 	}
 }

@@ -217,6 +217,7 @@ func (s *Server) routes() *gin.Engine {
 				return
 			}
 			c.Header("Cache-Control", "no-cache")
+			pageHeaders(c.Writer.Header())
 			c.Data(http.StatusOK, "text/html; charset=utf-8", b)
 		}
 	}
@@ -225,6 +226,22 @@ func (s *Server) routes() *gin.Engine {
 	e.GET("/dashboard", page("dashboard.html"))
 	e.StaticFS("/static", http.FS(static))
 	return e
+}
+
+// pageCSP is the Content-Security-Policy of the web client's pages: its
+// own scripts, styles and media only (no inline script or style, no
+// eval), its own API and transports ('self' covers ws: and wss: of the
+// same host), snapshots and downloads as blob: URLs, and no page of
+// another origin may frame it (clickjacking the dashboard or a proctor).
+const pageCSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; " +
+	"media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+// pageHeaders sets the security headers of an HTML page.
+func pageHeaders(h http.Header) {
+	h.Set("Content-Security-Policy", pageCSP)
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
 }
 
 // logRequests logs each request without its query string, which may

@@ -105,11 +105,15 @@ func (h whepHandler) post(c *gin.Context) {
 		start: func(p *sfu.Participant) error { return p.Play(offer, identity) }})
 }
 
-// readOffer reads and parses the SDP offer of a POST.
+// readOffer reads and parses the SDP offer of a POST; an empty body is
+// invalid_sdp (pion parses it as an SDP without media).
 func readOffer(c *gin.Context) (string, *sdp.SessionDescription, error) {
 	offer, err := readBody(c, maxSDPBytes)
 	if err != nil {
 		return "", nil, err
+	}
+	if strings.TrimSpace(offer) == "" {
+		return "", nil, fmt.Errorf("%w: the body is empty: an SDP offer is required", sfu.ErrInvalidSDP)
 	}
 	parsed := &sdp.SessionDescription{}
 	if err := parsed.UnmarshalString(offer); err != nil {

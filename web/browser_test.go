@@ -50,6 +50,11 @@ func chromiumFlags() []string {
 // If-None-Match, status}), can block WebSockets, and can make the page's
 // first offer cross a server offer.
 const instrument = `(() => {
+  window.__cspViolations = [];
+  document.addEventListener('securitypolicyviolation', (e) => {
+    window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI);
+    console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI);
+  });
   window.__gumCalls = 0;
   const md = navigator.mediaDevices;
   if (md) {

@@ -78,6 +78,8 @@ func TestDashboardShowsLiveRoom(t *testing.T) {
 	if err := eval(dash, `document.getElementById('ready').textContent`, &ready); err != nil || ready != "server: ready" {
 		t.Errorf("readiness shown as %q (err %v)", ready, err)
 	}
+	noCSPViolations(t, dash, "dashboard")
+	noCSPViolations(t, alice, "alice")
 }
 
 // postSessionMessage sends one client message on a session by POST (the
@@ -213,4 +215,5 @@ func TestDashboardListsIncidents(t *testing.T) {
 	if last := rows[len(rows)-1]; last.Type != "tab_hidden" {
 		t.Errorf("oldest last: last row %+v", last)
 	}
+	noCSPViolations(t, dash, "dashboard")
 }

@@ -33,8 +33,7 @@ import (
 	"time"
 )
 
-// Event types. IncidentCreated is defined for the proctoring incidents to
-// come; nothing emits it yet.
+// Event types.
 const (
 	RoomCreated        = "room.created"
 	RoomClosed         = "room.closed"
@@ -82,8 +81,10 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Timeout bounds one attempt; 0 means 10s.
 	Timeout time.Duration
-	Client  *http.Client
-	Logger  *slog.Logger
+	// Client sends the POSTs (a copy of it, which follows no redirect);
+	// nil means a default client.
+	Client *http.Client
+	Logger *slog.Logger
 	// Now is the clock of the signatures; nil means time.Now.
 	Now func() time.Time
 }
@@ -157,9 +158,16 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	if cfg.Client == nil {
-		cfg.Client = &http.Client{}
+	// The client follows no redirect: a 3xx is a failed attempt like any
+	// other non-2xx, so that a receiver cannot bounce signed events (or
+	// the server's requests) to another host. A given client is copied.
+	client := &http.Client{}
+	if cfg.Client != nil {
+		c := *cfg.Client
+		client = &c
 	}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	cfg.Client = client
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

@@ -231,3 +231,49 @@ func TestConfigErrors(t *testing.T) {
 	none.Emit(webhooks.RoomCreated, nil) // a nil dispatcher does nothing
 	none.Close(0)
 }
+
+// TestFollowsNoRedirect: a webhook URL that answers 3xx to another host
+// does not get its deliveries bounced there: the redirect is a failed
+// attempt, retried like any other, and the target is never reached, even
+// with a client of the caller's that would follow it.
+func TestFollowsNoRedirect(t *testing.T) {
+	var mu sync.Mutex
+	hits, bounced := 0, 0
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		mu.Unlock()
+	}))
+	defer target.Close()
+	for _, status := range []int{http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			bounced++
+			mu.Unlock()
+			http.Redirect(w, r, target.URL+"/stolen", status)
+		}))
+		for _, client := range []*http.Client{nil, {}} {
+			d, err := webhooks.New(webhooks.Config{URLs: []string{redirector.URL}, Secret: "k", Client: client,
+				MaxAttempts: 3, MinBackoff: 5 * time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.Emit(webhooks.IncidentCreated, map[string]string{"room": "exam"})
+			waitUntil(t, 10*time.Second, "the event given up", func() bool { return d.Stats().Failed == 1 })
+			if st := d.Stats(); st.Delivered != 0 || st.Retries != 2 {
+				t.Errorf("status %d: stats %+v, want 0 delivered after 3 attempts", status, st)
+			}
+			d.Close(time.Second)
+		}
+		redirector.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("redirect answers: %d; requests reaching the redirect target: %d", bounced, hits)
+	if hits != 0 {
+		t.Errorf("the redirect target got %d requests, want 0", hits)
+	}
+	if bounced != 3*2*3 {
+		t.Errorf("the redirector got %d attempts, want %d", bounced, 3*2*3)
+	}
+}
