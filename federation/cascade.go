@@ -257,7 +257,9 @@ func (n *Node) ensureReplica(ctx context.Context, name string) (*replica, error)
 			n.cascade.mu.Unlock()
 			return nil, signaling.ErrShuttingDown
 		}
-		room, err := n.sfu.CreateRoom(name, sfu.KindBroadcast, sfu.RoomOptions{})
+		// The replica is the same instance as its origin: a viewer's
+		// token for it joins here too.
+		room, err := n.sfu.CreateRoom(name, sfu.KindBroadcast, sfu.RoomOptions{Instance: rec.Instance})
 		if err != nil {
 			n.cascade.mu.Unlock()
 			if errors.Is(err, sfu.ErrRoomExists) {

@@ -47,6 +47,10 @@ var migrations = []string{
 		incident_id TEXT PRIMARY KEY REFERENCES incidents (id) ON DELETE CASCADE,
 		jpeg        BLOB NOT NULL
 	);`,
+	// 2: the room instance of each incident; '' for the incidents of
+	// before (readable by the admin key only).
+	`ALTER TABLE incidents ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+	CREATE INDEX incidents_by_instance ON incidents (room, instance, time_ms, seq);`,
 }
 
 // Store keeps incidents in SQLite (modernc.org/sqlite, WAL), in
@@ -141,9 +145,9 @@ func (s *Store) Add(ctx context.Context, inc Incident, snapshot []byte) error {
 		snapMs = &v
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO incidents
-		(id, room, identity, type, source, track, reporter, note, time_ms, recording_id, recording_file, offset_ms, snapshot_ms)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		inc.ID, inc.Room, inc.Identity, string(inc.Type), string(inc.Source), string(inc.Track), inc.Reporter, inc.Note,
+		(id, room, instance, identity, type, source, track, reporter, note, time_ms, recording_id, recording_file, offset_ms, snapshot_ms)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		inc.ID, inc.Room, inc.Instance, inc.Identity, string(inc.Type), string(inc.Source), string(inc.Track), inc.Reporter, inc.Note,
 		inc.Time.UnixMilli(), inc.RecordingID, inc.RecordingFile, inc.OffsetMs, snapMs)
 	if err != nil {
 		return fmt.Errorf("incidents: add: %w", err)
@@ -161,7 +165,10 @@ func (s *Store) Add(ctx context.Context, inc Incident, snapshot []byte) error {
 
 // Filter selects incidents of one room; empty fields match everything.
 type Filter struct {
-	Room     string
+	Room string
+	// Instance selects one instance of the room (sfu.Room.Instance);
+	// empty: every room of that name, past and present.
+	Instance string
 	Identity string
 	Type     Type
 	// Limit is the most returned, the newest ones; 0 or more than
@@ -169,7 +176,7 @@ type Filter struct {
 	Limit int
 }
 
-const columns = `i.id, i.room, i.identity, i.type, i.source, i.track, i.reporter, i.note, i.time_ms,
+const columns = `i.id, i.room, i.instance, i.identity, i.type, i.source, i.track, i.reporter, i.note, i.time_ms,
 	i.recording_id, i.recording_file, i.offset_ms, i.snapshot_ms, s.incident_id IS NOT NULL`
 
 type scanner interface{ Scan(dest ...any) error }
@@ -180,7 +187,7 @@ func scanIncident(r scanner) (Incident, error) {
 	var t int64
 	var recID, recFile sql.NullString
 	var off, snap sql.NullInt64
-	err := r.Scan(&inc.ID, &inc.Room, &inc.Identity, &typ, &src, &track, &inc.Reporter, &inc.Note, &t,
+	err := r.Scan(&inc.ID, &inc.Room, &inc.Instance, &inc.Identity, &typ, &src, &track, &inc.Reporter, &inc.Note, &t,
 		&recID, &recFile, &off, &snap, &inc.HasSnapshot)
 	if err != nil {
 		return inc, err
@@ -211,9 +218,9 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Incident, error) {
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT `+columns+`
 		FROM incidents i LEFT JOIN snapshots s ON s.incident_id = i.id
-		WHERE i.room = ? AND (? = '' OR i.identity = ?) AND (? = '' OR i.type = ?)
+		WHERE i.room = ? AND (? = '' OR i.instance = ?) AND (? = '' OR i.identity = ?) AND (? = '' OR i.type = ?)
 		ORDER BY i.time_ms DESC, i.seq DESC LIMIT ?`,
-		f.Room, f.Identity, f.Identity, string(f.Type), string(f.Type), limit)
+		f.Room, f.Instance, f.Instance, f.Identity, f.Identity, string(f.Type), string(f.Type), limit)
 	if err != nil {
 		return nil, fmt.Errorf("incidents: list: %w", err)
 	}
@@ -235,7 +242,8 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Incident, error) {
 	return out, nil
 }
 
-// Get returns one incident of a room.
+// Get returns one incident of a room, of whichever instance: the caller
+// compares Incident.Instance with what its reader may see.
 func (s *Store) Get(ctx context.Context, room, id string) (Incident, error) {
 	if !ValidID(id) {
 		return Incident{}, fmt.Errorf("%w: %q", ErrNotFound, id)
