@@ -217,6 +217,11 @@ type RoomRecord struct {
 	Owner           string    `json:"owner"`
 	Epoch           int64     `json:"epoch"` // +1 at every re-homing
 	Created         time.Time `json:"created"`
+	// Instance is the room instance's id (sfu.RoomOptions.Instance),
+	// kept when the room is re-homed or handed over: the join tokens
+	// and the evidence of this instance stay its own. Empty in a record
+	// written by an older node.
+	Instance string `json:"instance,omitempty"`
 }
 
 // Message is what nodes say to each other on the bus.

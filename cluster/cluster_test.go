@@ -231,7 +231,7 @@ func TestRooms(t *testing.T) {
 	b := newNode(t, r.URL(), "b", hb)
 
 	before := time.Now().Add(-time.Second)
-	want := RoomRecord{Name: "r1", Kind: "broadcast", MaxParticipants: 50, AutoRecord: true, Owner: "a"}
+	want := RoomRecord{Name: "r1", Kind: "broadcast", MaxParticipants: 50, AutoRecord: true, Owner: "a", Instance: "0123456789abcdef"}
 	rec := createHeld(t, ctx, a, ha, want)
 	want.Epoch, want.Created = 1, rec.Created
 	if rec != want || rec.Created.Before(before) || rec.Created.After(time.Now()) {

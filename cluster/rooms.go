@@ -38,7 +38,7 @@ func (c *Cluster) insertRoom(ctx context.Context, op string, rec RoomRecord) err
 		res, err = createScript.Run(ctx, c.rdb,
 			[]string{c.keys.room(rec.Name), c.keys.rooms(), c.keys.node(rec.Owner)},
 			rec.Name, rec.Kind, rec.MaxParticipants, boolArg(rec.AutoRecord),
-			rec.Owner, rec.Epoch, rec.Created.UnixMilli(),
+			rec.Owner, rec.Epoch, rec.Created.UnixMilli(), rec.Instance,
 		).Int64()
 		return err
 	})
@@ -179,6 +179,7 @@ func parseRoom(name string, h map[string]string) RoomRecord {
 		Owner:           h["owner"],
 		Epoch:           epoch,
 		Created:         time.UnixMilli(created).UTC(),
+		Instance:        h["instance"],
 	}
 }
 

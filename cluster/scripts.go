@@ -42,14 +42,15 @@ return redis.call('SREM', KEYS[2], ARGV[1])
 // createScript adds a room unless it exists, if its owner is live.
 //
 //	KEYS: room key, rooms set, owner's node key
-//	ARGV: name, kind, max_participants, auto_record, owner, epoch, created
+//	ARGV: name, kind, max_participants, auto_record, owner, epoch, created,
+//	      instance
 //	returns 1 created, 0 exists, -1 owner not live
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'kind', ARGV[2], 'max_participants', ARGV[3],
 	'auto_record', ARGV[4], 'owner', ARGV[5], 'epoch', ARGV[6],
-	'created', ARGV[7])
+	'created', ARGV[7], 'instance', ARGV[8])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 `)

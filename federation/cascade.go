@@ -260,7 +260,9 @@ func (cs *cascade) ensureReplica(ctx context.Context, name string) (*replica, er
 			cs.mu.Unlock()
 			return nil, signaling.ErrShuttingDown
 		}
-		room, err := cs.sfu.CreateRoom(name, sfu.KindBroadcast, sfu.RoomOptions{})
+		// The replica is the same instance as its origin: a viewer's
+		// token for it joins here too.
+		room, err := cs.sfu.CreateRoom(name, sfu.KindBroadcast, sfu.RoomOptions{Instance: rec.Instance})
 		if err != nil {
 			cs.mu.Unlock()
 			if errors.Is(err, sfu.ErrRoomExists) {

@@ -655,14 +655,27 @@ func TestClusterShutdownMovesParticipants(t *testing.T) {
 	prefix := testPrefix(t)
 	a := startNode(t, rd, prefix, "a", nil)
 	b := startNode(t, rd, prefix, "b", nil)
-	if resp, body := call(t, b.URL, "POST", "/v1/rooms", adminH(), `{"name":"live","kind":"conference"}`); resp.StatusCode != 201 || !strings.Contains(string(body), `"node":"a"`) {
-		t.Fatalf("create: %d %s, want it on a", resp.StatusCode, body)
+	resp, body := call(t, b.URL, "POST", "/v1/rooms", adminH(), `{"name":"live","kind":"conference"}`)
+	var created struct {
+		Instance string `json:"instance"`
+	}
+	if resp.StatusCode != 201 || !strings.Contains(string(body), `"node":"a"`) || json.Unmarshal(body, &created) != nil || len(created.Instance) != 16 {
+		t.Fatalf("create: %d %s, want it on a, with an instance", resp.StatusCode, body)
+	}
+	// A token of the API, bound to the room's instance (minted by a).
+	resp, body = call(t, b.URL, "POST", "/v1/rooms/live/tokens", adminH(), `{"identity":"bob","role":"participant"}`)
+	var bound struct {
+		Token    string `json:"token"`
+		Instance string `json:"instance"`
+	}
+	if resp.StatusCode != 201 || json.Unmarshal(body, &bound) != nil || bound.Instance != created.Instance {
+		t.Fatalf("mint through b: %d %s", resp.StatusCode, body)
 	}
 	tok, _, err := b.Sig.Tokens().Mint("live", "ann", "participant", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, body := call(t, b.URL, "POST", "/v1/rooms/live/sessions", map[string]string{"Authorization": "Bearer " + tok}, "")
+	resp, body = call(t, b.URL, "POST", "/v1/rooms/live/sessions", map[string]string{"Authorization": "Bearer " + tok}, "")
 	var open struct {
 		SessionID string `json:"session_id"`
 	}
@@ -714,5 +727,14 @@ func TestClusterShutdownMovesParticipants(t *testing.T) {
 	resp, body = call(t, b.URL, "POST", "/v1/rooms/live/sessions", map[string]string{"Authorization": "Bearer " + tok}, "")
 	if resp.StatusCode != 201 || !strings.Contains(string(body), `"session_id":"b.`) {
 		t.Fatalf("a new session with the same token: %d %s, want one of b's", resp.StatusCode, body)
+	}
+	// The re-homed room is the same instance: its record carried it, and
+	// the token bound to it still joins.
+	if r, err := b.SFU.Room("live"); err != nil || r.Instance() != created.Instance {
+		t.Fatalf("re-homed room instance: %v, want %s", err, created.Instance)
+	}
+	resp, body = call(t, b.URL, "POST", "/v1/rooms/live/sessions", map[string]string{"Authorization": "Bearer " + bound.Token}, "")
+	if resp.StatusCode != 201 {
+		t.Fatalf("the instance's token after the re-homing: %d %s", resp.StatusCode, body)
 	}
 }

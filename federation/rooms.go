@@ -220,7 +220,7 @@ func (rm *roomMap) createRoom(c *gin.Context) {
 		rm.mu.Unlock()
 	}()
 	rec, err := cl.CreateRoom(ctx, cluster.RoomRecord{Name: req.Name, Kind: string(req.Kind),
-		MaxParticipants: req.MaxParticipants, AutoRecord: req.AutoRecord, Owner: me})
+		MaxParticipants: req.MaxParticipants, AutoRecord: req.AutoRecord, Owner: me, Instance: sfu.NewInstance()})
 	switch {
 	case errors.Is(err, cluster.ErrRoomExists):
 		writeError(c, fmt.Errorf("%w: %q", sfu.ErrRoomExists, req.Name))
@@ -229,7 +229,7 @@ func (rm *roomMap) createRoom(c *gin.Context) {
 		refuseUnavailable(c, unavailable(err))
 		return
 	}
-	r, err := rm.sfu.CreateRoom(req.Name, req.Kind, sfu.RoomOptions{MaxParticipants: req.MaxParticipants, AutoRecord: req.AutoRecord})
+	r, err := rm.sfu.CreateRoom(req.Name, req.Kind, sfu.RoomOptions{MaxParticipants: req.MaxParticipants, AutoRecord: req.AutoRecord, Instance: rec.Instance})
 	if err != nil {
 		if derr := cl.DeleteRoom(context.WithoutCancel(ctx), req.Name, me); derr != nil && !errors.Is(derr, cluster.ErrRoomNotFound) {
 			rm.log.Warn("cluster: undo a room record", "room", req.Name, "err", derr)
@@ -306,7 +306,7 @@ func (rm *roomMap) listRooms(c *gin.Context) {
 		r, ok := byNode[rec.Owner][rec.Name]
 		if !ok {
 			r = signaling.RoomResponse{Name: rec.Name, Kind: sfu.Kind(rec.Kind), MaxParticipants: rec.MaxParticipants,
-				AutoRecord: rec.AutoRecord, Participants: []signaling.ParticipantResponse{}}
+				AutoRecord: rec.AutoRecord, Instance: rec.Instance, Participants: []signaling.ParticipantResponse{}}
 		}
 		r.Node = rec.Owner
 		out.Rooms = append(out.Rooms, r)
@@ -436,12 +436,15 @@ func (rm *roomMap) adopt(rec cluster.RoomRecord) {
 		}
 		r.Close(signaling.ReasonRoomMoved)
 	}
-	r, err := rm.sfu.CreateRoom(rec.Name, sfu.Kind(rec.Kind), sfu.RoomOptions{MaxParticipants: rec.MaxParticipants, AutoRecord: rec.AutoRecord})
+	// The instance goes with the room: its tokens and evidence stay its
+	// own (a record of an older node has none: a new one is drawn).
+	r, err := rm.sfu.CreateRoom(rec.Name, sfu.Kind(rec.Kind), sfu.RoomOptions{MaxParticipants: rec.MaxParticipants, AutoRecord: rec.AutoRecord, Instance: rec.Instance})
 	if err != nil {
 		rm.log.Error("cluster: adopt a room", "room", rec.Name, "err", err)
 		return
 	}
-	rm.log.Info("cluster: room re-homed here", "room", rec.Name, "epoch", rec.Epoch)
+	rec.Instance = r.Instance()
+	rm.log.Info("cluster: room re-homed here", "room", rec.Name, "epoch", rec.Epoch, "instance", rec.Instance)
 	rm.keepRecord(rec)
 	rm.roomAdopted(r, rec)
 	rm.watchRoom(r)
@@ -475,7 +478,7 @@ func (rm *roomMap) HandOff(r *sfu.Room) bool {
 	}()
 	if !ok {
 		opts := r.Options()
-		rec = cluster.RoomRecord{Name: name, Kind: string(r.Kind()), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord}
+		rec = cluster.RoomRecord{Name: name, Kind: string(r.Kind()), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord, Instance: opts.Instance}
 	}
 	r.Close(signaling.ReasonRoomMoved) // its record stays
 	if err := cl.DeleteRoom(ctx, name, rm.id); err != nil && !errors.Is(err, cluster.ErrRoomNotFound) {
@@ -519,7 +522,7 @@ func (rm *roomMap) heldRooms() []cluster.RoomRecord {
 		rm.mu.Unlock()
 		if !ok {
 			opts := r.Options()
-			rec = cluster.RoomRecord{Name: r.Name(), Kind: string(r.Kind()), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord}
+			rec = cluster.RoomRecord{Name: r.Name(), Kind: string(r.Kind()), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord, Instance: opts.Instance}
 		}
 		rec.Owner = me
 		out = append(out, rec)

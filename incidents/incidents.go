@@ -107,6 +107,11 @@ var (
 type Incident struct {
 	ID   string `json:"id"`
 	Room string `json:"room"`
+	// Instance is the instance of the room it happened in
+	// (sfu.Room.Instance): the evidence of one instance is never shown
+	// through a token of another. Empty for an incident stored before
+	// rooms had instances.
+	Instance string `json:"instance"`
 	// Identity is the candidate's.
 	Identity string `json:"identity"`
 	Type     Type   `json:"type"`

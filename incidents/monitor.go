@@ -18,10 +18,10 @@ import (
 // Recordings places a moment in a candidate's recording; the recordings
 // Manager is one.
 type Recordings interface {
-	// OffsetFor returns the recording of identity in room (camera and
-	// microphone) that was being written at at, the segment file, and
-	// the position of at in that file.
-	OffsetFor(room, identity string, at time.Time) (recordingID, file string, offset time.Duration, ok bool)
+	// OffsetFor returns the recording of identity in that instance of
+	// room (camera and microphone) that was being written at at, the
+	// segment file, and the position of at in that file.
+	OffsetFor(room, instance, identity string, at time.Time) (recordingID, file string, offset time.Duration, ok bool)
 }
 
 // Config configures a Monitor.
@@ -561,12 +561,12 @@ func (m *Monitor) record(r *sfu.Room, inc Incident, kf *keyframe) (Incident, err
 	return m.save(r, inc, kf)
 }
 
-// save completes inc (id, room, recording offset, snapshot from kf),
-// stores it, then pushes it to the room's proctors.
+// save completes inc (id, room and its instance, recording offset,
+// snapshot from kf), stores it, then pushes it to the room's proctors.
 func (m *Monitor) save(r *sfu.Room, inc Incident, kf *keyframe) (Incident, error) {
-	inc.ID, inc.Room, inc.Time = newID(), r.Name(), ms(inc.Time)
+	inc.ID, inc.Room, inc.Instance, inc.Time = newID(), r.Name(), r.Instance(), ms(inc.Time)
 	if m.cfg.Recordings != nil {
-		if id, file, off, ok := m.cfg.Recordings.OffsetFor(inc.Room, inc.Identity, inc.Time); ok {
+		if id, file, off, ok := m.cfg.Recordings.OffsetFor(inc.Room, inc.Instance, inc.Identity, inc.Time); ok {
 			offMs := off.Milliseconds()
 			inc.RecordingID, inc.OffsetMs = &id, &offMs
 			if file != "" {

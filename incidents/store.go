@@ -61,6 +61,10 @@ var migrations = []string{
 	ALTER TABLE incidents ADD COLUMN snapshot_sha256 TEXT REFERENCES keyframe_snapshots (sha256);
 	CREATE INDEX incidents_by_snapshot ON incidents (snapshot_sha256);
 	CREATE INDEX incidents_by_time ON incidents (time_ms);`,
+	// 3: the room instance of each incident; '' for the incidents of
+	// before (readable by the admin key only).
+	`ALTER TABLE incidents ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+	CREATE INDEX incidents_by_instance ON incidents (room, instance, time_ms, seq);`,
 }
 
 // Store keeps incidents in SQLite (modernc.org/sqlite, WAL), in
@@ -170,9 +174,9 @@ func (s *Store) Add(ctx context.Context, inc Incident, snapshot []byte) error {
 		}
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO incidents
-		(id, room, identity, type, source, track, reporter, note, time_ms, recording_id, recording_file, offset_ms, snapshot_ms, snapshot_sha256)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		inc.ID, inc.Room, inc.Identity, string(inc.Type), string(inc.Source), string(inc.Track), inc.Reporter, inc.Note,
+		(id, room, instance, identity, type, source, track, reporter, note, time_ms, recording_id, recording_file, offset_ms, snapshot_ms, snapshot_sha256)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		inc.ID, inc.Room, inc.Instance, inc.Identity, string(inc.Type), string(inc.Source), string(inc.Track), inc.Reporter, inc.Note,
 		inc.Time.UnixMilli(), inc.RecordingID, inc.RecordingFile, inc.OffsetMs, snapMs, snapSum)
 	if err != nil {
 		return fmt.Errorf("incidents: add: %w", err)
@@ -185,7 +189,10 @@ func (s *Store) Add(ctx context.Context, inc Incident, snapshot []byte) error {
 
 // Filter selects incidents of one room; empty fields match everything.
 type Filter struct {
-	Room     string
+	Room string
+	// Instance selects one instance of the room (sfu.Room.Instance);
+	// empty: every room of that name, past and present.
+	Instance string
 	Identity string
 	Type     Type
 	// Limit is the most returned, the newest ones; 0 or more than
@@ -193,7 +200,7 @@ type Filter struct {
 	Limit int
 }
 
-const columns = `i.id, i.room, i.identity, i.type, i.source, i.track, i.reporter, i.note, i.time_ms,
+const columns = `i.id, i.room, i.instance, i.identity, i.type, i.source, i.track, i.reporter, i.note, i.time_ms,
 	i.recording_id, i.recording_file, i.offset_ms, i.snapshot_ms,
 	(s.incident_id IS NOT NULL OR i.snapshot_sha256 IS NOT NULL)`
 
@@ -205,7 +212,7 @@ func scanIncident(r scanner) (Incident, error) {
 	var t int64
 	var recID, recFile sql.NullString
 	var off, snap sql.NullInt64
-	err := r.Scan(&inc.ID, &inc.Room, &inc.Identity, &typ, &src, &track, &inc.Reporter, &inc.Note, &t,
+	err := r.Scan(&inc.ID, &inc.Room, &inc.Instance, &inc.Identity, &typ, &src, &track, &inc.Reporter, &inc.Note, &t,
 		&recID, &recFile, &off, &snap, &inc.HasSnapshot)
 	if err != nil {
 		return inc, err
@@ -236,9 +243,9 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Incident, error) {
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT `+columns+`
 		FROM incidents i LEFT JOIN snapshots s ON s.incident_id = i.id
-		WHERE i.room = ? AND (? = '' OR i.identity = ?) AND (? = '' OR i.type = ?)
+		WHERE i.room = ? AND (? = '' OR i.instance = ?) AND (? = '' OR i.identity = ?) AND (? = '' OR i.type = ?)
 		ORDER BY i.time_ms DESC, i.seq DESC LIMIT ?`,
-		f.Room, f.Identity, f.Identity, string(f.Type), string(f.Type), limit)
+		f.Room, f.Instance, f.Instance, f.Identity, f.Identity, string(f.Type), string(f.Type), limit)
 	if err != nil {
 		return nil, fmt.Errorf("incidents: list: %w", err)
 	}
@@ -260,7 +267,8 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Incident, error) {
 	return out, nil
 }
 
-// Get returns one incident of a room.
+// Get returns one incident of a room, of whichever instance: the caller
+// compares Incident.Instance with what its reader may see.
 func (s *Store) Get(ctx context.Context, room, id string) (Incident, error) {
 	if !ValidID(id) {
 		return Incident{}, fmt.Errorf("%w: %q", ErrNotFound, id)

@@ -2,6 +2,7 @@ package incidents
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"os"
 	"path/filepath"
@@ -166,5 +167,64 @@ func TestLimiter(t *testing.T) {
 	l.sweep(now.Add(10 * time.Minute))
 	if len(l.byID) != 0 {
 		t.Fatal("idle reporters are kept")
+	}
+}
+
+// TestStoreInstances: a database of schema 1 (before room instances),
+// with an incident in it, is migrated on Open: the old incident stays
+// readable, with no instance; new ones keep theirs, and a List of one
+// instance shows that instance's only, of no instance every one.
+func TestStoreInstances(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, DBName)
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2026, 11, 26, 22, 0, 0, 0, time.UTC)
+	legacy := newID()
+	if _, err := db.Exec(migrations[0] + "; PRAGMA user_version = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO incidents (id, room, identity, type, source, time_ms) VALUES (?, 'exam', 'a', 'manual', 'proctor', ?)`,
+		legacy, base.UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	old, cur := Incident{ID: newID(), Room: "exam", Instance: "00000000000000aa", Identity: "a", Type: Manual, Source: SourceProctor, Time: base.Add(time.Second)},
+		Incident{ID: newID(), Room: "exam", Instance: "00000000000000bb", Identity: "b", Type: Manual, Source: SourceProctor, Time: base.Add(2 * time.Second)}
+	for _, inc := range []Incident{old, cur} {
+		if err := s.Add(ctx, inc, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.Get(ctx, "exam", legacy)
+	if err != nil || got.Instance != "" || got.Identity != "a" {
+		t.Fatalf("legacy incident after the migration: %+v %v", got, err)
+	}
+	for _, tc := range []struct {
+		instance string
+		want     []string
+	}{{"", []string{legacy, old.ID, cur.ID}}, {old.Instance, []string{old.ID}}, {cur.Instance, []string{cur.ID}}, {"00000000000000cc", nil}} {
+		list, err := s.List(ctx, Filter{Room: "exam", Instance: tc.instance})
+		if err != nil || len(list) != len(tc.want) {
+			t.Fatalf("instance %q: %v %v", tc.instance, list, err)
+		}
+		for i, inc := range list {
+			if inc.ID != tc.want[i] || (tc.instance != "" && inc.Instance != tc.instance) {
+				t.Fatalf("instance %q: %+v", tc.instance, list)
+			}
+		}
+	}
+	var version int
+	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != len(migrations) {
+		t.Fatalf("schema %d %v", version, err)
 	}
 }

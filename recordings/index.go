@@ -72,7 +72,10 @@ func (m *Manager) seal(dir string, man *Manifest) {
 
 // Filter selects recordings; empty fields match everything.
 type Filter struct {
-	Room     string
+	Room string
+	// Instance selects the recordings of one instance of the room
+	// (sfu.Room.Instance).
+	Instance string
 	Identity string
 }
 
@@ -81,7 +84,8 @@ func (m *Manager) List(f Filter) []Manifest {
 	m.mu.Lock()
 	out := []Manifest{}
 	for _, e := range m.index {
-		if (f.Room == "" || e.man.Room == f.Room) && (f.Identity == "" || e.man.Identity == f.Identity) {
+		if (f.Room == "" || e.man.Room == f.Room) && (f.Instance == "" || e.man.Instance == f.Instance) &&
+			(f.Identity == "" || e.man.Identity == f.Identity) {
 			out = append(out, *e.man.clone())
 		}
 	}
@@ -111,19 +115,19 @@ func (m *Manager) Get(id string) (Manifest, error) {
 }
 
 // OffsetFor places the moment at in the recording of identity's camera
-// and microphone (group av; the screen's when there is none) in room: the
-// recording, the segment file being written then and at's position in
-// it. While a recording is paused (the participant dropped), a moment
+// and microphone (group av; the screen's when there is none) in that
+// instance of room: the recording, the segment file being written then
+// and at's position in it. While a recording is paused (the participant dropped), a moment
 // after its last file ended is placed at that file's end. ok is false
 // when no recording of them was under way at at.
-func (m *Manager) OffsetFor(room, identity string, at time.Time) (recordingID, file string, offset time.Duration, ok bool) {
+func (m *Manager) OffsetFor(room, instance, identity string, at time.Time) (recordingID, file string, offset time.Duration, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var best *Segment
 	var bestMan *Manifest
 	for _, e := range m.index {
 		man := e.man
-		if man.Room != room || man.Identity != identity {
+		if man.Room != room || man.Instance != instance || man.Identity != identity {
 			continue
 		}
 		for i := range man.Segments {

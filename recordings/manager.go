@@ -304,7 +304,7 @@ func (m *Manager) newRecorderLocked(key recKey, role sfu.Role) *recorder {
 		done: make(chan struct{}),
 		wake: make(chan struct{}, 1),
 		man: &Manifest{
-			Version: 1, ID: id, Room: key.room.Name(), RoomKind: string(key.room.Kind()),
+			Version: 1, ID: id, Room: key.room.Name(), Instance: key.room.Instance(), RoomKind: string(key.room.Kind()),
 			Identity: key.identity, Role: string(role), Group: key.group,
 			Sources: []string{}, Codecs: []string{}, Segments: []Segment{},
 			Status: StatusRecording, StartedAt: now,

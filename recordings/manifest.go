@@ -31,9 +31,13 @@ const (
 // microphone ("av") or screen, in one or more segment files. It is written
 // beside the files, and the index of recordings is rebuilt from manifests.
 type Manifest struct {
-	Version  int      `json:"version"`
-	ID       string   `json:"id"`
-	Room     string   `json:"room"`
+	Version int    `json:"version"`
+	ID      string `json:"id"`
+	Room    string `json:"room"`
+	// Instance is the instance of the room recorded (sfu.Room.Instance):
+	// a proctor's token reads only its own instance's recordings. Absent
+	// from a manifest written before rooms had instances (admin only).
+	Instance string   `json:"instance,omitempty"`
 	RoomKind string   `json:"room_kind"`
 	Identity string   `json:"identity"`
 	Role     string   `json:"role"`

@@ -45,6 +45,9 @@ func (r *Room) Name() string { return r.name }
 // Kind is the room's kind.
 func (r *Room) Kind() Kind { return r.kind }
 
+// Instance names this instance of the room (RoomOptions.Instance).
+func (r *Room) Instance() string { return r.opts.Instance }
+
 // Options are the room's settings.
 func (r *Room) Options() RoomOptions { return r.opts }
 

@@ -22,6 +22,8 @@
 package sfu
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
@@ -135,6 +137,19 @@ const DefaultSocketBuffer = 4 << 20
 const DefaultMaxTracks = 6
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
+
+var instanceRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+// ValidInstance reports whether s can name a room instance: 16 lowercase
+// hex digits, as NewInstance draws.
+func ValidInstance(s string) bool { return instanceRE.MatchString(s) }
+
+// NewInstance draws a room instance id: 64 random bits in hex.
+func NewInstance() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
 
 // ValidName reports whether s can name a room or a participant: 1 to 64
 // letters, digits, '.', '_', '@' or '-', starting with a letter or digit.
@@ -436,6 +451,12 @@ type RoomOptions struct {
 	MaxParticipants int
 	// AutoRecord records every participant from the moment they publish.
 	AutoRecord bool
+	// Instance names this instance of the room (ValidInstance): a room
+	// deleted and created again under the same name is another instance,
+	// and the evidence and join tokens of one never reach the other.
+	// Empty: CreateRoom draws a new one (NewInstance); a room re-homed
+	// or replicated in a cluster passes the one it had.
+	Instance string
 }
 
 // CreateRoom creates an empty room.
@@ -448,6 +469,12 @@ func (s *SFU) CreateRoom(name string, kind Kind, opts RoomOptions) (*Room, error
 	}
 	if opts.MaxParticipants <= 0 || (s.cfg.MaxParticipants > 0 && opts.MaxParticipants > s.cfg.MaxParticipants) {
 		opts.MaxParticipants = s.cfg.MaxParticipants
+	}
+	switch {
+	case opts.Instance == "":
+		opts.Instance = NewInstance()
+	case !ValidInstance(opts.Instance):
+		return nil, fmt.Errorf("%w: room instance %q", ErrInvalidName, opts.Instance)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -462,7 +489,7 @@ func (s *SFU) CreateRoom(name string, kind Kind, opts RoomOptions) (*Room, error
 	}
 	r := newRoom(s, name, kind, opts)
 	s.rooms[name] = r
-	s.log.Info("room created", "room", name, "kind", kind)
+	s.log.Info("room created", "room", name, "kind", kind, "instance", opts.Instance)
 	return r, nil
 }
 

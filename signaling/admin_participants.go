@@ -237,10 +237,20 @@ type revokeResponse struct {
 
 // revokeTokens makes every token of an identity in the room issued so far
 // stop working, and disconnects that identity's participant at once with
-// reason token_revoked.
+// reason token_revoked. The revocation is by name: it covers the tokens
+// of every instance of the room, and works as well for a room that no
+// longer exists (nobody to disconnect then).
 func (a *participantsAPI) revokeTokens(c *gin.Context) {
-	r, err := a.srv.sfu.Room(c.Param("room"))
-	if err != nil {
+	name := c.Param("room")
+	if !sfu.ValidName(name) {
+		writeError(c, fmt.Errorf("%w: room name %q", sfu.ErrInvalidName, name))
+		return
+	}
+	r, err := a.srv.sfu.Room(name)
+	switch {
+	case errors.Is(err, sfu.ErrRoomNotFound):
+		r = nil // deleted, or never created: its tokens may still be out
+	case err != nil:
 		writeError(c, err)
 		return
 	}
@@ -256,11 +266,15 @@ func (a *participantsAPI) revokeTokens(c *gin.Context) {
 	// Revoke first: a join racing with this is either refused, or is in
 	// the room by the time we look (openSession checks again after
 	// joining).
-	at := a.srv.tokens.Revoke(r.Name(), req.Identity)
-	a.srv.fed.Revoked(r.Name(), req.Identity, at)
+	at := a.srv.tokens.Revoke(name, req.Identity)
+	a.srv.fed.Revoked(name, req.Identity, at)
 	// Its TURN credentials too, whether or not it is in the room now.
-	a.srv.sfu.RevokeICEServers(r.Name(), req.Identity)
-	out := revokeResponse{Room: r.Name(), Identity: req.Identity, RevokedAt: at.UTC()}
+	a.srv.sfu.RevokeICEServers(name, req.Identity)
+	out := revokeResponse{Room: name, Identity: req.Identity, RevokedAt: at.UTC()}
+	if r == nil {
+		c.JSON(http.StatusOK, out)
+		return
+	}
 	if p := r.Participant(req.Identity); p != nil {
 		p.Leave(sfu.ReasonRevoked)
 		out.Disconnected = true

@@ -148,8 +148,13 @@ func TestAdminEndpointErrors(t *testing.T) {
 		tests = append(tests,
 			tc{"no key " + r.method + " " + r.path, r.method, r.path, "", map[string]any{}, 401, "unauthorized"},
 			tc{"wrong key " + r.method + " " + r.path, r.method, r.path, "wrong", map[string]any{}, 401, "unauthorized"},
-			tc{"unknown room " + r.method + " " + r.path, r.method, strings.Replace(r.path, "/conf", "/ghost", 1), srv.AdminKey, map[string]any{}, 404, "room_not_found"},
 		)
+		// A revocation works for a room that no longer exists
+		// (TestRevokeTokensOfDeletedRoom); every other route needs the room.
+		if !strings.HasSuffix(r.path, "/tokens/revoke") {
+			tests = append(tests,
+				tc{"unknown room " + r.method + " " + r.path, r.method, strings.Replace(r.path, "/conf", "/ghost", 1), srv.AdminKey, map[string]any{}, 404, "room_not_found"})
+		}
 		if r.method != "GET" && r.method != "DELETE" {
 			tests = append(tests,
 				tc{"malformed " + r.path, r.method, r.path, srv.AdminKey, `{"role":`, 400, "invalid_request"},

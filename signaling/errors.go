@@ -14,19 +14,23 @@ import (
 // Errors of the signaling layer. Each maps to one HTTP status and one
 // stable code in codeFor, the only place that mapping is made.
 var (
-	ErrUnauthorized    = errors.New("missing or wrong admin key")
-	ErrInvalidToken    = errors.New("invalid join token")
-	ErrTokenExpired    = errors.New("join token expired")
-	ErrTokenRevoked    = errors.New("join token revoked")
-	ErrForbidden       = errors.New("forbidden")
-	ErrInvalidRequest  = errors.New("invalid request")
-	ErrBodyTooLarge    = errors.New("request body too large")
-	ErrSessionNotFound = errors.New("session not found")
-	ErrNotFound        = errors.New("no such route")
-	ErrShuttingDown    = errors.New("server is shutting down")
-	ErrUnknownType     = errors.New("unknown message type")
-	ErrInvalidMessage  = errors.New("invalid message")
-	ErrInvalidCursor   = errors.New("invalid cursor")
+	ErrUnauthorized = errors.New("missing or wrong admin key")
+	ErrInvalidToken = errors.New("invalid join token")
+	ErrTokenExpired = errors.New("join token expired")
+	ErrTokenRevoked = errors.New("join token revoked")
+	ErrForbidden    = errors.New("forbidden")
+	// ErrTokenRoomInstance refuses a join token of another instance of
+	// the room's name (a room deleted and created again), or one bound
+	// to no instance where evidence is read.
+	ErrTokenRoomInstance = errors.New("join token is not for this instance of the room")
+	ErrInvalidRequest    = errors.New("invalid request")
+	ErrBodyTooLarge      = errors.New("request body too large")
+	ErrSessionNotFound   = errors.New("session not found")
+	ErrNotFound          = errors.New("no such route")
+	ErrShuttingDown      = errors.New("server is shutting down")
+	ErrUnknownType       = errors.New("unknown message type")
+	ErrInvalidMessage    = errors.New("invalid message")
+	ErrInvalidCursor     = errors.New("invalid cursor")
 )
 
 // errorBody is the JSON shape of every error reply.
@@ -50,6 +54,7 @@ func codeFor(err error) (int, string) {
 		{ErrTokenExpired, http.StatusUnauthorized, "token_expired"},
 		{ErrTokenRevoked, http.StatusUnauthorized, "token_revoked"},
 		{ErrInvalidToken, http.StatusUnauthorized, "invalid_token"},
+		{ErrTokenRoomInstance, http.StatusForbidden, "token_room_instance"},
 		{ErrForbidden, http.StatusForbidden, "forbidden"},
 		{sfu.ErrForbidden, http.StatusForbidden, "forbidden"},
 		{ErrBodyTooLarge, http.StatusRequestEntityTooLarge, "body_too_large"},

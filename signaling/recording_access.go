@@ -30,7 +30,7 @@ func (a *evidenceAPI) recordingReaderRoutes(g *gin.RouterGroup) {
 
 // requireRecordingReader lets through, for the recording named in the
 // path: the admin key; the join token of a proctor of the recording's
-// room; or, for a file, a signed URL (exp and sig in the query) that has
+// room instance (not of another room of that name); or, for a file, a signed URL (exp and sig in the query) that has
 // not expired.
 func (a *evidenceAPI) requireRecordingReader(c *gin.Context) {
 	q := c.Request.URL.Query()
@@ -56,6 +56,9 @@ func (a *evidenceAPI) requireRecordingReader(c *gin.Context) {
 	case claims.Role != string(sfu.RoleProctor):
 		writeError(c, fmt.Errorf("%w: only proctors read recordings", ErrForbidden))
 		return
+	case claims.Instance == "":
+		writeError(c, errNoTokenInstance)
+		return
 	}
 	m := a.recordingsManager(c)
 	if m == nil {
@@ -68,6 +71,10 @@ func (a *evidenceAPI) requireRecordingReader(c *gin.Context) {
 	}
 	if man.Room != claims.Room {
 		writeError(c, fmt.Errorf("%w: the recording is of another room", ErrForbidden))
+		return
+	}
+	if man.Instance != claims.Instance {
+		writeError(c, fmt.Errorf("%w: the recording is of another instance of the room", ErrTokenRoomInstance))
 		return
 	}
 	c.Next()

@@ -2,6 +2,7 @@ package signaling
 
 import (
 	"errors"
+	"fmt"
 	"mime"
 	"net/http"
 	"path"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/vigil-media/vigil/recordings"
+	"github.com/vigil-media/vigil/sfu"
 )
 
 // ErrRecordingsDisabled is returned by the recordings API of a server
@@ -98,7 +100,15 @@ func (a *evidenceAPI) listRecordings(c *gin.Context) {
 	if m == nil {
 		return
 	}
-	list := m.List(recordings.Filter{Room: c.Query("room"), Identity: c.Query("identity")})
+	f := recordings.Filter{Room: c.Query("room"), Instance: c.Query("instance"), Identity: c.Query("identity")}
+	switch {
+	case f.Instance == instanceAll:
+		f.Instance = ""
+	case f.Instance != "" && !sfu.ValidInstance(f.Instance):
+		writeError(c, fmt.Errorf("%w: instance %q: want a room instance or %q", ErrInvalidRequest, f.Instance, instanceAll))
+		return
+	}
+	list := m.List(f)
 	c.JSON(http.StatusOK, gin.H{"recordings": list})
 }
 

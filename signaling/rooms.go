@@ -20,11 +20,15 @@ type CreateRoomRequest struct {
 
 // RoomResponse describes a room.
 type RoomResponse struct {
-	Name            string                `json:"name"`
-	Kind            sfu.Kind              `json:"kind"`
-	MaxParticipants int                   `json:"max_participants"`
-	AutoRecord      bool                  `json:"auto_record"`
-	Participants    []ParticipantResponse `json:"participants"`
+	Name            string   `json:"name"`
+	Kind            sfu.Kind `json:"kind"`
+	MaxParticipants int      `json:"max_participants"`
+	AutoRecord      bool     `json:"auto_record"`
+	// Instance names this instance of the room: a room deleted and
+	// created again under the same name is another instance, with its
+	// own join tokens and evidence.
+	Instance     string                `json:"instance"`
+	Participants []ParticipantResponse `json:"participants"`
 	// Node is the node that holds the room (cluster mode only).
 	Node string `json:"node,omitempty"`
 }
@@ -34,6 +38,7 @@ func describeRoom(r *sfu.Room, ts map[*sfu.Participant]string) RoomResponse {
 	opts := r.Options()
 	ps := r.List()
 	out := RoomResponse{Name: r.Name(), Kind: r.Kind(), MaxParticipants: opts.MaxParticipants, AutoRecord: opts.AutoRecord,
+		Instance:     r.Instance(),
 		Participants: make([]ParticipantResponse, 0, len(ps))}
 	for _, p := range ps {
 		out.Participants = append(out.Participants, describeParticipant(p, ts))
@@ -110,7 +115,9 @@ type mintTokenRequest struct {
 }
 
 type mintTokenResponse struct {
-	Token     string    `json:"token"`
+	Token string `json:"token"`
+	// Instance is the room instance the token is bound to.
+	Instance  string    `json:"instance"`
 	JoinURL   string    `json:"join_url"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
@@ -142,19 +149,20 @@ func (s *Server) mintToken(c *gin.Context) {
 		writeError(c, fmt.Errorf("%w: %q in a %s room (one of %v)", sfu.ErrInvalidRole, req.Role, r.Kind(), sfu.Roles(r.Kind())))
 		return
 	}
-	tok, exp, err := s.tokens.Mint(r.Name(), req.Identity, string(req.Role), ttl)
+	tok, exp, err := s.tokens.MintFor(r.Name(), r.Instance(), req.Identity, string(req.Role), ttl)
 	if err != nil {
 		writeError(c, err)
 		return
 	}
 	c.JSON(http.StatusCreated, mintTokenResponse{
-		Token: tok, ExpiresAt: exp.UTC(),
+		Token: tok, Instance: r.Instance(), ExpiresAt: exp.UTC(),
 		JoinURL: "/room/" + url.PathEscape(r.Name()) + "#token=" + tok,
 	})
 }
 
 // authorizeJoin verifies a join token for room: the token's room must be
-// that room and its role valid there.
+// that room, its room instance (if it names one) the room's instance now,
+// and its role valid there.
 func (s *Server) authorizeJoin(r *http.Request, room string) (*Claims, *sfu.Room, error) {
 	tok, ok := bearer(r)
 	if !ok {
@@ -170,6 +178,9 @@ func (s *Server) authorizeJoin(r *http.Request, room string) (*Claims, *sfu.Room
 	rm, err := s.sfu.Room(room)
 	if err != nil {
 		return nil, nil, err
+	}
+	if claims.Instance != "" && claims.Instance != rm.Instance() {
+		return nil, nil, fmt.Errorf("%w: the token is for an earlier room of that name", ErrTokenRoomInstance)
 	}
 	if !sfu.ValidRole(rm.Kind(), sfu.Role(claims.Role)) {
 		return nil, nil, fmt.Errorf("%w: role %q is not valid in this room", ErrForbidden, claims.Role)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/vigil-media/vigil/sfu"
 )
 
 // MaxTokenTTL is the longest life of a join token. Verify refuses a token
@@ -20,6 +21,12 @@ const MaxTokenTTL = 24 * time.Hour
 type Claims struct {
 	Room string `json:"room"`
 	Role string `json:"role"`
+	// Instance is the room instance the token is for (sfu.Room.Instance):
+	// set by the admin API, refused (ErrTokenRoomInstance) by any other
+	// instance of the room's name. Empty in a token minted offline
+	// without one: it joins whichever instance is live, and reads no
+	// evidence.
+	Instance string `json:"rin,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -61,8 +68,14 @@ func NewTokens(adminKey string, now func() time.Time) *Tokens {
 }
 
 // Mint signs a token for identity as role in room, valid for ttl (at most
-// MaxTokenTTL).
+// MaxTokenTTL), bound to no room instance (MintFor binds one).
 func (t *Tokens) Mint(room, identity, role string, ttl time.Duration) (string, time.Time, error) {
+	return t.MintFor(room, "", identity, role, ttl)
+}
+
+// MintFor is Mint for one instance of room (sfu.Room.Instance; "" for
+// none).
+func (t *Tokens) MintFor(room, instance, identity, role string, ttl time.Duration) (string, time.Time, error) {
 	if ttl <= 0 || ttl > MaxTokenTTL {
 		return "", time.Time{}, fmt.Errorf("%w: a token lives 1s to %v", ErrInvalidRequest, MaxTokenTTL)
 	}
@@ -78,7 +91,7 @@ func (t *Tokens) Mint(room, identity, role string, ttl time.Duration) (string, t
 	}
 	t.mu.Unlock()
 	exp := now.Add(ttl)
-	claims := Claims{Room: room, Role: role, RegisteredClaims: jwt.RegisteredClaims{
+	claims := Claims{Room: room, Role: role, Instance: instance, RegisteredClaims: jwt.RegisteredClaims{
 		Issuer: tokenIssuer, Subject: identity,
 		IssuedAt: jwt.NewNumericDate(time.Unix(iat, 0)), NotBefore: jwt.NewNumericDate(now.Add(-5 * time.Second)),
 		ExpiresAt: jwt.NewNumericDate(exp),
@@ -106,6 +119,8 @@ func (t *Tokens) Verify(token string) (*Claims, error) {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	case claims.Subject == "" || claims.Room == "" || claims.Role == "":
 		return nil, fmt.Errorf("%w: missing room, subject or role", ErrInvalidToken)
+	case claims.Instance != "" && !sfu.ValidInstance(claims.Instance):
+		return nil, fmt.Errorf("%w: malformed room instance", ErrInvalidToken)
 	case claims.IssuedAt == nil:
 		return nil, fmt.Errorf("%w: missing iat", ErrInvalidToken)
 	case claims.ExpiresAt.Sub(claims.IssuedAt.Time) > MaxTokenTTL:

@@ -329,20 +329,27 @@ key, exactly as POST /v1/rooms/{room}/tokens does: the server accepts it
 if it runs with the same admin key (which must then be set, not
 generated). The room must exist when the token is used. Prints the token,
 or with -url the join link.
+
+Without -instance the token joins whichever room of that name is live
+when it is used, and reads no incidents or recordings. With -instance
+(the "instance" of GET /v1/rooms/{room}) it is bound to that room: it is
+refused by a room deleted and created again under the same name, and a
+proctor's token reads that room's evidence only.
 `
 
 func runToken(args []string, stdout, stderr io.Writer) error {
-	var room, identity, role, base string
+	var room, instance, identity, role, base string
 	var ttl time.Duration
 	extra := func(fs *flag.FlagSet) {
 		fs.StringVar(&room, "room", "", "the `room` the token joins (required)")
+		fs.StringVar(&instance, "instance", "", "the room's `instance` (from GET /v1/rooms/{room}): bind the token to it")
 		fs.StringVar(&identity, "identity", "", "the participant's `identity` (required)")
 		fs.StringVar(&role, "role", "", "the `role`: participant, host, viewer, candidate or proctor (required)")
 		fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid, at most 24h")
 		fs.StringVar(&base, "url", "", "the server's public base `URL`, e.g. https://vigil.example.org: print the join link instead of the token")
 	}
 	l, err := resolve("vigil token", []string{"admin-key"}, extra, args, os.LookupEnv, stdout, stderr,
-		helpFor("vigil token -room ROOM -identity ID -role ROLE [-ttl 1h] [-url URL] [-admin-key KEY | -config FILE]", tokenHelp))
+		helpFor("vigil token -room ROOM [-instance ID] -identity ID -role ROLE [-ttl 1h] [-url URL] [-admin-key KEY | -config FILE]", tokenHelp))
 	if err != nil {
 		return err
 	}
@@ -352,6 +359,8 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 		return usageError("no admin key: set -admin-key, VIGIL_ADMIN_KEY or admin_key in the config file")
 	case !sfu.ValidName(room):
 		return usageError("-room %q: want 1 to 64 of A-Z a-z 0-9 . _ @ -", room)
+	case instance != "" && !sfu.ValidInstance(instance):
+		return usageError("-instance %q: want the 16 hex digits of a room's instance", instance)
 	case !sfu.ValidName(identity):
 		return usageError("-identity %q: want 1 to 64 of A-Z a-z 0-9 . _ @ -", identity)
 	case !validRole(role):
@@ -359,7 +368,7 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	case ttl <= 0 || ttl > signaling.MaxTokenTTL:
 		return usageError("-ttl %v: want more than 0 and at most %v", ttl, signaling.MaxTokenTTL)
 	}
-	tok, _, err := signaling.NewTokens(key, nil).Mint(room, identity, role, ttl)
+	tok, _, err := signaling.NewTokens(key, nil).MintFor(room, instance, identity, role, ttl)
 	if err != nil {
 		return err
 	}

@@ -188,12 +188,21 @@ func TestTokenOffline(t *testing.T) {
 	if claims.Room != "exam-1" || claims.Subject != "cand-7" || claims.Role != "candidate" {
 		t.Errorf("claims %+v", claims)
 	}
+	// -instance binds the token to one instance of the room.
+	code, out, errOut = runCLI(t, "token", "-room", "exam-1", "-instance", "0123456789abcdef", "-identity", "proc", "-role", "proctor")
+	if code != 0 {
+		t.Fatalf("-instance: exit %d: %s", code, errOut)
+	}
+	if claims, err := signaling.NewTokens("the-admin-key", nil).Verify(strings.TrimSpace(out)); err != nil || claims.Instance != "0123456789abcdef" {
+		t.Errorf("-instance: claims %+v, %v", claims, err)
+	}
 	code, out, _ = runCLI(t, "token", "-room", "r", "-identity", "a", "-role", "participant", "-url", "https://v.example/")
 	if code != 0 || !strings.HasPrefix(out, "https://v.example/room/r#token=") {
 		t.Errorf("-url: exit %d, %q", code, out)
 	}
 	for _, args := range [][]string{
 		{"token", "-room", "r", "-identity", "a", "-role", "king"},
+		{"token", "-room", "r", "-instance", "not-hex", "-identity", "a", "-role", "participant"},
 		{"token", "-room", "r", "-identity", "a b", "-role", "participant"},
 		{"token", "-room", "r", "-identity", "a", "-role", "participant", "-ttl", "48h"},
 	} {

@@ -50,6 +50,7 @@ const JOIN_ERRORS = {
   token_expired: 'This join link has expired. Ask for a new one.',
   invalid_token: 'This join link is not valid.',
   forbidden: 'This join link is not for this room.',
+  token_room_instance: 'This join link is for an earlier room of this name. Ask for a new one.',
   room_not_found: 'This room does not exist (any more).',
   room_full: 'The room is full.',
   unauthorized: 'This join link is not valid.',

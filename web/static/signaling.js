@@ -39,7 +39,7 @@ const PROOF_MS = 8000;
 // Session errors that no retry will fix: the join token or the room is bad.
 const FATAL_CODES = new Set([
   'invalid_request', 'unauthorized', 'invalid_token', 'token_expired',
-  'forbidden', 'room_not_found', 'room_full',
+  'forbidden', 'room_not_found', 'room_full', 'token_room_instance',
 ]);
 
 // POST statuses worth sending the same message again for (with its key).
