@@ -47,6 +47,14 @@ var migrations = []string{
 		incident_id TEXT PRIMARY KEY REFERENCES incidents (id) ON DELETE CASCADE,
 		jpeg        BLOB NOT NULL
 	);`,
+	// Token revocations (revocations.go): not incidents, but this is the
+	// server's one database.
+	`CREATE TABLE IF NOT EXISTS revocations (
+		room     TEXT    NOT NULL,
+		identity TEXT    NOT NULL,
+		up_to    INTEGER NOT NULL,
+		PRIMARY KEY (room, identity)
+	);`,
 }
 
 // Store keeps incidents in SQLite (modernc.org/sqlite, WAL), in
