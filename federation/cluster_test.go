@@ -35,6 +35,9 @@ import (
 
 const clusterKey = "cluster-admin-key"
 
+// clusterTokenSecret signs the join tokens of every node.
+const clusterTokenSecret = "cluster-token-secret"
+
 // testNode is one node of a test cluster.
 type testNode struct {
 	ID, URL string
@@ -60,7 +63,7 @@ func startNode(t *testing.T, rd *vigiltest.Redis, prefix, id string, configure f
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := signaling.Config{SFU: media, AdminKey: clusterKey, Logger: logger, JoinRate: -1, MintRate: -1, MessageRate: -1}
+	cfg := signaling.Config{SFU: media, AdminKey: clusterKey, TokenSecret: clusterTokenSecret, Logger: logger, JoinRate: -1, MintRate: -1, MessageRate: -1}
 	if configure != nil {
 		configure(&cfg)
 	}
@@ -646,5 +649,15 @@ func TestClusterShutdownMovesParticipants(t *testing.T) {
 	resp, body = call(t, b.URL, "POST", "/v1/rooms/live/sessions", map[string]string{"Authorization": "Bearer " + tok}, "")
 	if resp.StatusCode != 201 || !strings.Contains(string(body), `"session_id":"b.`) {
 		t.Fatalf("a new session with the same token: %d %s, want one of b's", resp.StatusCode, body)
+	}
+}
+
+// TestNodeNeedsTokenSecret: a node without a token secret is refused
+// before it joins: a secret of its own would refuse every other node's
+// tokens.
+func TestNodeNeedsTokenSecret(t *testing.T) {
+	_, err := federation.New(context.Background(), federation.Config{Signaling: signaling.Config{AdminKey: clusterKey}})
+	if !errors.Is(err, federation.ErrNoTokenSecret) {
+		t.Fatalf("New without a token secret: %v, want ErrNoTokenSecret", err)
 	}
 }
