@@ -71,7 +71,7 @@ type config struct {
 	ReadTimeout   time.Duration // of a request, but for the streaming transports
 	IdleTimeout   time.Duration // of a keep-alive connection
 	MaxConns      int           // HTTP connections per client address, 0: no limit
-	RedisURL      string // cluster mode when set (cluster.go)
+	RedisURL      string        // cluster mode when set (cluster.go)
 	NodeID        string
 	NodeURL       string
 	Heartbeat     time.Duration

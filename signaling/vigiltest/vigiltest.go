@@ -30,9 +30,9 @@ type Server struct {
 	AdminKey string
 	// TokenSecret signs the server's join tokens.
 	TokenSecret string
-	SFU      *sfu.SFU
-	Sig      *signaling.Server
-	HTTP     *httptest.Server
+	SFU         *sfu.SFU
+	Sig         *signaling.Server
+	HTTP        *httptest.Server
 	// Recordings is the recordings manager (the SFU's observer).
 	Recordings *recordings.Manager
 	// Incidents is the incidents monitor (an observer too), on a
