@@ -38,6 +38,9 @@ import (
 
 const clusterKey = "cluster-admin-key"
 
+// clusterTokenSecret signs the join tokens of every node.
+const clusterTokenSecret = "cluster-token-secret"
+
 // testNode is one node of a test cluster.
 type testNode struct {
 	ID, URL string
@@ -83,7 +86,7 @@ func startNodeWith(t *testing.T, rd *vigiltest.Redis, prefix, id string, o nodeO
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := signaling.Config{SFU: media, AdminKey: clusterKey, Logger: logger, JoinRate: -1, MintRate: -1, MessageRate: -1}
+	cfg := signaling.Config{SFU: media, AdminKey: clusterKey, TokenSecret: clusterTokenSecret, Logger: logger, JoinRate: -1, MintRate: -1, MessageRate: -1}
 	if configure != nil {
 		configure(&cfg)
 	}
@@ -736,5 +739,15 @@ func TestClusterShutdownMovesParticipants(t *testing.T) {
 	resp, body = call(t, b.URL, "POST", "/v1/rooms/live/sessions", map[string]string{"Authorization": "Bearer " + bound.Token}, "")
 	if resp.StatusCode != 201 {
 		t.Fatalf("the instance's token after the re-homing: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestNodeNeedsTokenSecret: a node without a token secret is refused
+// before it joins: a secret of its own would refuse every other node's
+// tokens.
+func TestNodeNeedsTokenSecret(t *testing.T) {
+	_, err := federation.New(context.Background(), federation.Config{Signaling: signaling.Config{AdminKey: clusterKey}})
+	if !errors.Is(err, federation.ErrNoTokenSecret) {
+		t.Fatalf("New without a token secret: %v, want ErrNoTokenSecret", err)
 	}
 }

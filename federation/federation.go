@@ -34,8 +34,10 @@ import (
 
 // Config configures a node.
 type Config struct {
-	// Signaling configures the node's signaling server (SFU and
-	// AdminKey required); New sets its Federation.
+	// Signaling configures the node's signaling server (SFU, AdminKey
+	// and TokenSecret required: every node verifies the join tokens any
+	// other node minted, so they all need the same secret); New sets its
+	// Federation.
 	Signaling signaling.Config
 	// Cluster configures the node's membership (RedisURL and URL
 	// required); New sets its Load, Rooms, Adopt and Lost, its NodeID
@@ -82,6 +84,10 @@ type core struct {
 	cl  *cluster.Cluster
 }
 
+// ErrNoTokenSecret refuses a node without Config.Signaling.TokenSecret:
+// a secret of its own would make it refuse every other node's tokens.
+var ErrNoTokenSecret = errors.New("federation: a token secret is required, the same on every node")
+
 // New builds a node: its signaling server (with the node as its
 // Federation), then its membership of the cluster, which may adopt
 // rooms at once; then it subscribes to the bus and starts resyncing
@@ -89,6 +95,9 @@ type core struct {
 // join ("join the cluster: ...", wrapping cluster.ErrUnavailable when
 // Redis cannot be reached).
 func New(ctx context.Context, cfg Config) (*Node, error) {
+	if cfg.Signaling.TokenSecret == "" {
+		return nil, ErrNoTokenSecret
+	}
 	if cfg.Signaling.Logger == nil {
 		cfg.Signaling.Logger = slog.Default()
 	}

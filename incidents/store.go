@@ -65,6 +65,14 @@ var migrations = []string{
 	// before (readable by the admin key only).
 	`ALTER TABLE incidents ADD COLUMN instance TEXT NOT NULL DEFAULT '';
 	CREATE INDEX incidents_by_instance ON incidents (room, instance, time_ms, seq);`,
+	// 4: token revocations (revocations.go): not incidents, but this is
+	// the server's one database.
+	`CREATE TABLE IF NOT EXISTS revocations (
+		room     TEXT    NOT NULL,
+		identity TEXT    NOT NULL,
+		up_to    INTEGER NOT NULL,
+		PRIMARY KEY (room, identity)
+	);`,
 }
 
 // Store keeps incidents in SQLite (modernc.org/sqlite, WAL), in

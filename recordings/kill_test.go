@@ -114,7 +114,7 @@ func TestKillLeavesPlayableFile(t *testing.T) {
 	bin := buildVigil(t)
 	dir := t.TempDir()
 	httpPort, udpPort := freePort(t, "tcp"), freePort(t, "udp")
-	const key = "kill-test-key"
+	const key = "5b0e9d2c7a4f1e8d3c6b9a2f5e8d1c4b7a0f3e6d9c2b5a8f1e4d7c0b3a6f9e2d" // 32 bytes: vigil refuses weaker keys
 	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	var logs syncBuffer
 	cmd := exec.Command(bin)

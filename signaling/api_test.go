@@ -113,18 +113,20 @@ func TestJoinTokenChecks(t *testing.T) {
 	good := srv.Token(t, "a", "alice", "participant")
 
 	// Tokens minted with a clock an hour back are expired now.
-	past := signaling.NewTokens(srv.AdminKey, func() time.Time { return time.Now().Add(-time.Hour) })
+	past := signaling.NewTokens(srv.TokenSecret, func() time.Time { return time.Now().Add(-time.Hour) })
 	expired, _, err := past.Mint("a", "alice", "participant", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	forgedBy := signaling.NewTokens("another-key", nil)
 	forged, _, _ := forgedBy.Mint("a", "alice", "participant", time.Minute)
+	// The admin key does not sign tokens: the token secret is its own.
+	byAdminKey, _, _ := signaling.NewTokens(srv.AdminKey, nil).Mint("a", "alice", "participant", time.Minute)
 	parts := strings.Split(good, ".")
 	tampered := parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"room":"b","role":"participant","sub":"alice","iss":"vigil","exp":9999999999}`)) + "." + parts[2]
 	none := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + parts[1] + "."
 	wrongRole, _, _ := srv.Sig.Tokens().Mint("a", "alice", "viewer", time.Minute)
-	future := signaling.NewTokens(srv.AdminKey, func() time.Time { return time.Now().Add(time.Hour) })
+	future := signaling.NewTokens(srv.TokenSecret, func() time.Time { return time.Now().Add(time.Hour) })
 	notYet, _, _ := future.Mint("a", "alice", "participant", time.Hour)
 
 	tests := []struct {
@@ -139,6 +141,7 @@ func TestJoinTokenChecks(t *testing.T) {
 		{"token for another room", "b", good, 403, "forbidden"},
 		{"expired", "a", expired, 401, "token_expired"},
 		{"forged signature", "a", forged, 401, "invalid_token"},
+		{"signed with the admin key", "a", byAdminKey, 401, "invalid_token"},
 		{"tampered claims", "a", tampered, 401, "invalid_token"},
 		{"alg none", "a", none, 401, "invalid_token"},
 		{"not yet valid", "a", notYet, 401, "invalid_token"},

@@ -28,7 +28,7 @@ type evidenceAPI struct {
 func newEvidenceAPI(s *Server, feed func(room string) *roomFeed) *evidenceAPI {
 	return &evidenceAPI{
 		srv: s, incidents: s.cfg.Incidents, recordings: s.cfg.Recordings,
-		urlKey: fileURLKey(s.cfg.AdminKey), feed: feed,
+		urlKey: fileURLKey(s.cfg.TokenSecret), feed: feed,
 	}
 }
 

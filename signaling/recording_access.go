@@ -80,10 +80,12 @@ func (a *evidenceAPI) requireRecordingReader(c *gin.Context) {
 	c.Next()
 }
 
-// fileURLKey derives the key of signed file URLs from the admin key, as
-// the join tokens' key is: a changed admin key invalidates them all.
-func fileURLKey(adminKey string) []byte {
-	m := hmac.New(sha256.New, []byte(adminKey))
+// fileURLKey derives the key of signed file URLs from the token secret,
+// as the join tokens' key is (never from the admin key: a signed URL
+// handed to a proctor must not let anyone guess the admin key offline);
+// a changed token secret invalidates them all.
+func fileURLKey(tokenSecret string) []byte {
+	m := hmac.New(sha256.New, []byte(tokenSecret))
 	m.Write([]byte("vigil recording file url v1"))
 	return m.Sum(nil)
 }

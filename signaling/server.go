@@ -22,7 +22,9 @@
 package signaling
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,7 +47,20 @@ import (
 type Config struct {
 	SFU      *sfu.SFU
 	AdminKey string
-	Logger   *slog.Logger
+	// TokenSecret signs the join tokens (tokens.go); it must not be the
+	// admin key, nor derived from it. Empty: a random one for this
+	// process (tokens do not survive a restart). Every node of a cluster
+	// needs the same one.
+	TokenSecret string
+	// Revocations, if set, keeps token revocations across restarts
+	// (cmd/vigil: the SQLite database of package incidents).
+	Revocations RevocationStore
+	// AdminAuthFailures is how many failed admin-key attempts a client
+	// address may make in a minute (auth_limit.go) before its attempts
+	// are refused with 429 for the rest of it; 0 means
+	// DefaultAdminAuthFailures, negative no limit.
+	AdminAuthFailures int
+	Logger            *slog.Logger
 	// GracePeriod is how long a session lives with no transport attached;
 	// 0 means 30s. (The media core's ReconnectGrace is the same period
 	// for a lost media connection; cmd/vigil sets both.)
@@ -104,7 +119,8 @@ type Server struct {
 	engine *gin.Engine
 	admin  [32]byte // SHA-256 of the admin key, compared in constant time
 
-	joins, mints *addrLimiter // per client address; nil: no limit
+	joins, mints *addrLimiter  // per client address; nil: no limit
+	authFailures *authThrottle // failed admin-key attempts per client address (auth_limit.go); nil: no limit
 
 	fed Federation // a cluster's decisions (federation.go); local on a single node
 	// relays marks the routes a cluster relays, by method and full
@@ -149,9 +165,20 @@ func New(cfg Config) (*Server, error) {
 	rate(&cfg.MessageRate, DefaultMessageRate)
 	rate(&cfg.JoinRate, DefaultJoinRate)
 	rate(&cfg.MintRate, DefaultMintRate)
+	if cfg.AdminAuthFailures == 0 {
+		cfg.AdminAuthFailures = DefaultAdminAuthFailures
+	}
+	if cfg.TokenSecret == "" {
+		b := make([]byte, 32)
+		_, _ = rand.Read(b)
+		cfg.TokenSecret = hex.EncodeToString(b)
+	}
+	if cfg.TokenSecret == cfg.AdminKey {
+		return nil, errors.New("signaling: the token secret must differ from the admin key")
+	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, sfu: cfg.SFU,
-		tokens: NewTokens(cfg.AdminKey, cfg.Now),
+		tokens: NewTokens(cfg.TokenSecret, cfg.Now),
 		fed:    cfg.Federation,
 		relays: map[string]Relay{},
 		admin:  sha256.Sum256([]byte(cfg.AdminKey)),
@@ -161,6 +188,12 @@ func New(cfg Config) (*Server, error) {
 	s.evidence = newEvidenceAPI(s, s.hub.feed)
 	s.participants = &participantsAPI{srv: s, hub: s.hub}
 	s.joins, s.mints = newAddrLimiter(cfg.JoinRate), newAddrLimiter(cfg.MintRate)
+	s.authFailures = newAuthThrottle(cfg.AdminAuthFailures, time.Minute)
+	if cfg.Revocations != nil {
+		if err := s.tokens.Persist(cfg.Revocations, cfg.Logger); err != nil {
+			return nil, fmt.Errorf("signaling: %w", err)
+		}
+	}
 	if s.fed == nil {
 		s.fed = local{}
 	}
@@ -180,7 +213,7 @@ func (s *Server) Tokens() *Tokens { return s.tokens }
 
 func (s *Server) routes() *gin.Engine {
 	e := gin.New()
-	e.Use(s.logRequests, gin.CustomRecovery(func(c *gin.Context, v any) {
+	e.Use(streamDeadlines, s.logRequests, gin.CustomRecovery(func(c *gin.Context, v any) {
 		s.log.Error("panic in handler", "path", c.Request.URL.Path, "panic", v)
 		writeError(c, errors.New("panic"))
 	}))

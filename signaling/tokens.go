@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/sfu"
 )
 
@@ -31,14 +33,38 @@ type Claims struct {
 }
 
 // Tokens mints, verifies and revokes join tokens: HS256 JWTs whose key is
-// derived from the admin key, so that anyone holding the admin key can
-// mint offline and a changed admin key invalidates every token.
+// derived from the token secret (Config.TokenSecret), which is independent
+// of the admin key: a leaked join token gives nothing to brute-force the
+// admin key with offline. Anyone holding the token secret can mint
+// offline (`vigil token`); a changed secret invalidates every token.
 type Tokens struct {
 	key []byte
 	now func() time.Time
 
 	mu      sync.Mutex // guards revoked; nothing is locked while holding it
 	revoked map[revocationKey]revocation
+
+	// store, if set (Persist), keeps revocations across restarts; set
+	// once before the server serves, read-only after.
+	store RevocationStore
+	log   *slog.Logger
+}
+
+// MaxIssuedAtSkew is how far in the future a token's iat may be (clocks
+// of the nodes that mint differ a little); Verify refuses a token issued
+// later than that.
+const MaxIssuedAtSkew = 60 * time.Second
+
+// RevocationStore keeps revocations across restarts (on a single node,
+// the SQLite database of package incidents). Its methods are called
+// without any lock of Tokens held.
+type RevocationStore interface {
+	// SaveRevocation records that the tokens of identity in room issued
+	// up to the Unix second upTo are revoked.
+	SaveRevocation(room, identity string, upTo int64) error
+	// Revocations are the revocations recorded with upTo at or after
+	// since (Unix seconds), after forgetting the older ones.
+	Revocations(since int64) ([]incidents.Revocation, error)
 }
 
 // revocationKey names every token of one identity in one room.
@@ -57,12 +83,13 @@ type revocation struct {
 
 const tokenIssuer = "vigil"
 
-// NewTokens derives the signing key from the admin key. now may be nil.
-func NewTokens(adminKey string, now func() time.Time) *Tokens {
+// NewTokens derives the signing key from secret, the token secret (never
+// the admin key). now may be nil.
+func NewTokens(secret string, now func() time.Time) *Tokens {
 	if now == nil {
 		now = time.Now
 	}
-	m := hmac.New(sha256.New, []byte(adminKey))
+	m := hmac.New(sha256.New, []byte(secret))
 	m.Write([]byte("vigil join token v1"))
 	return &Tokens{key: m.Sum(nil), now: now, revoked: map[revocationKey]revocation{}}
 }
@@ -104,8 +131,8 @@ func (t *Tokens) MintFor(room, instance, identity, role string, ttl time.Duratio
 }
 
 // Verify checks a token's algorithm (HS256 only), signature, issuer,
-// expiry, not-before, lifetime (at most MaxTokenTTL from iat) and
-// revocation. It returns ErrTokenExpired, ErrTokenRevoked or
+// expiry, not-before, issue time (at most MaxIssuedAtSkew ahead of the
+// clock), lifetime (at most MaxTokenTTL from iat) and revocation. It returns ErrTokenExpired, ErrTokenRevoked or
 // ErrInvalidToken.
 func (t *Tokens) Verify(token string) (*Claims, error) {
 	claims := &Claims{}
@@ -123,6 +150,8 @@ func (t *Tokens) Verify(token string) (*Claims, error) {
 		return nil, fmt.Errorf("%w: malformed room instance", ErrInvalidToken)
 	case claims.IssuedAt == nil:
 		return nil, fmt.Errorf("%w: missing iat", ErrInvalidToken)
+	case claims.IssuedAt.Sub(t.now()) > MaxIssuedAtSkew:
+		return nil, fmt.Errorf("%w: issued in the future (iat more than %v ahead)", ErrInvalidToken, MaxIssuedAtSkew)
 	case claims.ExpiresAt.Sub(claims.IssuedAt.Time) > MaxTokenTTL:
 		return nil, fmt.Errorf("%w: lives longer than %v", ErrInvalidToken, MaxTokenTTL)
 	}
@@ -147,18 +176,47 @@ func (t *Tokens) Revoked(c *Claims) bool {
 // verifying (ErrTokenRevoked); tokens minted after it work. It returns
 // the time of the revocation. A revocation is forgotten once every token
 // it covers has expired, so the list stays bounded by what was revoked
-// in the last MaxTokenTTL.
+// in the last MaxTokenTTL. With a store (Persist) it is also saved
+// there, so that a restart does not revive the tokens; it applies here
+// whether or not saving succeeds (a failure is logged as an error).
 func (t *Tokens) Revoke(room, identity string) time.Time {
 	now := t.now()
 	key := revocationKey{room, identity}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.pruneLocked(now)
 	rv := t.revoked[key]
 	rv.revokedUpTo = max(rv.revokedUpTo, rv.issued, now.Unix())
 	rv.issued = rv.revokedUpTo
 	t.revoked[key] = rv
+	t.mu.Unlock()
+	if t.store != nil {
+		if err := t.store.SaveRevocation(room, identity, rv.revokedUpTo); err != nil {
+			t.log.Error("revocation not saved: a restart would let these tokens in again", "room", room, "participant", identity, "err", err)
+		}
+	}
 	return now
+}
+
+// Persist loads the revocations st keeps that may still cover a live
+// token, and saves every later Revoke there (failures logged to log).
+// Call it once, before the tokens are used.
+func (t *Tokens) Persist(st RevocationStore, log *slog.Logger) error {
+	now := t.now()
+	kept, err := st.Revocations(now.Add(-MaxTokenTTL - time.Second).Unix())
+	if err != nil {
+		return fmt.Errorf("load revocations: %w", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, r := range kept {
+		key := revocationKey{r.Room, r.Identity}
+		rv := t.revoked[key]
+		rv.revokedUpTo = max(rv.revokedUpTo, r.UpTo)
+		rv.issued = max(rv.issued, rv.revokedUpTo)
+		t.revoked[key] = rv
+	}
+	t.store, t.log = st, log
+	return nil
 }
 
 // RevokeAt records a revocation made at `at` on another node of the

@@ -126,3 +126,26 @@ func TestRevocationsAreForgotten(t *testing.T) {
 		t.Errorf("minting beyond MaxTokenTTL: %v", err)
 	}
 }
+
+// TestFutureIssuedAt: Verify refuses a token whose iat is more than
+// MaxIssuedAtSkew ahead of its clock, and accepts one within it.
+func TestFutureIssuedAt(t *testing.T) {
+	clk := &fixedClock{t: time.Unix(1_700_000_000, 0)}
+	tk := NewTokens("key", clk.now)
+	sign := func(iat time.Time) string {
+		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, Claims{Room: "r", Role: "participant", RegisteredClaims: jwt.RegisteredClaims{
+			Issuer: tokenIssuer, Subject: "a", IssuedAt: jwt.NewNumericDate(iat),
+			NotBefore: jwt.NewNumericDate(clk.t.Add(-time.Second)), ExpiresAt: jwt.NewNumericDate(iat.Add(time.Hour)),
+		}}).SignedString(tk.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if _, err := tk.Verify(sign(clk.t.Add(MaxIssuedAtSkew + time.Second))); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("iat beyond the skew: %v, want invalid", err)
+	}
+	if _, err := tk.Verify(sign(clk.t.Add(MaxIssuedAtSkew))); err != nil {
+		t.Fatalf("iat at the skew: %v", err)
+	}
+}

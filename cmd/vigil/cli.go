@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net"
 	"net/url"
@@ -150,6 +151,7 @@ func configFrom(l *layered) (config, error) {
 		File:          l.file,
 		HTTPAddr:      l.get("http-addr"),
 		AdminKey:      l.get("admin-key"),
+		TokenSecret:   l.get("token-secret"),
 		PublicIP:      l.get("public-ip"),
 		RecordingsDir: l.get("recordings-dir"),
 		DataDir:       l.get("data-dir"),
@@ -231,7 +233,8 @@ func configFrom(l *layered) (config, error) {
 	ints := []struct {
 		name string
 		to   *int
-	}{{"max-rooms", &c.MaxRooms}, {"max-participants", &c.MaxPeople}, {"max-tracks", &c.MaxTracks}, {"max-incidents-per-room", &c.MaxIncidents}}
+	}{{"max-rooms", &c.MaxRooms}, {"max-participants", &c.MaxPeople}, {"max-tracks", &c.MaxTracks}, {"max-incidents-per-room", &c.MaxIncidents},
+		{"admin-auth-failures", &c.AuthFailures}, {"max-conns-per-addr", &c.MaxConns}}
 	for _, n := range ints {
 		v, err := strconv.Atoi(l.get(n.name))
 		if err != nil || v < 0 {
@@ -253,11 +256,25 @@ func configFrom(l *layered) (config, error) {
 	if c.MaxBodyBytes, err = strconv.ParseInt(l.get("max-body-bytes"), 10, 64); err != nil || c.MaxBodyBytes < 1024 {
 		return c, fmt.Errorf("%s: %q: want at least 1024 bytes", where("max-body-bytes"), l.get("max-body-bytes"))
 	}
+	for _, d := range []struct {
+		name string
+		to   *time.Duration
+	}{{"read-timeout", &c.ReadTimeout}, {"idle-timeout", &c.IdleTimeout}} {
+		if *d.to, err = time.ParseDuration(l.get(d.name)); err != nil || *d.to < time.Second {
+			return c, fmt.Errorf("%s: %q: want a duration of a second or more", where(d.name), l.get(d.name))
+		}
+	}
+	if err := checkSecrets(&c, where); err != nil {
+		return c, err
+	}
 	if c.PublicIP != "" && net.ParseIP(c.PublicIP) == nil {
 		return c, fmt.Errorf("%s: public ip %q is not an IP address", where("public-ip"), c.PublicIP)
 	}
 	if err := clusterConfig(l, &c, where); err != nil {
 		return c, err
+	}
+	if c.RedisURL != "" && c.TokenSecret == "" {
+		return c, fmt.Errorf("%s is set: a cluster needs a token secret, the same on every node (-token-secret, VIGIL_TOKEN_SECRET or token_secret; %s)", where("redis-url"), generateHint)
 	}
 	if c.EdgeViewers, err = strconv.Atoi(l.get("cluster-edge-viewers")); err != nil || c.EdgeViewers < 0 {
 		return c, fmt.Errorf("%s: %q: want a number of viewers, 0 or more", where("cluster-edge-viewers"), l.get("cluster-edge-viewers"))
@@ -302,7 +319,8 @@ func commaList(s string) []string {
 const configHelp = `"vigil config print" prints the configuration "vigil serve" would run
 with, given the same flags, environment and config file: one YAML line per
 setting with where its value came from (flag, environment, config file or
-default). Secrets (admin_key, webhook_secret) are masked. A config file
+default). Secrets (admin_key, token_secret, turn_secret, webhook_secret,
+redis_url) are masked. A config file
 with an unknown key is refused, naming the key.
 `
 
@@ -324,11 +342,12 @@ func runConfig(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-const tokenHelp = `Mints a join token offline, signed with a key derived from the admin
-key, exactly as POST /v1/rooms/{room}/tokens does: the server accepts it
-if it runs with the same admin key (which must then be set, not
-generated). The room must exist when the token is used. Prints the token,
-or with -url the join link.
+const tokenHelp = `Mints a join token offline, signed with the token secret, exactly as
+POST /v1/rooms/{room}/tokens does: the server accepts it if it runs with
+the same token secret: -token-secret, or the one the server generated in
+its data directory (data-dir/token_secret, readable by the server's user
+only). The room must exist when the token is used. Prints the token, or
+with -url the join link.
 
 Without -instance the token joins whichever room of that name is live
 when it is used, and reads no incidents or recordings. With -instance
@@ -348,15 +367,22 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 		fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid, at most 24h")
 		fs.StringVar(&base, "url", "", "the server's public base `URL`, e.g. https://vigil.example.org: print the join link instead of the token")
 	}
-	l, err := resolve("vigil token", []string{"admin-key"}, extra, args, os.LookupEnv, stdout, stderr,
-		helpFor("vigil token -room ROOM [-instance ID] -identity ID -role ROLE [-ttl 1h] [-url URL] [-admin-key KEY | -config FILE]", tokenHelp))
+	l, err := resolve("vigil token", []string{"token-secret", "data-dir"}, extra, args, os.LookupEnv, stdout, stderr,
+		helpFor("vigil token -room ROOM [-instance ID] -identity ID -role ROLE [-ttl 1h] [-url URL] [-token-secret SECRET | -data-dir DIR | -config FILE]", tokenHelp))
 	if err != nil {
 		return err
 	}
-	key := l.get("admin-key")
+	secret := l.get("token-secret")
+	if secret == "" {
+		secret, err = readTokenSecret(l.get("data-dir"))
+		if errors.Is(err, fs.ErrNotExist) {
+			return usageError("no token secret: set -token-secret, VIGIL_TOKEN_SECRET or token_secret in the config file, or -data-dir to the server's data directory once it has started")
+		}
+		if err != nil {
+			return err
+		}
+	}
 	switch {
-	case key == "":
-		return usageError("no admin key: set -admin-key, VIGIL_ADMIN_KEY or admin_key in the config file")
 	case !sfu.ValidName(room):
 		return usageError("-room %q: want 1 to 64 of A-Z a-z 0-9 . _ @ -", room)
 	case instance != "" && !sfu.ValidInstance(instance):
@@ -368,7 +394,7 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	case ttl <= 0 || ttl > signaling.MaxTokenTTL:
 		return usageError("-ttl %v: want more than 0 and at most %v", ttl, signaling.MaxTokenTTL)
 	}
-	tok, _, err := signaling.NewTokens(key, nil).MintFor(room, instance, identity, role, ttl)
+	tok, _, err := signaling.NewTokens(secret, nil).MintFor(room, instance, identity, role, ttl)
 	if err != nil {
 		return err
 	}

@@ -34,7 +34,7 @@ type node struct {
 
 func startClusterNode(t *testing.T, rd *vigiltest.Redis, id string) *node {
 	t.Helper()
-	p := startVigil(t, "-redis-url", rd.URL, "-node-id", id,
+	p := startVigil(t, "-redis-url", rd.URL, "-node-id", id, "-token-secret", testTokenSecret,
 		"-cluster-heartbeat", testHeartbeat.String(), "-cluster-lease", testLease.String(),
 		"-join-rate", "0", "-mint-rate", "0", "-grace-period", "5s")
 	return &node{id: id, proc: p}
@@ -285,7 +285,7 @@ type roomView struct {
 }
 
 func getRoom(n *node, room string) (int, roomView, string) {
-	code, body := try("GET", n.url+"/v1/rooms/"+room, "k", "")
+	code, body := try("GET", n.url+"/v1/rooms/"+room, testAdminKey, "")
 	var v roomView
 	_ = json.Unmarshal([]byte(body), &v)
 	return code, v, body
@@ -293,7 +293,7 @@ func getRoom(n *node, room string) (int, roomView, string) {
 
 func mint(t *testing.T, n *node, room, identity, role string) string {
 	t.Helper()
-	code, body := try("POST", n.url+"/v1/rooms/"+room+"/tokens", "k", fmt.Sprintf(`{"identity":%q,"role":%q}`, identity, role))
+	code, body := try("POST", n.url+"/v1/rooms/"+room+"/tokens", testAdminKey, fmt.Sprintf(`{"identity":%q,"role":%q}`, identity, role))
 	if code != 201 {
 		t.Fatalf("mint %s through %s: %d %s", identity, n.id, code, body)
 	}
@@ -304,7 +304,7 @@ func mint(t *testing.T, n *node, room, identity, role string) string {
 
 func createRoom(t *testing.T, n *node, name string) string {
 	t.Helper()
-	code, body := try("POST", n.url+"/v1/rooms", "k", fmt.Sprintf(`{"name":%q,"kind":"conference"}`, name))
+	code, body := try("POST", n.url+"/v1/rooms", testAdminKey, fmt.Sprintf(`{"name":%q,"kind":"conference"}`, name))
 	var r roomView
 	_ = json.Unmarshal([]byte(body), &r)
 	if code != 201 || r.Node == "" {
@@ -385,7 +385,7 @@ func TestClusterThreeNodes(t *testing.T) {
 	}
 	carol := newMediaClient(t, api, "live", "carol", mint(t, byID[owner], "live", "carol", "participant"), false, []*node{byID[owner]}, 0)
 	waitUntil(t, 10*time.Second, "carol in the room", func() bool { return carol.sessions.Load() > 0 && carol.total.Load() > 0 }, carol.history)
-	code, body := try("POST", revokeVia.url+"/v1/rooms/live/tokens/revoke", "k", `{"identity":"carol"}`)
+	code, body := try("POST", revokeVia.url+"/v1/rooms/live/tokens/revoke", testAdminKey, `{"identity":"carol"}`)
 	if code != 200 || !strings.Contains(body, `"disconnected":true`) {
 		t.Fatalf("(d) revoke carol through %s: %d %s", revokeVia.id, code, body)
 	}
@@ -440,7 +440,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		t.Errorf("(c) %d packets in 1.5 s without Redis, want media to go on", got)
 	}
 	start := time.Now()
-	code, body = try("POST", live[0].url+"/v1/rooms", "k", `{"name":"later","kind":"conference"}`)
+	code, body = try("POST", live[0].url+"/v1/rooms", testAdminKey, `{"name":"later","kind":"conference"}`)
 	if took := time.Since(start); code != 503 || errCode(body) != "cluster_unavailable" || took > 3*time.Second {
 		t.Errorf("(c) create a room without Redis: %d %s in %v, want 503 cluster_unavailable in < 3 s", code, body, took)
 	}
@@ -448,7 +448,7 @@ func TestClusterThreeNodes(t *testing.T) {
 	restarted := time.Now()
 	var created string
 	waitUntil(t, 10*time.Second, "a room created after Redis is back", func() bool {
-		code, body := try("POST", live[0].url+"/v1/rooms", "k", `{"name":"later","kind":"conference"}`)
+		code, body := try("POST", live[0].url+"/v1/rooms", testAdminKey, `{"name":"later","kind":"conference"}`)
 		var r roomView
 		_ = json.Unmarshal([]byte(body), &r)
 		created = r.Node
@@ -466,9 +466,9 @@ func TestClusterThreeNodes(t *testing.T) {
 	t.Logf("(c) Redis restarted empty: a room created again %v after, every node back on Redis %v after",
 		createdAfter.Round(10*time.Millisecond), time.Since(restarted).Round(10*time.Millisecond))
 	waitUntil(t, 10*time.Second, "the running room back in the map", func() bool {
-		code, body := try("GET", live[0].url+"/v1/rooms", "k", "")
+		code, body := try("GET", live[0].url+"/v1/rooms", testAdminKey, "")
 		return code == 200 && strings.Contains(body, `"name":"live"`) && strings.Contains(body, `"node":"`+newOwner+`"`)
-	}, func() string { _, b := try("GET", live[0].url+"/v1/rooms", "k", ""); return b })
+	}, func() string { _, b := try("GET", live[0].url+"/v1/rooms", testAdminKey, ""); return b })
 	// A cross-node join into the new room.
 	via := live[0]
 	if via.id == created {

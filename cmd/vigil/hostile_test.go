@@ -45,10 +45,10 @@ func TestHostileNetworkSettings(t *testing.T) {
 	} else {
 		_ = c.Close()
 	}
-	if code, body := p.do(t, "POST", "/v1/rooms", "k", `{"name":"r","kind":"conference"}`); code != 201 {
+	if code, body := p.do(t, "POST", "/v1/rooms", testAdminKey, `{"name":"r","kind":"conference"}`); code != 201 {
 		t.Fatalf("create room: %d %s", code, body)
 	}
-	_, tok := p.do(t, "POST", "/v1/rooms/r/tokens", "k", `{"identity":"alice","role":"participant"}`)
+	_, tok := p.do(t, "POST", "/v1/rooms/r/tokens", testAdminKey, `{"identity":"alice","role":"participant"}`)
 	var minted struct{ Token string }
 	_ = json.Unmarshal([]byte(tok), &minted)
 	code, sess := p.do(t, "POST", "/v1/rooms/r/sessions", minted.Token, "")

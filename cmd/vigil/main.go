@@ -5,11 +5,7 @@ package main
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -20,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -42,6 +39,7 @@ type config struct {
 	File          string // the config file read, if any
 	HTTPAddr      string
 	AdminKey      string
+	TokenSecret   string // "": kept in DataDir (secrets.go)
 	UDPPort       int
 	TCPPort       int // ICE over TCP, 0: off
 	TURNPort      int // embedded TURN server, 0: off
@@ -76,7 +74,11 @@ type config struct {
 	JoinRate      float64
 	MintRate      float64
 	MaxBodyBytes  int64
-	RedisURL      string // cluster mode when set (cluster.go)
+	AuthFailures  int           // failed admin-key attempts a minute per address
+	ReadTimeout   time.Duration // of a request, but for the streaming transports
+	IdleTimeout   time.Duration // of a keep-alive connection
+	MaxConns      int           // HTTP connections per client address, 0: no limit
+	RedisURL      string        // cluster mode when set (cluster.go)
 	NodeID        string
 	NodeURL       string
 	PeerCAFile    string // PEM roots for https node URLs; none: the system's
@@ -144,9 +146,17 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	generated := false
 	if cfg.AdminKey == "" {
-		b := make([]byte, 24)
-		_, _ = rand.Read(b)
-		cfg.AdminKey, generated = hex.EncodeToString(b), true
+		cfg.AdminKey, generated = randomSecret(), true
+	}
+	if cfg.TokenSecret == "" {
+		secret, made, err := loadTokenSecret(cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		if made {
+			logger.Info("token secret generated", "file", filepath.Join(cfg.DataDir, tokenSecretFile))
+		}
+		cfg.TokenSecret = secret
 	}
 	// Each part is pushed on the stack as it is made and closed in the
 	// reverse order when run returns, on every path: the signaling
@@ -216,7 +226,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("http: %w", err)
 	}
-	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
+	ln = limitConns(ln, cfg.MaxConns, cfg.Proxies, logger)
+	// ReadTimeout bounds every request but the streaming transports',
+	// which lift it (signaling/deadlines.go); there is no WriteTimeout,
+	// which would cut a long recording download: a client that does not
+	// read holds one of its max_conns_per_addr connections.
+	hs := &http.Server{ReadHeaderTimeout: min(10*time.Second, cfg.ReadTimeout), ReadTimeout: cfg.ReadTimeout,
+		IdleTimeout: cfg.IdleTimeout, MaxHeaderBytes: 64 << 10}
 	scheme := "http"
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -245,7 +261,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	// Cluster mode (redis_url): the server is a node, which joins
 	// before serving.
 	sig, cl, err := newServer(cfg, signaling.Config{
-		SFU: media, AdminKey: cfg.AdminKey, Logger: logger, Recordings: rec, Incidents: monitor,
+		SFU: media, AdminKey: cfg.AdminKey, TokenSecret: cfg.TokenSecret, Revocations: store,
+		AdminAuthFailures: noLimit(cfg.AuthFailures), Logger: logger, Recordings: rec, Incidents: monitor,
 		Metrics: metrics.New(version), Webhooks: hooks, DrainTimeout: cfg.DrainTimeout,
 		GracePeriod: cfg.GracePeriod, MaxBodyBytes: cfg.MaxBodyBytes, CORSOrigins: cfg.CORSOrigins, TrustedProxies: cfg.Proxies,
 		MessageRate: float64(noLimit(cfg.MessageRate)), JoinRate: float64(noLimit(cfg.JoinRate)), MintRate: float64(noLimit(cfg.MintRate)),
@@ -313,8 +330,8 @@ func tcpAddr(port int) string {
 }
 
 // startTURN starts the embedded TURN server, or returns nil when
-// turn_port is 0. Its secret is turn_secret, else derived from the admin
-// key; clients are told to reach it at public_ip, else at this host's
+// turn_port is 0. Its secret is turn_secret, else derived from the token
+// secret (never from the admin key); clients are told to reach it at public_ip, else at this host's
 // first non-loopback IPv4 address, else 127.0.0.1.
 func startTURN(cfg config, logger *slog.Logger) (*relay.Server, error) {
 	if cfg.TURNPort == 0 {
@@ -322,9 +339,7 @@ func startTURN(cfg config, logger *slog.Logger) (*relay.Server, error) {
 	}
 	secret := cfg.TURNSecret
 	if secret == "" {
-		m := hmac.New(sha256.New, []byte(cfg.AdminKey))
-		m.Write([]byte("vigil turn secret"))
-		secret = hex.EncodeToString(m.Sum(nil))
+		secret = turnSecret(cfg.TokenSecret)
 	}
 	rc := relay.Config{Addr: fmt.Sprintf(":%d", cfg.TURNPort), Secret: secret, TTL: cfg.TURNTTL, Host: cfg.PublicIP,
 		MaxAllocations: noLimit(cfg.TURNMaxAllocs), TCPRelay: cfg.TURNTCPRelay, Logger: logger}

@@ -24,6 +24,13 @@ import (
 	"github.com/vigil-media/vigil/webhooks"
 )
 
+// testAdminKey and testTokenSecret are secrets the server accepts: 32
+// random bytes each, hex-encoded, as `openssl rand -hex 32` makes them.
+const (
+	testAdminKey    = "9f2c4e7a1b3d5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
+	testTokenSecret = "3e8d1c6b9a0f4e2d7c5b8a1f0e3d6c9b2a5f8e1d4c7b0a3f6e9d2c5b8a1f4e7d"
+)
+
 func TestParseConfigFile(t *testing.T) {
 	cases := []struct {
 		name, yaml string
@@ -141,14 +148,14 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 }
 
 func TestConfigPrintMasksSecrets(t *testing.T) {
-	file := writeFile(t, "admin_key: file-admin-secret\nwebhook_urls: [\"https://hooks.example/v\"]\nudp_port: 9000\n")
+	file := writeFile(t, "admin_key: "+testAdminKey+"\nwebhook_urls: [\"https://hooks.example/v\"]\nudp_port: 9000\n")
 	t.Setenv("VIGIL_WEBHOOK_SECRET", "env-hook-secret")
 	t.Setenv("VIGIL_CONFIG", "")
 	code, out, errOut := runCLI(t, "config", "print", "-config", file, "-http-addr", "127.0.0.1:1")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if strings.Contains(out, "file-admin-secret") || strings.Contains(out, "env-hook-secret") {
+	if strings.Contains(out, testAdminKey) || strings.Contains(out, "env-hook-secret") {
 		t.Fatalf("a secret is printed:\n%s", out)
 	}
 	for _, line := range []string{
@@ -176,12 +183,13 @@ func TestConfigPrintMasksSecrets(t *testing.T) {
 
 func TestTokenOffline(t *testing.T) {
 	t.Setenv("VIGIL_CONFIG", "")
-	t.Setenv("VIGIL_ADMIN_KEY", "the-admin-key")
+	t.Setenv("VIGIL_ADMIN_KEY", "")
+	t.Setenv("VIGIL_TOKEN_SECRET", testTokenSecret)
 	code, out, errOut := runCLI(t, "token", "-room", "exam-1", "-identity", "cand-7", "-role", "candidate", "-ttl", "30m")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	claims, err := signaling.NewTokens("the-admin-key", nil).Verify(strings.TrimSpace(out))
+	claims, err := signaling.NewTokens(testTokenSecret, nil).Verify(strings.TrimSpace(out))
 	if err != nil {
 		t.Fatalf("the server would refuse the token: %v", err)
 	}
@@ -210,9 +218,23 @@ func TestTokenOffline(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2", args, code)
 		}
 	}
-	t.Setenv("VIGIL_ADMIN_KEY", "")
-	if code, _, errOut := runCLI(t, "token", "-room", "r", "-identity", "a", "-role", "participant"); code != 2 || !strings.Contains(errOut, "no admin key") {
-		t.Errorf("no key: exit %d %s", code, errOut)
+	// Without token_secret, the one the server keeps in its data
+	// directory; none there yet is a usage error.
+	t.Setenv("VIGIL_TOKEN_SECRET", "")
+	dir := t.TempDir()
+	if code, _, errOut := runCLI(t, "token", "-room", "r", "-identity", "a", "-role", "participant", "-data-dir", dir); code != 2 || !strings.Contains(errOut, "no token secret") {
+		t.Errorf("no secret: exit %d %s", code, errOut)
+	}
+	kept, made, err := loadTokenSecret(dir)
+	if err != nil || !made {
+		t.Fatalf("generate the data directory's secret: %v %v", made, err)
+	}
+	code, out, errOut = runCLI(t, "token", "-room", "r", "-identity", "a", "-role", "participant", "-data-dir", dir)
+	if code != 0 {
+		t.Fatalf("with the data directory's secret: exit %d %s", code, errOut)
+	}
+	if _, err := signaling.NewTokens(kept, nil).Verify(strings.TrimSpace(out)); err != nil {
+		t.Fatalf("a token signed with the data directory's secret: %v", err)
 	}
 }
 
@@ -311,10 +333,31 @@ var vigilBinary = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
+// lockedBuffer is a bytes.Buffer safe for one writer and one reader.
+type lockedBuffer struct {
+	mu sync.Mutex // guards b; nothing is locked while holding it
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 type proc struct {
 	cmd  *exec.Cmd
 	url  string
 	done chan error
+	// generatedKey gets the admin key the server printed, if it
+	// generated one.
+	generatedKey chan string
 }
 
 func startVigil(t *testing.T, extra ...string) *proc {
@@ -323,7 +366,7 @@ func startVigil(t *testing.T, extra ...string) *proc {
 	if err != nil {
 		t.Fatalf("build: %v", err)
 	}
-	args := append([]string{"serve", "-http-addr", "127.0.0.1:0", "-udp-port", "0", "-admin-key", "k",
+	args := append([]string{"serve", "-http-addr", "127.0.0.1:0", "-udp-port", "0", "-admin-key", testAdminKey,
 		"-recordings-dir", t.TempDir(), "-data-dir", t.TempDir(), "-log-level", "warn"}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
@@ -331,18 +374,21 @@ func startVigil(t *testing.T, extra ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &lockedBuffer{} // written by exec's copier, read by the cleanup
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, done: make(chan error, 1)}
+	p := &proc{cmd: cmd, done: make(chan error, 1), generatedKey: make(chan string, 1)}
 	urls := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if m := regexp.MustCompile(`Open (https?://\S+)/ in a browser`).FindStringSubmatch(sc.Text()); m != nil {
 				urls <- strings.Replace(m[1], "localhost", "127.0.0.1", 1)
+			}
+			if m := regexp.MustCompile(`^Admin key \(generated.*\): (\S+)$`).FindStringSubmatch(sc.Text()); m != nil {
+				p.generatedKey <- m[1]
 			}
 		}
 		p.done <- cmd.Wait()
@@ -401,10 +447,10 @@ func TestDrainExitsZero(t *testing.T) {
 			}))
 			defer hook.Close()
 			p := startVigil(t, "-webhook-urls", hook.URL, "-webhook-secret", "hs")
-			if code, body := p.do(t, "POST", "/v1/rooms", "k", `{"name":"exam","kind":"conference"}`); code != 201 {
+			if code, body := p.do(t, "POST", "/v1/rooms", testAdminKey, `{"name":"exam","kind":"conference"}`); code != 201 {
 				t.Fatalf("create room: %d %s", code, body)
 			}
-			_, tok := p.do(t, "POST", "/v1/rooms/exam/tokens", "k", `{"identity":"alice","role":"participant"}`)
+			_, tok := p.do(t, "POST", "/v1/rooms/exam/tokens", testAdminKey, `{"identity":"alice","role":"participant"}`)
 			var minted struct{ Token string }
 			_ = json.Unmarshal([]byte(tok), &minted)
 			code, sess := p.do(t, "POST", "/v1/rooms/exam/sessions", minted.Token, "")
@@ -420,7 +466,7 @@ func TestDrainExitsZero(t *testing.T) {
 				if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
 					t.Fatal(err)
 				}
-			} else if code, body := p.do(t, "POST", "/v1/drain", "k", ""); code != 202 {
+			} else if code, body := p.do(t, "POST", "/v1/drain", testAdminKey, ""); code != 202 {
 				t.Fatalf("drain: %d %s", code, body)
 			}
 			deadline := time.Now().Add(5 * time.Second)
@@ -434,11 +480,11 @@ func TestDrainExitsZero(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			if code, body := p.do(t, "POST", "/v1/rooms", "k", `{"name":"late","kind":"conference"}`); code != 503 || !strings.Contains(body, `"draining"`) {
+			if code, body := p.do(t, "POST", "/v1/rooms", testAdminKey, `{"name":"late","kind":"conference"}`); code != 503 || !strings.Contains(body, `"draining"`) {
 				t.Errorf("new room while draining: %d %s", code, body)
 			}
 			time.Sleep(600 * time.Millisecond) // more than two drain polls
-			if code, _ := p.do(t, "GET", "/v1/rooms/exam", "k", ""); code != 200 {
+			if code, _ := p.do(t, "GET", "/v1/rooms/exam", testAdminKey, ""); code != 200 {
 				t.Errorf("the room in use is gone while draining: %d", code)
 			}
 			select {

@@ -119,7 +119,7 @@ func TestSIGTERMWithRecordings(t *testing.T) {
 	video, audio := encodedFrames(t, "vp8", 4), encodedFrames(t, "opus", 4)
 	recDir := t.TempDir()
 	p := startVigil(t, "-recordings-dir", recDir, "-max-participants", "0", "-join-rate", "0", "-mint-rate", "0")
-	if code, body := p.do(t, "POST", "/v1/rooms", "k", `{"name":"exam","kind":"proctoring","auto_record":true}`); code != 201 {
+	if code, body := p.do(t, "POST", "/v1/rooms", testAdminKey, `{"name":"exam","kind":"proctoring","auto_record":true}`); code != 201 {
 		t.Fatalf("create room: %d %s", code, body)
 	}
 	api := vigiltest.PionAPI(t)
@@ -153,7 +153,7 @@ func TestSIGTERMWithRecordings(t *testing.T) {
 	for i := range cands {
 		c := &candidate{identity: fmt.Sprintf("cand-%02d", i), up: make(chan struct{}), ended: make(chan struct{})}
 		cands[i] = c
-		_, tok := p.do(t, "POST", "/v1/rooms/exam/tokens", "k", fmt.Sprintf(`{"identity":%q,"role":"candidate"}`, c.identity))
+		_, tok := p.do(t, "POST", "/v1/rooms/exam/tokens", testAdminKey, fmt.Sprintf(`{"identity":%q,"role":"candidate"}`, c.identity))
 		var minted struct{ Token string }
 		_ = json.Unmarshal([]byte(tok), &minted)
 		code, body := p.do(t, "POST", "/v1/rooms/exam/sessions", minted.Token, "")
@@ -164,7 +164,7 @@ func TestSIGTERMWithRecordings(t *testing.T) {
 			SessionID string `json:"session_id"`
 		}
 		_ = json.Unmarshal([]byte(body), &opened)
-		if code, body := p.do(t, "POST", "/v1/rooms/exam/participants/"+c.identity+"/admit", "k", ""); code != 200 {
+		if code, body := p.do(t, "POST", "/v1/rooms/exam/participants/"+c.identity+"/admit", testAdminKey, ""); code != 200 {
 			t.Fatalf("admit: %d %s", code, body)
 		}
 		conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(p.url, "http")+"/v1/sessions/"+opened.SessionID+"/ws?cursor=0", nil)
@@ -277,7 +277,7 @@ func TestSIGTERMWithRecordings(t *testing.T) {
 	// Every candidate recorded, and a few seconds of media in each.
 	var listed string
 	waitUntil(t, 20*time.Second, fmt.Sprintf("%d recordings in progress", n), func() bool {
-		_, listed = p.do(t, "GET", "/v1/recordings?room=exam", "k", "")
+		_, listed = p.do(t, "GET", "/v1/recordings?room=exam", testAdminKey, "")
 		var list struct{ Recordings []recordings.Manifest }
 		_ = json.Unmarshal([]byte(listed), &list)
 		inProgress := 0

@@ -76,7 +76,7 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("healthz over TLS: %d %v", resp.StatusCode, resp.TLS)
 	}
 	req, _ := http.NewRequest("GET", p.url+"/v1/rooms", nil)
-	req.Header.Set("Authorization", "Bearer k")
+	req.Header.Set("Authorization", "Bearer "+testAdminKey)
 	if resp, err := client.Do(req); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("admin API over TLS: %v %v", resp, err)
 	}

@@ -28,9 +28,11 @@ import (
 type Server struct {
 	URL      string
 	AdminKey string
-	SFU      *sfu.SFU
-	Sig      *signaling.Server
-	HTTP     *httptest.Server
+	// TokenSecret signs the server's join tokens.
+	TokenSecret string
+	SFU         *sfu.SFU
+	Sig         *signaling.Server
+	HTTP        *httptest.Server
 	// Recordings is the recordings manager (the SFU's observer).
 	Recordings *recordings.Manager
 	// Incidents is the incidents monitor (an observer too), on a
@@ -57,9 +59,9 @@ type Options struct {
 	// GracePeriod.
 	SFU sfu.Config
 	// Configure, if set, adjusts the signaling configuration last. The
-	// rate limits (joins and mints per address, messages per session) are
-	// off unless it sets them: tests open many sessions from 127.0.0.1
-	// and send bursts of messages.
+	// rate limits (joins and mints per address, messages per session,
+	// failed admin-key attempts per address) are off unless it sets them:
+	// tests open many sessions from 127.0.0.1 and send bursts of messages.
 	Configure func(*signaling.Config)
 	// NewServer, if set, builds the signaling server from its
 	// configuration instead of signaling.New: a node of a cluster
@@ -113,9 +115,9 @@ func StartWith(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const key = "test-admin-key"
+	const key, secret = "test-admin-key", "test-token-secret"
 	sigCfg := signaling.Config{
-		SFU: media, AdminKey: key, Logger: logger, GracePeriod: opts.GracePeriod, Now: opts.Now,
+		SFU: media, AdminKey: key, TokenSecret: secret, Revocations: store, AdminAuthFailures: -1, Logger: logger, GracePeriod: opts.GracePeriod, Now: opts.Now,
 		MaxLongPolls: opts.MaxLongPolls, OutboxCapacity: opts.OutboxCapacity, Recordings: rec, Incidents: mon,
 		Webhooks: opts.Webhooks, JoinRate: -1, MintRate: -1, MessageRate: -1,
 	}
@@ -131,7 +133,7 @@ func StartWith(t testing.TB, opts Options) *Server {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(sig.Handler())
-	s := &Server{URL: hs.URL, AdminKey: key, SFU: media, Sig: sig, HTTP: hs, Recordings: rec, Incidents: mon, DataDir: opts.DataDir}
+	s := &Server{URL: hs.URL, AdminKey: key, TokenSecret: sigCfg.TokenSecret, SFU: media, Sig: sig, HTTP: hs, Recordings: rec, Incidents: mon, DataDir: opts.DataDir}
 	s.closeFn = func() {
 		sig.Close(5 * time.Second)
 		hs.Close()

@@ -29,8 +29,11 @@ type Spawner struct {
 	Bin      string
 	Dir      string // scratch: recordings, the server log
 	AdminKey string
-	CPU      int // -1: not pinned
-	LogPath  string
+	// TokenSecret signs the join tokens of every server it starts (the
+	// nodes of a cluster need the same one).
+	TokenSecret string
+	CPU         int // -1: not pinned
+	LogPath     string
 	// Baseline: start "vigil-load baseline-server" (this binary) instead
 	// of vigil.
 	Baseline bool
@@ -70,9 +73,12 @@ func New(ctx context.Context, bin string, cpu int) (*Spawner, error) {
 			return nil, fmt.Errorf("building vigil (run from inside the module, or pass -vigil-bin): %w", err)
 		}
 	}
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return &Spawner{Bin: bin, Dir: dir, AdminKey: hex.EncodeToString(b), CPU: cpu, LogPath: filepath.Join(dir, "vigil.log")}, nil
+	secret := func() string { // 32 random bytes: vigil refuses weaker ones
+		b := make([]byte, 32)
+		_, _ = rand.Read(b)
+		return hex.EncodeToString(b)
+	}
+	return &Spawner{Bin: bin, Dir: dir, AdminKey: secret(), TokenSecret: secret(), CPU: cpu, LogPath: filepath.Join(dir, "vigil.log")}, nil
 }
 
 // Close removes the scratch directory.
@@ -134,6 +140,7 @@ func (s *Spawner) Start(ctx context.Context) (*Server, error) {
 		"VIGIL_HTTP_ADDR="+addr,
 		"VIGIL_UDP_PORT="+strconv.Itoa(udp),
 		"VIGIL_ADMIN_KEY="+s.AdminKey,
+		"VIGIL_TOKEN_SECRET="+s.TokenSecret,
 		"VIGIL_RECORDINGS_DIR="+filepath.Join(s.Dir, "recordings"),
 		"VIGIL_LOG_LEVEL=warn",
 		// Every generated client comes from 127.0.0.1: lift the per-address
@@ -143,6 +150,7 @@ func (s *Spawner) Start(ctx context.Context) (*Server, error) {
 		"VIGIL_MINT_RATE=0",
 		"VIGIL_MESSAGE_RATE=0",
 		"VIGIL_MAX_PARTICIPANTS=0",
+		"VIGIL_MAX_CONNS_PER_ADDR=0",
 		"VIGIL_DATA_DIR="+filepath.Join(s.Dir, "data"),
 	)
 	if s.Env != nil {
