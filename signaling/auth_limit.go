@@ -18,17 +18,17 @@ const DefaultAdminAuthFailures = 10
 
 // authThrottle counts the failed admin-key attempts of each client
 // address in fixed windows, in bounded memory: windows that are over are
-// forgotten, and when maxTrackedAddrs addresses are counted at once, new
-// ones share one window (they may then be refused together; an attacker
-// with that many addresses slows the admins down, but guesses no faster).
+// forgotten, and when maxTrackedAddrs addresses are counted at once, the
+// oldest window makes room for a new address. No window is shared: an
+// attacker with that many addresses can never get an admin's address
+// refused (it is refused only for its own failures), and guesses no
+// faster than one attempt a request.
 type authThrottle struct {
 	max    int
 	window time.Duration
-	// mu guards failures, overflow and swept; nothing is locked while
-	// holding it.
+	// mu guards failures and swept; nothing is locked while holding it.
 	mu       sync.Mutex
 	failures map[string]*failureWindow
-	overflow failureWindow
 	swept    time.Time
 }
 
@@ -86,27 +86,29 @@ func (a *authThrottle) fail(addr string, now time.Time) {
 	w.n++
 }
 
-// windowLocked is key's window; with create, a new one (or the shared
-// overflow window when too many addresses are counted).
+// windowLocked is key's window, nil if it has none; with create, a new
+// one, making room when too many addresses are counted: the windows that
+// are over go (at most once a second), else the oldest one.
 func (a *authThrottle) windowLocked(key string, now time.Time, create bool) *failureWindow {
-	if w := a.failures[key]; w != nil {
+	if w := a.failures[key]; w != nil || !create {
 		return w
 	}
-	if len(a.failures) >= maxTrackedAddrs {
-		if now.Sub(a.swept) >= time.Second { // O(n): at most once a second
-			for k, w := range a.failures {
-				if now.Sub(w.start) >= a.window {
-					delete(a.failures, k)
-				}
+	if len(a.failures) >= maxTrackedAddrs && now.Sub(a.swept) >= time.Second {
+		for k, w := range a.failures {
+			if now.Sub(w.start) >= a.window {
+				delete(a.failures, k)
 			}
-			a.swept = now
 		}
-		if len(a.failures) >= maxTrackedAddrs {
-			return &a.overflow
-		}
+		a.swept = now
 	}
-	if !create {
-		return nil
+	if len(a.failures) >= maxTrackedAddrs {
+		oldest, at := "", now
+		for k, w := range a.failures {
+			if !w.start.After(at) {
+				oldest, at = k, w.start
+			}
+		}
+		delete(a.failures, oldest)
 	}
 	w := &failureWindow{start: now}
 	a.failures[key] = w
