@@ -33,15 +33,18 @@ type DownTrack struct {
 
 	// mu guards the source and the rewriting state. It is taken for each
 	// packet by the source's reader goroutine, so it is uncontended but
-	// for the moment of a switch.
+	// for the moment of a switch. While holding it one may take an
+	// up-track's mu (to ask for a keyframe); it is never taken while
+	// holding that.
 	mu        sync.Mutex
-	up        *UpTrack // the current source; nil when idle
-	pending   *UpTrack // a simulcast layer to switch to at its next keyframe
-	maxLayer  int      // the highest simulcast layer asked for, or layerDefault
+	up        *UpTrack  // the current source; nil when idle
+	pending   *UpTrack  // a simulcast layer to switch to at its next keyframe
+	pendingAt time.Time // when pending's keyframe was last asked for
+	maxLayer  int       // the highest simulcast layer asked for, or layerDefault
 	info      TrackInfo
 	waitKey   bool
-	askedKey  bool // a keyframe was asked for since waitKey was set
-	shedding  bool // waitKey was set because the reader is behind (overload.go)
+	askedAt   time.Time // when the keyframe waited for was last asked for; zero: not yet
+	shedding  bool      // waitKey was set because the reader is behind (overload.go)
 	started   bool
 	rebase    bool // the next forwarded packet is the first of a new source
 	seqOffset uint16
@@ -134,6 +137,15 @@ func (d *DownTrack) Unbind(webrtc.TrackLocalContext) error {
 	return nil
 }
 
+// keyframeRetry is how long a down-track waits for a keyframe it asked
+// for before asking again. A request can go unanswered: a PLI is one UDP
+// packet, and a libwebrtc encoder ignores a request that reaches it less
+// than 300 ms after the last one it served, a window measured at its
+// end, so a request sent firstKeyframeGap after the last one can still
+// fall inside it. Nobody else asks in our place: a subscriber that has
+// received nothing has nothing to report lost.
+const keyframeRetry = time.Second
+
 // writeRTP forwards one packet of from, read at now. Called only by
 // from's reader goroutine.
 func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now time.Time) {
@@ -149,7 +161,16 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 	var left *UpTrack // a layer switched away from, to drop after unlocking
 	if d.up != from {
 		if from != d.pending || !keyframe {
+			// The layer to switch to sends, but not yet the keyframe
+			// asked for: ask again once keyframeRetry has passed.
+			again := from == d.pending && now.Sub(d.pendingAt) >= keyframeRetry
+			if again {
+				d.pendingAt = now
+			}
 			d.mu.Unlock()
+			if again {
+				from.requestKeyframe()
+			}
 			return // not (or not yet) this down-track's source
 		}
 		// The layer asked for has a keyframe: switch here, with no gap.
@@ -166,7 +187,7 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 		}
 	}()
 	if d.resync.CompareAndSwap(true, false) {
-		d.waitKey, d.askedKey, d.shedding = true, false, false
+		d.waitKey, d.askedAt, d.shedding = true, time.Time{}, false
 	}
 	if d.waitKey {
 		ready := d.canReceive()
@@ -177,11 +198,17 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 			if d.shedding {
 				d.shedDrops.Add(1)
 			}
-			if ready && !d.askedKey {
+			switch {
+			case !ready:
+			case d.askedAt.IsZero():
 				// Asked here, not when the wait began: before the
 				// subscriber's DTLS is up, the keyframe would be lost.
-				d.askedKey = true
+				d.askedAt = now
 				from.requestFirstKeyframe()
+			case now.Sub(d.askedAt) >= keyframeRetry:
+				// The keyframe asked for has not come: ask again.
+				d.askedAt = now
+				from.requestKeyframe()
 			}
 			return
 		}
@@ -214,13 +241,13 @@ func (d *DownTrack) writeRTP(from *UpTrack, pkt *rtp.Packet, keyframe bool, now 
 	switch {
 	case err != nil && d.kind == webrtc.RTPCodecTypeVideo:
 		// A failed write loses part of a frame: resume on a keyframe.
-		d.waitKey, d.askedKey, d.shedding = true, true, false
+		d.waitKey, d.askedAt, d.shedding = true, now, false
 		from.requestKeyframe()
 	case n == 0 && err == nil && !d.started:
 		// pion drops what is written before SRTP is up (DTLS connected
 		// comes a moment before): wait for the next keyframe.
 		d.ready.Store(false)
-		d.waitKey, d.askedKey, d.shedding = d.kind == webrtc.RTPCodecTypeVideo, false, false
+		d.waitKey, d.askedAt, d.shedding = d.kind == webrtc.RTPCodecTypeVideo, time.Time{}, false
 		return
 	case err == nil:
 		d.logSent(from, pkt.SequenceNumber, hdr.SequenceNumber, hdr.Timestamp)
@@ -243,7 +270,7 @@ func (d *DownTrack) skip(from *UpTrack) {
 		d.seqOffset++
 	}
 	if d.kind == webrtc.RTPCodecTypeVideo {
-		d.waitKey, d.askedKey, d.shedding = true, false, false
+		d.waitKey, d.askedAt, d.shedding = true, time.Time{}, false
 	}
 }
 
@@ -282,7 +309,7 @@ func (d *DownTrack) switchTo(up *UpTrack) bool {
 	}
 	// The keyframe is asked for by writeRTP on the new source's next
 	// packet, once the subscriber can receive it.
-	d.waitKey, d.askedKey, d.shedding = d.kind == webrtc.RTPCodecTypeVideo, false, false
+	d.waitKey, d.askedAt, d.shedding = d.kind == webrtc.RTPCodecTypeVideo, time.Time{}, false
 	d.mu.Unlock()
 	if old != nil && old != up {
 		old.removeDown(d)

@@ -180,7 +180,7 @@ func (d *DownTrack) shed(from *UpTrack) bool {
 		return false
 	}
 	// The keyframe is asked for once for all, by the reader.
-	d.waitKey, d.askedKey, d.shedding = true, true, true
+	d.waitKey, d.askedAt, d.shedding = true, time.Now(), true
 	return true
 }
 

@@ -290,7 +290,7 @@ func (d *DownTrack) requestLayer(up *UpTrack) {
 		return
 	}
 	prev := d.pending
-	d.pending = up
+	d.pending, d.pendingAt = up, time.Now()
 	d.mu.Unlock()
 	if prev != nil {
 		prev.removeDown(d)

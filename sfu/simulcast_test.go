@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/interceptor"
+	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
@@ -13,10 +15,11 @@ import (
 )
 
 // simulcastSource sends three VP8 layers q, h, f whose payloads say which
-// layer they are (third byte), each with a keyframe every 15 frames and
-// bigger packets for higher layers.
+// layer they are (third byte), each with a keyframe every 15 frames (or,
+// with keys, only when asked) and bigger packets for higher layers.
 type simulcastSource struct {
 	tracks     []*webrtc.TrackLocalStaticRTP
+	keys       *keyOnRequest // nil: periodic keyframes
 	midID      uint8
 	ridID      uint8
 	mid        string
@@ -27,7 +30,14 @@ var simulcastRIDs = []string{"q", "h", "f"}
 
 func publishSimulcast(t *testing.T, c *peer) *simulcastSource {
 	t.Helper()
-	s := &simulcastSource{stop: make(chan struct{}), done: make(chan struct{})}
+	return publishSimulcastWith(t, c, nil)
+}
+
+// publishSimulcastWith is publishSimulcast; with keys, a layer sends a
+// keyframe only when keys says so.
+func publishSimulcastWith(t *testing.T, c *peer, keys *keyOnRequest) *simulcastSource {
+	t.Helper()
+	s := &simulcastSource{keys: keys, stop: make(chan struct{}), done: make(chan struct{})}
 	for _, rid := range simulcastRIDs {
 		tr, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "video", "pub", webrtc.WithRTPStreamID(rid))
 		if err != nil {
@@ -44,13 +54,9 @@ func publishSimulcast(t *testing.T, c *peer) *simulcastSource {
 			t.Fatal(err)
 		}
 	}
-	go func() {
-		for {
-			if _, _, err := tx.Sender().ReadRTCP(); err != nil {
-				return
-			}
-		}
-	}()
+	for layer, rid := range simulcastRIDs {
+		go keys.readRTCP(layer, func() ([]rtcp.Packet, interceptor.Attributes, error) { return tx.Sender().ReadSimulcastRTCP(rid) })
+	}
 	offer, err := c.pc.CreateOffer(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +100,9 @@ func (s *simulcastSource) run() {
 		}
 		for layer, tr := range s.tracks {
 			key := (frame+layer*5)%15 == 0
+			if s.keys != nil {
+				key = s.keys.next(layer)
+			}
 			hdr := byte(0x01)
 			if key {
 				hdr = 0x00

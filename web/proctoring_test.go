@@ -151,24 +151,35 @@ func waitVideo(t *testing.T, ctx context.Context, timeout time.Duration, what, i
 	return last
 }
 
-// sentWidth is the width of the highest simulcast layer a candidate's
-// page sends of source now (Chromium may leave the top one off).
-func sentWidth(t *testing.T, ctx context.Context, name, source string) int {
+// upperRID is, per source, the rid of the simulcast layer just above the
+// lowest one a candidate's page sends (static/candidate.js).
+var upperRID = map[string]string{"camera": "h", "screen": "f"}
+
+// layerAbove is the width of the layer just above the lowest that a
+// candidate's page sends of source: as sent now, or, while Chromium
+// leaves that layer off (its bandwidth estimate dips under load, and it
+// may send the lowest layer alone for a while), as it was seen sending
+// it (seen, from waitLayers). A page receiving that source narrower than
+// this receives the lowest layer.
+func layerAbove(t *testing.T, ctx context.Context, name, source string, seen map[string]int) int {
 	t.Helper()
-	var w int
-	waitFor(t, 5*time.Second, name+" sending its "+source, func() (bool, string) {
-		var ls []layerSent
+	key := source + "/" + upperRID[source]
+	w := seen[key]
+	var ls []layerSent
+	waitFor(t, 5*time.Second, name+" reporting what it sends", func() (bool, string) {
 		if err := eval(ctx, `window.vigil.stats().then((s) => s.outbound.filter((o) => o.kind === 'video'))`, &ls); err != nil {
 			return false, err.Error()
 		}
-		w = 0
-		for _, l := range ls {
-			if l.Source == source {
-				w = max(w, l.FrameWidth)
-			}
-		}
-		return w > 0, fmt.Sprintf("layers %+v", ls)
+		return true, ""
 	})
+	for _, l := range ls {
+		if l.Source+"/"+l.Rid == key && l.FrameWidth > 0 {
+			w = min(w, l.FrameWidth)
+		}
+	}
+	if w == 0 {
+		t.Fatalf("%s never sent its %s's layer %s", name, source, upperRID[source])
+	}
 	return w
 }
 
@@ -245,22 +256,27 @@ type layerSent struct {
 // simulcast layer of its camera and of its screen (its encoder enables
 // the higher layers as its bandwidth estimate ramps up), so that a
 // proctor getting the low layer gets it because it asked for no more.
-func waitLayers(t *testing.T, ctx context.Context, name string) {
+// It returns the width each layer (source/rid) was sent at then.
+func waitLayers(t *testing.T, ctx context.Context, name string) map[string]int {
 	t.Helper()
 	prev := map[string]int{}
+	widths := map[string]int{}
 	waitFor(t, 45*time.Second, name+" sending its higher simulcast layers", func() (bool, string) {
 		var ls []layerSent
 		if err := eval(ctx, `window.vigil.stats().then((s) => s.outbound.filter((o) => o.kind === 'video'))`, &ls); err != nil {
 			return false, err.Error()
 		}
 		rising := map[string]bool{}
+		clear(widths)
 		for _, l := range ls {
 			k := l.Source + "/" + l.Rid
 			rising[k] = l.FrameWidth > 0 && prev[k] > 0 && l.BytesSent > prev[k]
 			prev[k] = l.BytesSent
+			widths[k] = l.FrameWidth
 		}
-		return rising["camera/h"] && rising["screen/f"], sending(ctx)
+		return rising["camera/"+upperRID["camera"]] && rising["screen/"+upperRID["screen"]], sending(ctx)
 	})
+	return widths
 }
 
 // sending describes what a page sends, layer by layer.
@@ -321,8 +337,9 @@ func TestProctoringGridFocusAndIncidents(t *testing.T) {
 		admit(t, proctor, cands[id], id)
 	}
 	t.Logf("both candidates admitted in %v", time.Since(start).Round(time.Millisecond))
+	sentAt := map[string]map[string]int{} // identity -> the widths its layers were sent at
 	for id, ctx := range cands {
-		waitLayers(t, ctx, id)
+		sentAt[id] = waitLayers(t, ctx, id)
 	}
 	t.Logf("both candidates sending their higher layers in %v", time.Since(start).Round(time.Millisecond))
 
@@ -331,11 +348,11 @@ func TestProctoringGridFocusAndIncidents(t *testing.T) {
 	low := map[key]int{}
 	for _, id := range []string{"cand-a", "cand-b"} {
 		for _, source := range []string{"camera", "screen"} {
-			sent := sentWidth(t, cands[id], id, source)
-			in := waitVideo(t, proctor, 25*time.Second, fmt.Sprintf("proctor decoding %s's %s below %d wide", id, source, sent), id, source,
-				func(in inbound) bool { return in.FrameWidth > 0 && in.FrameWidth < sent }, nil)
+			above := layerAbove(t, cands[id], id, source, sentAt[id])
+			in := waitVideo(t, proctor, 25*time.Second, fmt.Sprintf("proctor decoding %s's %s below %d wide", id, source, above), id, source,
+				func(in inbound) bool { return in.FrameWidth > 0 && in.FrameWidth < above }, nil)
 			low[key{id, source}] = in.FrameWidth
-			t.Logf("proctor: %s %s at %dx%d (top layer sent %d wide), %d frames", id, source, in.FrameWidth, in.FrameHeight, sent, in.FramesDecoded)
+			t.Logf("proctor: %s %s at %dx%d (layer above sent %d wide), %d frames", id, source, in.FrameWidth, in.FrameHeight, above, in.FramesDecoded)
 			waitElement(t, proctor, "proctor", fmt.Sprintf(`#grid [data-candidate=%q] [data-slot=%q] video[data-identity=%[1]q][data-source=%[2]q]`, id, source))
 		}
 	}
@@ -383,7 +400,7 @@ func TestProctoringGridFocusAndIncidents(t *testing.T) {
 		t.Errorf("layers %+v, want 4 simulcast videos", layers)
 	}
 	if s, err := stats(proctor); err == nil {
-		if in, ok := s.findSource("video", "cand-b", "camera"); !ok || in.FrameWidth >= sentWidth(t, cands["cand-b"], "cand-b", "camera") {
+		if in, ok := s.findSource("video", "cand-b", "camera"); !ok || in.FrameWidth >= layerAbove(t, cands["cand-b"], "cand-b", "camera", sentAt["cand-b"]) {
 			t.Errorf("cand-b's camera left the low layer: %+v", in)
 		}
 	}
