@@ -108,7 +108,7 @@ func startCascade(t *testing.T, edgeIdle time.Duration, ids ...string) []*cascad
 		nodes = append(nodes, startCascadeNode(t, redis, prefix, id, edgeIdle))
 	}
 	for _, n := range nodes {
-		waitFor(t, 10*time.Second, "every node live at "+n.id, func() bool {
+		vigiltest.WaitFor(t, 10*time.Second, "every node live at "+n.id, func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			live, err := n.cl.Nodes(ctx)
@@ -121,7 +121,7 @@ func startCascade(t *testing.T, edgeIdle time.Duration, ids ...string) []*cascad
 // frameViewer is a viewer whose video is put back together into VP8
 // frames; the first keyframe is decoded.
 type frameViewer struct {
-	*wsClient
+	*vigiltest.Client
 	joined time.Time
 
 	fmu       sync.Mutex
@@ -147,8 +147,8 @@ func joinFrameViewer(t *testing.T, srv *vigiltest.Server, room, identity string)
 		t.Fatal(err)
 	}
 	v := &frameViewer{joined: start}
-	c := &wsClient{t: t, srv: srv, session: sid, pc: pc, received: map[string]int{}, byMid: map[string]trackInfo{}, closed: make(chan struct{})}
-	v.wsClient = c
+	c := vigiltest.NewClient(t, srv, sid, pc)
+	v.Client = c
 	pc.OnTrack(func(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
 		var mid string
 		for _, tx := range pc.GetTransceivers() {
@@ -156,9 +156,7 @@ func joinFrameViewer(t *testing.T, srv *vigiltest.Server, room, identity string)
 				mid = tx.Mid()
 			}
 		}
-		c.mu.Lock()
-		info := c.byMid[mid]
-		c.mu.Unlock()
+		info := c.Track(mid)
 		if tr.Kind() != webrtc.RTPCodecTypeVideo {
 			for {
 				if _, _, err := tr.ReadRTP(); err != nil {
@@ -214,11 +212,11 @@ func joinFrameViewer(t *testing.T, srv *vigiltest.Server, room, identity string)
 	})
 	pc.OnICECandidate(func(cand *webrtc.ICECandidate) {
 		if cand != nil {
-			c.send("candidate", "", cand.ToJSON())
+			c.Send("candidate", "", cand.ToJSON())
 		}
 	})
-	c.connectVia("ws", 0)
-	t.Cleanup(c.close)
+	c.ConnectVia("ws", 0)
+	t.Cleanup(c.Close)
 	return v
 }
 
@@ -239,7 +237,7 @@ func decodeVP8(frame []byte) (int, int, error) {
 // after the join the first video packet and that keyframe came.
 func (v *frameViewer) decoded(t *testing.T) (first, decoded time.Duration) {
 	t.Helper()
-	waitFor(t, 15*time.Second, "a decoded keyframe at "+v.session, func() bool {
+	vigiltest.WaitFor(t, 15*time.Second, "a decoded keyframe at "+v.Session, func() bool {
 		v.fmu.Lock()
 		defer v.fmu.Unlock()
 		return !v.decodedAt.IsZero()
@@ -247,13 +245,13 @@ func (v *frameViewer) decoded(t *testing.T) (first, decoded time.Duration) {
 	v.fmu.Lock()
 	defer v.fmu.Unlock()
 	if v.decodeErr != nil {
-		t.Fatalf("%s: keyframe does not decode: %v", v.session, v.decodeErr)
+		t.Fatalf("%s: keyframe does not decode: %v", v.Session, v.decodeErr)
 	}
 	if v.width != 320 || v.height != 240 {
-		t.Fatalf("%s: decoded %dx%d, want 320x240", v.session, v.width, v.height)
+		t.Fatalf("%s: decoded %dx%d, want 320x240", v.Session, v.width, v.height)
 	}
 	if v.identity != "host" {
-		t.Fatalf("%s: video labelled %q, want the host's identity", v.session, v.identity)
+		t.Fatalf("%s: video labelled %q, want the host's identity", v.Session, v.identity)
 	}
 	return v.firstAt.Sub(v.joined), v.decodedAt.Sub(v.joined)
 }
@@ -265,15 +263,15 @@ func (v *frameViewer) decoded(t *testing.T) (first, decoded time.Duration) {
 // keyframe interval.
 func hostVP8(t *testing.T, srv *vigiltest.Server, room string) {
 	t.Helper()
-	p := playVP8(t, vp8File(t), "host")
-	c := dial(t, srv, room, "host", "host")
-	c.waitEvent("joined", nil)
-	for _, tr := range []webrtc.TrackLocal{p.video, p.audio} {
-		tx, err := c.pc.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
+	p := vigiltest.PlayVP8(t, vigiltest.VP8File(t), "host")
+	c := vigiltest.Dial(t, srv, room, "host", "host")
+	c.WaitEvent("joined", nil)
+	for _, tr := range []webrtc.TrackLocal{p.Video, p.Audio} {
+		tx, err := c.PC.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
 		if err != nil {
 			t.Fatal(err)
 		}
-		video := tr == p.video
+		video := tr == p.Video
 		go func() {
 			for {
 				pkts, _, err := tx.Sender().ReadRTCP()
@@ -284,14 +282,14 @@ func hostVP8(t *testing.T, srv *vigiltest.Server, room string) {
 					switch pkt.(type) {
 					case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
 						if video {
-							p.wantKey.Store(true)
+							p.WantKey.Store(true)
 						}
 					}
 				}
 			}
 		}()
 	}
-	c.offer(map[string]webrtc.TrackLocal{"camera": p.video, "microphone": p.audio})
+	c.Offer(map[string]webrtc.TrackLocal{"camera": p.Video, "microphone": p.Audio})
 }
 
 // relaysOf lists the relay participants in the room on a node.
@@ -311,13 +309,13 @@ func relaysOf(t *testing.T, n *cascadeNode, room string) []string {
 }
 
 // feedEvents polls a room's admin feed from the start.
-func feedEvents(t *testing.T, srv *vigiltest.Server, room string) []event {
+func feedEvents(t *testing.T, srv *vigiltest.Server, room string) []vigiltest.Event {
 	t.Helper()
 	status, body := srv.Do(t, http.MethodGet, "/v1/rooms/"+room+"/events/poll", srv.AdminKey, nil)
 	if status != http.StatusOK {
 		t.Fatalf("feed poll: %d %s", status, body)
 	}
-	var r pollReply
+	var r vigiltest.PollReply
 	if err := json.Unmarshal(body, &r); err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +328,7 @@ func feedEvents(t *testing.T, srv *vigiltest.Server, room string) []event {
 // a; they decode the host's video, labelled with the host's identity;
 // a's admin feed hears of them; closing the room on a ends them.
 func TestCascadeEdgeViewersDecode(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	nodes := startCascade(t, 0, "a", "b", "c")
 	a, c := nodes[0], nodes[2]
 	a.srv.CreateRoom(t, "show", "broadcast")
@@ -341,15 +339,15 @@ func TestCascadeEdgeViewersDecode(t *testing.T) {
 
 	hostVP8(t, a.srv, "show")
 	local := joinFrameViewer(t, a.srv, "show", "v1")
-	if !strings.HasPrefix(local.session, "a.") {
-		t.Fatalf("the first viewer's session %q is not a's", local.session)
+	if !strings.HasPrefix(local.Session, "a.") {
+		t.Fatalf("the first viewer's session %q is not a's", local.Session)
 	}
 	local.decoded(t)
 
 	// Through c: the owner is full, c is the edge.
 	cold := joinFrameViewer(t, c.srv, "show", "v2")
-	if !strings.HasPrefix(cold.session, "c.") {
-		t.Fatalf("a viewer through c got session %q, want one of c", cold.session)
+	if !strings.HasPrefix(cold.Session, "c.") {
+		t.Fatalf("a viewer through c got session %q, want one of c", cold.Session)
 	}
 	coldFirst, coldTook := cold.decoded(t)
 	relays := relaysOf(t, a, "show")
@@ -366,8 +364,8 @@ func TestCascadeEdgeViewersDecode(t *testing.T) {
 	viewers := []*frameViewer{cold}
 	for _, id := range []string{"v3", "v4"} {
 		v := joinFrameViewer(t, c.srv, "show", id)
-		if !strings.HasPrefix(v.session, "c.") {
-			t.Fatalf("%s got session %q, want one of c", id, v.session)
+		if !strings.HasPrefix(v.Session, "c.") {
+			t.Fatalf("%s got session %q, want one of c", id, v.Session)
 		}
 		f, d := v.decoded(t)
 		warmFirst, warm = append(warmFirst, f), append(warm, d)
@@ -388,20 +386,20 @@ func TestCascadeEdgeViewersDecode(t *testing.T) {
 				Role     string `json:"role"`
 			} `json:"participants"`
 		}
-		if err := json.Unmarshal(v.waitEvent("joined", nil).Data, &joined); err != nil {
+		if err := json.Unmarshal(v.WaitEvent("joined", nil).Data, &joined); err != nil {
 			t.Fatal(err)
 		}
 		if len(joined.Participants) != 1 || joined.Participants[0].Identity != "host" || joined.Participants[0].Role != "host" {
-			t.Fatalf("%s: roster %+v, want the host alone", v.session, joined.Participants)
+			t.Fatalf("%s: roster %+v, want the host alone", v.Session, joined.Participants)
 		}
-		for _, e := range v.eventsOf("track_published") {
+		for _, e := range v.EventsOf("track_published") {
 			if !strings.Contains(string(e.Data), `"identity":"host"`) {
-				t.Fatalf("%s: %s", v.session, e.Data)
+				t.Fatalf("%s: %s", v.Session, e.Data)
 			}
 		}
 	}
 	// The owner's admin feed hears of the edge's viewers.
-	waitFor(t, 5*time.Second, "the edge viewers on a's feed", func() bool {
+	vigiltest.WaitFor(t, 5*time.Second, "the edge viewers on a's feed", func() bool {
 		n := 0
 		for _, e := range feedEvents(t, a.srv, "show") {
 			if e.Type == "participant_joined" && strings.Contains(string(e.Data), `"node":"c"`) {
@@ -417,12 +415,12 @@ func TestCascadeEdgeViewersDecode(t *testing.T) {
 		t.Fatalf("delete room: %d %s", status, body)
 	}
 	for _, v := range viewers {
-		left := v.waitEvent("left", nil)
+		left := v.WaitEvent("left", nil)
 		if !strings.Contains(string(left.Data), `"room_closed"`) {
-			t.Fatalf("%s left with %s", v.session, left.Data)
+			t.Fatalf("%s left with %s", v.Session, left.Data)
 		}
 	}
-	waitFor(t, 5*time.Second, "the replica gone from c", func() bool {
+	vigiltest.WaitFor(t, 5*time.Second, "the replica gone from c", func() bool {
 		_, err := c.srv.SFU.Room("show")
 		return err != nil
 	})
@@ -434,28 +432,28 @@ func TestCascadeEdgeViewersDecode(t *testing.T) {
 // owner's room; the next viewer through the edge gets a new one, and a
 // WHEP player is cascaded as well.
 func TestCascadeIdleReplicaCloses(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	nodes := startCascade(t, time.Second, "a", "b")
 	a, b := nodes[0], nodes[1]
 	a.srv.CreateRoom(t, "talk", "broadcast")
 	feedEvents(t, a.srv, "talk") // the feed starts now
 	hostVP8(t, a.srv, "talk")
-	dial(t, a.srv, "talk", "v1", "viewer").waitEvent("joined", nil)
+	vigiltest.Dial(t, a.srv, "talk", "v1", "viewer").WaitEvent("joined", nil)
 
 	// Through a itself: a, full, sends the viewer to the least loaded
 	// other node, b.
 	v := joinFrameViewer(t, a.srv, "talk", "v2")
-	if !strings.HasPrefix(v.session, "b.") {
-		t.Fatalf("session %q, want one of b", v.session)
+	if !strings.HasPrefix(v.Session, "b.") {
+		t.Fatalf("session %q, want one of b", v.Session)
 	}
 	v.decoded(t)
 	if got := relaysOf(t, a, "talk"); len(got) != 1 || got[0] != "relay.b" {
 		t.Fatalf("relays at a: %v", got)
 	}
-	if status, body := a.srv.Do(t, http.MethodDelete, "/v1/sessions/"+v.session, "", nil); status != http.StatusNoContent {
+	if status, body := a.srv.Do(t, http.MethodDelete, "/v1/sessions/"+v.Session, "", nil); status != http.StatusNoContent {
 		t.Fatalf("leave: %d %s", status, body)
 	}
-	waitFor(t, 5*time.Second, "the idle replica closed and its relay gone", func() bool {
+	vigiltest.WaitFor(t, 5*time.Second, "the idle replica closed and its relay gone", func() bool {
 		_, err := b.srv.SFU.Room("talk")
 		return err != nil && len(relaysOf(t, a, "talk")) == 0
 	})
@@ -470,17 +468,17 @@ func TestCascadeIdleReplicaCloses(t *testing.T) {
 		t.Fatalf("a's feed of b's viewers: %v", edgeEvents)
 	}
 	again := joinFrameViewer(t, b.srv, "talk", "v3")
-	if !strings.HasPrefix(again.session, "b.") {
-		t.Fatalf("session %q, want one of b", again.session)
+	if !strings.HasPrefix(again.Session, "b.") {
+		t.Fatalf("session %q, want one of b", again.Session)
 	}
 	again.decoded(t)
 
 	// A WHEP player through a is sent to b too, and plays.
-	w := playWHEP(t, a.srv, "talk", "w1", "")
-	if !strings.HasPrefix(w.location, "/whep/talk/b.") {
-		t.Fatalf("WHEP resource %q, want one of b", w.location)
+	w := vigiltest.PlayWHEP(t, a.srv, "talk", "w1", "")
+	if !strings.HasPrefix(w.Location, "/whep/talk/b.") {
+		t.Fatalf("WHEP resource %q, want one of b", w.Location)
 	}
-	waitFor(t, 10*time.Second, "WHEP video through b", func() bool { return w.packets("video") > 30 })
+	vigiltest.WaitFor(t, 10*time.Second, "WHEP video through b", func() bool { return w.Packets("video") > 30 })
 	if got := relaysOf(t, a, "talk"); len(got) != 1 {
 		t.Fatalf("relays at a: %v", got)
 	}
@@ -491,25 +489,25 @@ func TestCascadeIdleReplicaCloses(t *testing.T) {
 // the replica closes and its viewers leave with room_moved, to come back
 // through the routing.
 func TestCascadeOwnerLostMovesViewers(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	nodes := startCascade(t, 0, "a", "b")
 	a, b := nodes[0], nodes[1]
 	a.srv.CreateRoom(t, "gone", "broadcast")
 	hostVP8(t, a.srv, "gone")
-	dial(t, a.srv, "gone", "v1", "viewer").waitEvent("joined", nil)
+	vigiltest.Dial(t, a.srv, "gone", "v1", "viewer").WaitEvent("joined", nil)
 	v := joinFrameViewer(t, b.srv, "gone", "v2")
-	if !strings.HasPrefix(v.session, "b.") {
-		t.Fatalf("session %q, want one of b", v.session)
+	if !strings.HasPrefix(v.Session, "b.") {
+		t.Fatalf("session %q, want one of b", v.Session)
 	}
 	v.decoded(t)
 	start := time.Now()
 	a.cut()
-	left := v.waitEvent("left", nil)
+	left := v.WaitEvent("left", nil)
 	if !strings.Contains(string(left.Data), `"room_moved"`) {
 		t.Fatalf("left with %s, want room_moved", left.Data)
 	}
 	t.Logf("owner cut off: edge viewers told room_moved after %v", time.Since(start).Round(time.Millisecond))
-	waitFor(t, 5*time.Second, "the replica gone from b", func() bool {
+	vigiltest.WaitFor(t, 5*time.Second, "the replica gone from b", func() bool {
 		_, err := b.srv.SFU.Room("gone")
 		return err != nil
 	})

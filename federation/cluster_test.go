@@ -307,17 +307,17 @@ func TestClusterPeerHeaders(t *testing.T) {
 	// Loop guard: a valid peer auth is never relayed again.
 	before := len(fake.requests())
 	resp, body = call(t, a.URL, "GET", "/v1/rooms/far", adminH(peer("fake", "GET", "/v1/rooms/far")...), "")
-	if resp.StatusCode != 503 || errorCode(t, body) != "room_moved" || resp.Header.Get("Retry-After") == "" {
+	if resp.StatusCode != 503 || vigiltest.ErrorCode(t, body) != "room_moved" || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("a peer's request for a room held elsewhere: %d %s (Retry-After %q), want 503 room_moved", resp.StatusCode, body, resp.Header.Get("Retry-After"))
 	}
 	resp, body = call(t, a.URL, "GET", "/v1/sessions/fake.s1/poll", adminH(peer("fake", "GET", "/v1/sessions/fake.s1/poll")...), "")
-	if resp.StatusCode != 404 || errorCode(t, body) != "session_not_found" {
+	if resp.StatusCode != 404 || vigiltest.ErrorCode(t, body) != "session_not_found" {
 		t.Errorf("a peer's request for a session of another node: %d %s, want 404 session_not_found", resp.StatusCode, body)
 	}
 	// An edge asks for its replica: served here, not relayed.
 	edge := adminH(append(peer("fake", "GET", "/v1/rooms/far"), federation.HeaderEdge, "1")...)
 	resp, body = call(t, a.URL, "GET", "/v1/rooms/far", edge, "")
-	if resp.StatusCode != 404 || errorCode(t, body) != "room_not_found" {
+	if resp.StatusCode != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 		t.Errorf("an edge's request: %d %s, want it served here (404 room_not_found)", resp.StatusCode, body)
 	}
 	if n := len(fake.requests()); n != before {
@@ -327,23 +327,23 @@ func TestClusterPeerHeaders(t *testing.T) {
 	// A session of a node that is gone, a room no one has: not found, as
 	// on a single node (and the admin key is checked first).
 	resp, body = call(t, a.URL, "GET", "/v1/sessions/gone.s1/poll", nil, "")
-	if resp.StatusCode != 404 || errorCode(t, body) != "session_not_found" {
+	if resp.StatusCode != 404 || vigiltest.ErrorCode(t, body) != "session_not_found" {
 		t.Errorf("a session of a gone node: %d %s, want 404 session_not_found", resp.StatusCode, body)
 	}
 	resp, body = call(t, a.URL, "PATCH", "/whep/far/gone.r1", map[string]string{"Content-Type": "application/trickle-ice-sdpfrag"}, "")
-	if resp.StatusCode != 404 || errorCode(t, body) != "resource_not_found" {
+	if resp.StatusCode != 404 || vigiltest.ErrorCode(t, body) != "resource_not_found" {
 		t.Errorf("a WHEP resource of a gone node: %d %s, want 404 resource_not_found", resp.StatusCode, body)
 	}
 	if resp, body = call(t, a.URL, "GET", "/v1/rooms/nowhere", nil, ""); resp.StatusCode != 401 {
 		t.Errorf("an unknown room without the key: %d %s, want 401", resp.StatusCode, body)
 	}
-	if resp, body = call(t, a.URL, "GET", "/v1/rooms/nowhere", adminH(), ""); resp.StatusCode != 404 || errorCode(t, body) != "room_not_found" {
+	if resp, body = call(t, a.URL, "GET", "/v1/rooms/nowhere", adminH(), ""); resp.StatusCode != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 		t.Errorf("an unknown room: %d %s, want 404 room_not_found", resp.StatusCode, body)
 	}
 	// An owner that does not answer: 503 node_unavailable.
 	fake.hs.Close()
 	resp, body = call(t, a.URL, "GET", "/v1/rooms/far", adminH(), "")
-	if resp.StatusCode != 503 || errorCode(t, body) != "node_unavailable" || resp.Header.Get("Retry-After") == "" {
+	if resp.StatusCode != 503 || vigiltest.ErrorCode(t, body) != "node_unavailable" || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("a room whose node does not answer: %d %s, want 503 node_unavailable with Retry-After", resp.StatusCode, body)
 	}
 }
@@ -431,10 +431,10 @@ func TestClusterRoomsAcrossNodes(t *testing.T) {
 		if _, err := nodes[room.Node].SFU.Room(name); err != nil {
 			t.Fatalf("%s: not on its node %s", name, room.Node)
 		}
-		if resp, body := call(t, []*testNode{b, a}[i%2].URL, "POST", "/v1/rooms", adminH(), fmt.Sprintf(`{"name":%q,"kind":"conference"}`, name)); resp.StatusCode != 409 || errorCode(t, body) != "room_exists" {
+		if resp, body := call(t, []*testNode{b, a}[i%2].URL, "POST", "/v1/rooms", adminH(), fmt.Sprintf(`{"name":%q,"kind":"conference"}`, name)); resp.StatusCode != 409 || vigiltest.ErrorCode(t, body) != "room_exists" {
 			t.Errorf("create %s again through the other node: %d %s", name, resp.StatusCode, body)
 		}
-		waitFor(t, 10*time.Second, "the load in the map", func() bool { // what the next Pick sees
+		vigiltest.WaitFor(t, 10*time.Second, "the load in the map", func() bool { // what the next Pick sees
 			ns, err := a.Cl.Nodes(context.Background())
 			for _, n := range ns {
 				if n.Load.Rooms != len(nodes[n.ID].SFU.Rooms()) {
@@ -519,7 +519,7 @@ func TestClusterRoomsAcrossNodes(t *testing.T) {
 	rd.Stop()
 	start := time.Now()
 	resp, body = call(t, other.URL, "POST", "/v1/rooms", adminH(), `{"name":"late","kind":"conference"}`)
-	if took := time.Since(start); resp.StatusCode != 503 || errorCode(t, body) != "cluster_unavailable" || resp.Header.Get("Retry-After") == "" || took > 3*time.Second {
+	if took := time.Since(start); resp.StatusCode != 503 || vigiltest.ErrorCode(t, body) != "cluster_unavailable" || resp.Header.Get("Retry-After") == "" || took > 3*time.Second {
 		t.Errorf("create a room without Redis: %d %s in %v, want 503 cluster_unavailable with Retry-After in < 3 s", resp.StatusCode, body, took)
 	}
 	if resp, body := call(t, owner.URL, "GET", "/v1/rooms/room-0", adminH(), ""); resp.StatusCode != 200 {
@@ -532,7 +532,7 @@ func TestClusterRoomsAcrossNodes(t *testing.T) {
 		t.Errorf("poll through the other node without Redis (its last known URL): %d %s", resp.StatusCode, body)
 	}
 	for _, p := range []string{"/v1/rooms", "/v1/rooms/room-0"} {
-		if resp, body := call(t, other.URL, "GET", p, adminH(), ""); resp.StatusCode != 503 || errorCode(t, body) != "cluster_unavailable" {
+		if resp, body := call(t, other.URL, "GET", p, adminH(), ""); resp.StatusCode != 503 || vigiltest.ErrorCode(t, body) != "cluster_unavailable" {
 			t.Errorf("GET %s through %s without Redis: %d %s, want 503 cluster_unavailable", p, other.ID, resp.StatusCode, body)
 		}
 	}
@@ -566,7 +566,7 @@ func TestClusterRoomsAcrossNodes(t *testing.T) {
 		t.Fatalf("delete through %s: %d %s", other.ID, resp.StatusCode, body)
 	}
 	for _, n := range []*testNode{a, b} {
-		if resp, body := call(t, n.URL, "GET", "/v1/rooms/room-0", adminH(), ""); resp.StatusCode != 404 || errorCode(t, body) != "room_not_found" {
+		if resp, body := call(t, n.URL, "GET", "/v1/rooms/room-0", adminH(), ""); resp.StatusCode != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 			t.Errorf("GET the deleted room through %s: %d %s", n.ID, resp.StatusCode, body)
 		}
 	}
@@ -595,7 +595,7 @@ func TestClusterDrainHandsRoomsOver(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a not drained 5 s after its drain started")
 	}
-	waitFor(t, 5*time.Second, "the room opened on b", func() bool {
+	vigiltest.WaitFor(t, 5*time.Second, "the room opened on b", func() bool {
 		_, err := b.SFU.Room("exam")
 		return err == nil
 	})
@@ -633,7 +633,7 @@ func TestClusterRevocationReachesEveryNode(t *testing.T) {
 	}
 	c := startNode(t, rd, prefix, "c", nil)
 	for _, n := range []*testNode{a, b, c} {
-		waitFor(t, 10*time.Second, "the revocation on "+n.ID, func() bool {
+		vigiltest.WaitFor(t, 10*time.Second, "the revocation on "+n.ID, func() bool {
 			_, err := n.Sig.Tokens().Verify(old)
 			return errors.Is(err, signaling.ErrTokenRevoked)
 		})
@@ -723,7 +723,7 @@ func TestClusterShutdownMovesParticipants(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no left event 5 s after the node stopped")
 	}
-	waitFor(t, 5*time.Second, "the room re-homed to b", func() bool {
+	vigiltest.WaitFor(t, 5*time.Second, "the room re-homed to b", func() bool {
 		_, err := b.SFU.Room("live")
 		return err == nil
 	})

@@ -58,11 +58,11 @@ func TestPeerAuthRefused(t *testing.T) {
 	// and may ask for an edge (served here: the room is not here).
 	before := len(fake.requests())
 	resp, body := call(t, a.URL, "GET", path, adminH(peer("fake", "GET", path)...), "")
-	if resp.StatusCode != 503 || errorCode(t, body) != "room_moved" {
+	if resp.StatusCode != 503 || vigiltest.ErrorCode(t, body) != "room_moved" {
 		t.Fatalf("a valid peer auth: %d %s, want 503 room_moved (a peer's request is not relayed twice)", resp.StatusCode, body)
 	}
 	resp, body = call(t, a.URL, "GET", path, adminH(append(peer("fake", "GET", path), federation.HeaderEdge, "1")...), "")
-	if resp.StatusCode != 404 || errorCode(t, body) != "room_not_found" {
+	if resp.StatusCode != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 		t.Fatalf("a valid peer auth asking for an edge: %d %s, want it served here (404 room_not_found)", resp.StatusCode, body)
 	}
 	if n := len(fake.requests()) - before; n != 0 {
@@ -113,7 +113,7 @@ func TestPeerAuthRefused(t *testing.T) {
 			federation.HeaderPeerTime, captured.Get(federation.HeaderPeerTime),
 			federation.HeaderPeerAuth, captured.Get(federation.HeaderPeerAuth)), "")
 	}
-	if resp, body := replay("GET", path); resp.StatusCode != 503 || errorCode(t, body) != "room_moved" {
+	if resp, body := replay("GET", path); resp.StatusCode != 503 || vigiltest.ErrorCode(t, body) != "room_moved" {
 		t.Fatalf("the captured auth, same request: %d %s, want 503 room_moved (it is valid: the test can fail)", resp.StatusCode, body)
 	}
 	for _, c := range []struct{ method, uri string }{{"GET", "/v1/rooms/far?x=2"}, {"GET", "/v1/rooms/far/participants"}, {"DELETE", "/v1/rooms/far?x=1"}} {
@@ -327,7 +327,7 @@ func TestPeerHTTPS(t *testing.T) {
 	if !strings.HasPrefix(a.URL, "https://") {
 		t.Fatalf("a's URL %s", a.URL)
 	}
-	waitFor(t, 10*time.Second, "b to see a", func() bool {
+	vigiltest.WaitFor(t, 10*time.Second, "b to see a", func() bool {
 		nodes, err := b.Cl.Nodes(context.Background())
 		return err == nil && len(nodes) == 3
 	})
@@ -370,7 +370,7 @@ func TestPeerHTTPS(t *testing.T) {
 
 	// c does not trust a's certificate.
 	resp, body = call(t, c.URL, "GET", "/v1/rooms/r", adminH(), "")
-	if resp.StatusCode != 503 || errorCode(t, body) != "node_unavailable" {
+	if resp.StatusCode != 503 || vigiltest.ErrorCode(t, body) != "node_unavailable" {
 		t.Errorf("through a node that does not trust a's certificate: %d %s, want 503 node_unavailable", resp.StatusCode, body)
 	}
 	resp, body = call(t, b.URL, "GET", "/v1/rooms/r", adminH(), "")

@@ -17,14 +17,12 @@ import (
 // so its event handling) before its PeerConnection is closed: a server
 // offer that lands during cleanup is then not answered on a closed
 // connection.
-func dialQuiet(t *testing.T, srv *vigiltest.Server, room, identity, role string) *wsClient {
+func dialQuiet(t *testing.T, srv *vigiltest.Server, room, identity, role string) *vigiltest.Client {
 	t.Helper()
-	c := dial(t, srv, room, identity, role)
+	c := vigiltest.Dial(t, srv, room, identity, role)
 	t.Cleanup(func() {
-		end := c.socketEnd()
-		c.mu.Lock()
-		conn := c.conn
-		c.mu.Unlock()
+		end := c.SocketEnd()
+		conn := c.Conn()
 		_ = conn.Close()
 		select {
 		case <-end:
@@ -87,27 +85,27 @@ func getParticipant(t *testing.T, srv *vigiltest.Server, room, identity string) 
 
 // stopsWithin checks that the packet count of key at c stops growing
 // within d, and returns the count it stopped at.
-func stopsWithin(t *testing.T, c *wsClient, key string, d time.Duration) int {
+func stopsWithin(t *testing.T, c *vigiltest.Client, key string, d time.Duration) int {
 	t.Helper()
 	time.Sleep(d)
-	n := c.packets(key)
+	n := c.Packets(key)
 	time.Sleep(500 * time.Millisecond)
-	if m := c.packets(key); m != n {
-		t.Errorf("%s still receives %s %v after: %d then %d packets", c.session[:6], key, d, n, m)
+	if m := c.Packets(key); m != n {
+		t.Errorf("%s still receives %s %v after: %d then %d packets", c.Session[:6], key, d, n, m)
 	}
 	return n
 }
 
 // keepsFlowing checks that the packet count of key at c grows.
-func keepsFlowing(t *testing.T, c *wsClient, key string) {
+func keepsFlowing(t *testing.T, c *vigiltest.Client, key string) {
 	t.Helper()
-	n := c.packets(key)
-	waitFor(t, 10*time.Second, key+" keeps flowing", func() bool { return c.packets(key) > n+10 })
+	n := c.Packets(key)
+	vigiltest.WaitFor(t, 10*time.Second, key+" keeps flowing", func() bool { return c.Packets(key) > n+10 })
 }
 
-func leftEvent(t *testing.T, c *wsClient) (reason, message string) {
+func leftEvent(t *testing.T, c *vigiltest.Client) (reason, message string) {
 	t.Helper()
-	e := c.waitEvent("left", nil)
+	e := c.WaitEvent("left", nil)
 	d := decodeAPI[struct {
 		Reason  string `json:"reason"`
 		Message string `json:"message"`
@@ -123,8 +121,8 @@ func TestAdminEndpointErrors(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "conf", "conference")
 	srv.CreateRoom(t, "exam", "proctoring")
-	dialQuiet(t, srv, "conf", "alice", "participant").waitEvent("joined", nil)
-	dialQuiet(t, srv, "exam", "cand", "candidate").waitEvent("joined", nil)
+	dialQuiet(t, srv, "conf", "alice", "participant").WaitEvent("joined", nil)
+	dialQuiet(t, srv, "exam", "cand", "candidate").WaitEvent("joined", nil)
 	big := `{"reason":"` + strings.Repeat("x", 70<<10) + `"}`
 	routes := []struct{ method, path string }{
 		{"DELETE", "/v1/rooms/conf"},
@@ -193,7 +191,7 @@ func TestAdminEndpointErrors(t *testing.T) {
 			if status != tt.status {
 				t.Fatalf("status %d, want %d: %s", status, tt.status, body)
 			}
-			if got := errorCode(t, body); got != tt.code {
+			if got := vigiltest.ErrorCode(t, body); got != tt.code {
 				t.Fatalf("code %q, want %q", got, tt.code)
 			}
 		})
@@ -242,7 +240,7 @@ func TestRoomLifecycle(t *testing.T) {
 		}
 	}
 	status, body = srv.Do(t, "POST", "/v1/rooms/b-room/sessions", srv.Token(t, "b-room", "v5", "viewer"), nil)
-	if status != 409 || errorCode(t, body) != "room_full" {
+	if status != 409 || vigiltest.ErrorCode(t, body) != "room_full" {
 		t.Fatalf("sixth join: %d %s", status, body)
 	}
 
@@ -250,11 +248,11 @@ func TestRoomLifecycle(t *testing.T) {
 		t.Fatalf("delete: %d %s", status, body)
 	}
 	for _, p := range []string{"/v1/rooms/b-room", "/v1/rooms/b-room/participants"} {
-		if status, body := admin(t, srv, "GET", p, nil); status != 404 || errorCode(t, body) != "room_not_found" {
+		if status, body := admin(t, srv, "GET", p, nil); status != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 			t.Fatalf("GET %s after delete: %d %s", p, status, body)
 		}
 	}
-	if status, body := admin(t, srv, "DELETE", "/v1/rooms/b-room", nil); status != 404 || errorCode(t, body) != "room_not_found" {
+	if status, body := admin(t, srv, "DELETE", "/v1/rooms/b-room", nil); status != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 		t.Fatalf("delete again: %d %s", status, body)
 	}
 	// The name is free again; the other room is untouched.
@@ -269,16 +267,16 @@ func TestParticipantsDescribed(t *testing.T) {
 	srv.CreateRoom(t, "r", "conference")
 	alice := dialQuiet(t, srv, "r", "alice", "participant")
 	media := newSynthetic(t, "alice")
-	alice.publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
+	alice.Publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
 	bob := dialQuiet(t, srv, "r", "bob", "participant")
-	waitFor(t, 10*time.Second, "bob receives alice", func() bool { return bob.packets("alice/camera") > 0 })
+	vigiltest.WaitFor(t, 10*time.Second, "bob receives alice", func() bool { return bob.Packets("alice/camera") > 0 })
 	// A session with no transport attached.
 	if _, err := srv.OpenSession(t, "r", srv.Token(t, "r", "carol", "participant")); err != nil {
 		t.Fatal(err)
 	}
 
 	var a apiParticipant
-	waitFor(t, 10*time.Second, "alice's bitrate", func() bool {
+	vigiltest.WaitFor(t, 10*time.Second, "alice's bitrate", func() bool {
 		a = getParticipant(t, srv, "r", "alice")
 		return a.Bitrate > 0 && len(a.Tracks) == 2 && a.Tracks[0].Bitrate > 0 && a.Tracks[1].Bitrate > 0
 	})
@@ -332,16 +330,16 @@ func TestKickEndToEnd(t *testing.T) {
 	srv.CreateRoom(t, "r", "conference")
 	alice := dialQuiet(t, srv, "r", "alice", "participant")
 	am := newSynthetic(t, "alice")
-	alice.publish(map[string]webrtc.TrackLocal{"camera": am.video, "microphone": am.audio})
+	alice.Publish(map[string]webrtc.TrackLocal{"camera": am.video, "microphone": am.audio})
 	bob := dialQuiet(t, srv, "r", "bob", "participant")
-	waitFor(t, 10*time.Second, "bob receives alice", func() bool { return bob.packets("alice/camera") > 0 })
+	vigiltest.WaitFor(t, 10*time.Second, "bob receives alice", func() bool { return bob.Packets("alice/camera") > 0 })
 	bm := newSynthetic(t, "bob")
-	bob.publish(map[string]webrtc.TrackLocal{"camera": bm.video})
+	bob.Publish(map[string]webrtc.TrackLocal{"camera": bm.video})
 	carol := dialQuiet(t, srv, "r", "carol", "participant")
-	waitFor(t, 10*time.Second, "everyone receives", func() bool {
-		return carol.packets("alice/camera") > 0 && carol.packets("bob/camera") > 0 && alice.packets("bob/camera") > 0
+	vigiltest.WaitFor(t, 10*time.Second, "everyone receives", func() bool {
+		return carol.Packets("alice/camera") > 0 && carol.Packets("bob/camera") > 0 && alice.Packets("bob/camera") > 0
 	})
-	aliceEnd := alice.socketEnd()
+	aliceEnd := alice.SocketEnd()
 
 	status, body := admin(t, srv, "POST", "/v1/rooms/r/participants/alice/kick", map[string]any{"reason": "phone on the desk"})
 	if status != http.StatusNoContent {
@@ -358,19 +356,19 @@ func TestKickEndToEnd(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("alice's socket stayed open after the kick")
 	}
-	for _, c := range []*wsClient{bob, carol} {
+	for _, c := range []*vigiltest.Client{bob, carol} {
 		stopsWithin(t, c, "alice/camera", time.Second)
-		e := c.waitEvent("participant_left", hasIdentity("alice"))
+		e := c.WaitEvent("participant_left", hasIdentity("alice"))
 		if !strings.Contains(string(e.Data), `"reason":"kicked"`) || strings.Contains(string(e.Data), "phone") {
 			t.Errorf("others told %s, want reason kicked and not the message", e.Data)
 		}
 	}
 	// The others are unaffected.
 	keepsFlowing(t, carol, "bob/camera")
-	if len(bob.eventsOf("left")) != 0 || len(carol.eventsOf("left")) != 0 {
+	if len(bob.EventsOf("left")) != 0 || len(carol.EventsOf("left")) != 0 {
 		t.Error("others were made to leave")
 	}
-	if status, body := admin(t, srv, "GET", "/v1/rooms/r/participants/alice", nil); status != 404 || errorCode(t, body) != "participant_not_found" {
+	if status, body := admin(t, srv, "GET", "/v1/rooms/r/participants/alice", nil); status != 404 || vigiltest.ErrorCode(t, body) != "participant_not_found" {
 		t.Fatalf("alice after kick: %d %s", status, body)
 	}
 	// The body is optional.
@@ -381,8 +379,8 @@ func TestKickEndToEnd(t *testing.T) {
 	if reason, msg := leftEvent(t, bob); reason != "kicked" || msg != "" {
 		t.Fatalf("bob left with %q %q", reason, msg)
 	}
-	if !strings.Contains(string(bob.eventsOf("left")[0].Data), `{"reason":"kicked"}`) {
-		t.Errorf("left without a message carries one: %s", bob.eventsOf("left")[0].Data)
+	if !strings.Contains(string(bob.EventsOf("left")[0].Data), `{"reason":"kicked"}`) {
+		t.Errorf("left without a message carries one: %s", bob.EventsOf("left")[0].Data)
 	}
 }
 
@@ -391,10 +389,10 @@ func TestMuteEndToEnd(t *testing.T) {
 	srv.CreateRoom(t, "r", "conference")
 	alice := dialQuiet(t, srv, "r", "alice", "participant")
 	am := newSynthetic(t, "alice")
-	alice.publish(map[string]webrtc.TrackLocal{"camera": am.video, "microphone": am.audio})
+	alice.Publish(map[string]webrtc.TrackLocal{"camera": am.video, "microphone": am.audio})
 	bob := dialQuiet(t, srv, "r", "bob", "participant")
-	waitFor(t, 10*time.Second, "bob receives alice", func() bool {
-		return bob.packets("alice/camera") > 0 && bob.packets("alice/microphone") > 0
+	vigiltest.WaitFor(t, 10*time.Second, "bob receives alice", func() bool {
+		return bob.Packets("alice/camera") > 0 && bob.Packets("alice/microphone") > 0
 	})
 
 	status, body := admin(t, srv, "POST", "/v1/rooms/r/participants/alice/tracks/microphone/mute", map[string]any{"muted": true})
@@ -404,8 +402,8 @@ func TestMuteEndToEnd(t *testing.T) {
 	if tr := decodeAPI[apiTrack](t, body); !tr.Muted || tr.Source != "microphone" || tr.ID == "" {
 		t.Fatalf("mute reply: %s", body)
 	}
-	for _, c := range []*wsClient{alice, bob} {
-		e := c.waitEvent("track_muted", nil)
+	for _, c := range []*vigiltest.Client{alice, bob} {
+		e := c.WaitEvent("track_muted", nil)
 		if !strings.Contains(string(e.Data), `"muted":true`) || !strings.Contains(string(e.Data), `"by":"admin"`) || !strings.Contains(string(e.Data), `"source":"microphone"`) {
 			t.Errorf("track_muted: %s", e.Data)
 		}
@@ -427,7 +425,7 @@ func TestMuteEndToEnd(t *testing.T) {
 		t.Fatalf("unmute: %d %s", status, body)
 	}
 	keepsFlowing(t, bob, "alice/microphone")
-	if n := len(bob.eventsOf("track_muted")); n != 2 {
+	if n := len(bob.EventsOf("track_muted")); n != 2 {
 		t.Errorf("bob got %d track_muted events, want 2 (mute, unmute)", n)
 	}
 }
@@ -438,27 +436,27 @@ func TestEndRoomEndToEnd(t *testing.T) {
 	srv.CreateRoom(t, "b", "conference")
 	alice := dialQuiet(t, srv, "a", "alice", "participant")
 	am := newSynthetic(t, "alice")
-	alice.publish(map[string]webrtc.TrackLocal{"camera": am.video})
+	alice.Publish(map[string]webrtc.TrackLocal{"camera": am.video})
 	bob := dialQuiet(t, srv, "a", "bob", "participant")
 	dave := dialQuiet(t, srv, "b", "dave", "participant")
 	dm := newSynthetic(t, "dave")
-	dave.publish(map[string]webrtc.TrackLocal{"camera": dm.video})
+	dave.Publish(map[string]webrtc.TrackLocal{"camera": dm.video})
 	carol := dialQuiet(t, srv, "b", "carol", "participant")
-	waitFor(t, 10*time.Second, "media in both rooms", func() bool {
-		return bob.packets("alice/camera") > 0 && carol.packets("dave/camera") > 0
+	vigiltest.WaitFor(t, 10*time.Second, "media in both rooms", func() bool {
+		return bob.Packets("alice/camera") > 0 && carol.Packets("dave/camera") > 0
 	})
 
 	if status, body := admin(t, srv, "DELETE", "/v1/rooms/a", nil); status != http.StatusNoContent {
 		t.Fatalf("end room: %d %s", status, body)
 	}
-	for _, c := range []*wsClient{alice, bob} {
+	for _, c := range []*vigiltest.Client{alice, bob} {
 		if reason, _ := leftEvent(t, c); reason != "room_closed" {
 			t.Errorf("left with %q, want room_closed", reason)
 		}
 	}
 	stopsWithin(t, bob, "alice/camera", time.Second)
 	keepsFlowing(t, carol, "dave/camera")
-	if len(carol.eventsOf("left"))+len(dave.eventsOf("left")) != 0 {
+	if len(carol.EventsOf("left"))+len(dave.EventsOf("left")) != 0 {
 		t.Error("the other room's participants left")
 	}
 	// The room is gone: a valid token for it finds nothing.
@@ -467,7 +465,7 @@ func TestEndRoomEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	status, body := srv.Do(t, "POST", "/v1/rooms/a/sessions", tok, nil)
-	if status != 404 || errorCode(t, body) != "room_not_found" {
+	if status != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 		t.Fatalf("join an ended room: %d %s", status, body)
 	}
 }
@@ -477,11 +475,11 @@ func TestChangeRoleEndToEnd(t *testing.T) {
 	srv.CreateRoom(t, "show", "broadcast")
 	h := dialQuiet(t, srv, "show", "h", "host")
 	hm := newSynthetic(t, "h")
-	h.publish(map[string]webrtc.TrackLocal{"camera": hm.video, "microphone": hm.audio})
+	h.Publish(map[string]webrtc.TrackLocal{"camera": hm.video, "microphone": hm.audio})
 	v := dialQuiet(t, srv, "show", "v", "viewer")
 	w := dialQuiet(t, srv, "show", "w", "viewer")
-	waitFor(t, 10*time.Second, "viewers receive the host", func() bool {
-		return v.packets("h/camera") > 0 && w.packets("h/camera") > 0
+	vigiltest.WaitFor(t, 10*time.Second, "viewers receive the host", func() bool {
+		return v.Packets("h/camera") > 0 && w.Packets("h/camera") > 0
 	})
 
 	// v becomes a host: it is told its new role, and h and w, who see
@@ -490,12 +488,12 @@ func TestChangeRoleEndToEnd(t *testing.T) {
 	if p := decodeAPI[apiParticipant](t, body); status != 200 || p.Role != "host" || p.Identity != "v" {
 		t.Fatalf("promote: %d %s", status, body)
 	}
-	e := v.waitEvent("role_changed", nil)
+	e := v.WaitEvent("role_changed", nil)
 	if !strings.Contains(string(e.Data), `"role":"host"`) || !strings.Contains(string(e.Data), `"camera"`) {
 		t.Errorf("role_changed: %s", e.Data)
 	}
-	h.waitEvent("participant_joined", hasIdentity("v"))
-	w.waitEvent("participant_joined", hasIdentity("v"))
+	h.WaitEvent("participant_joined", hasIdentity("v"))
+	w.WaitEvent("participant_joined", hasIdentity("v"))
 	keepsFlowing(t, v, "h/camera")
 
 	// h becomes a viewer: its tracks end, everyone stops receiving it.
@@ -505,14 +503,14 @@ func TestChangeRoleEndToEnd(t *testing.T) {
 	}
 	stopsWithin(t, v, "h/camera", time.Second)
 	stopsWithin(t, w, "h/camera", 0)
-	w.waitEvent("participant_left", func(d json.RawMessage) bool {
+	w.WaitEvent("participant_left", func(d json.RawMessage) bool {
 		return hasIdentity("h")(d) && strings.Contains(string(d), "role_changed")
 	})
 	// The same role again is a no-op.
 	if status, body := admin(t, srv, "PATCH", "/v1/rooms/show/participants/h", map[string]any{"role": "viewer"}); status != 200 {
 		t.Fatalf("same role: %d %s", status, body)
 	}
-	if n := len(h.eventsOf("role_changed")); n != 1 {
+	if n := len(h.EventsOf("role_changed")); n != 1 {
 		t.Errorf("h got %d role_changed events, want 1", n)
 	}
 }
@@ -525,11 +523,11 @@ func TestProctoringOverSignaling(t *testing.T) {
 	srv.CreateRoom(t, "exam", "proctoring")
 	c2 := dialQuiet(t, srv, "exam", "c2", "candidate")
 	m := newSynthetic(t, "c2")
-	c2.publish(map[string]webrtc.TrackLocal{"camera": m.video, "microphone": m.audio})
+	c2.Publish(map[string]webrtc.TrackLocal{"camera": m.video, "microphone": m.audio})
 	p := dialQuiet(t, srv, "exam", "p", "proctor")
 	c1 := dialQuiet(t, srv, "exam", "c1", "candidate")
-	waitFor(t, 10*time.Second, "proctor receives c2", func() bool { return p.packets("c2/camera") > 0 })
-	c1.waitEvent("joined", nil)
+	vigiltest.WaitFor(t, 10*time.Second, "proctor receives c2", func() bool { return p.Packets("c2/camera") > 0 })
+	c1.WaitEvent("joined", nil)
 
 	var camera string
 	for _, tr := range getParticipant(t, srv, "exam", "c2").Tracks {
@@ -538,10 +536,10 @@ func TestProctoringOverSignaling(t *testing.T) {
 		}
 	}
 	crafted := map[string]string{"s1": camera, "s2": "TR0000000000000000"}
-	c1.send("subscribe", "s1", map[string]string{"track_id": crafted["s1"]})
-	c1.send("subscribe", "s2", map[string]string{"track_id": crafted["s2"]})
+	c1.Send("subscribe", "s1", map[string]string{"track_id": crafted["s1"]})
+	c1.Send("subscribe", "s2", map[string]string{"track_id": crafted["s2"]})
 	for _, ref := range []string{"s1", "s2"} {
-		e := c1.waitEvent("error", func(d json.RawMessage) bool { return strings.Contains(string(d), `"ref":"`+ref+`"`) })
+		e := c1.WaitEvent("error", func(d json.RawMessage) bool { return strings.Contains(string(d), `"ref":"`+ref+`"`) })
 		var reply struct{ Code, Message string }
 		if err := json.Unmarshal(e.Data, &reply); err != nil {
 			t.Fatalf("crafted subscribe %s: %v: %s", ref, err, e.Data)
@@ -553,25 +551,23 @@ func TestProctoringOverSignaling(t *testing.T) {
 		}
 	}
 	time.Sleep(time.Second)
-	c1.mu.Lock()
-	received := len(c1.received)
-	c1.mu.Unlock()
+	received := len(c1.Received())
 	if received != 0 {
 		t.Errorf("candidate received media after crafted subscribes")
 	}
 	for _, typ := range []string{"offer", "participant_joined", "track_published", "participant_left"} {
-		if n := len(c1.eventsOf(typ)); n != 0 {
+		if n := len(c1.EventsOf(typ)); n != 0 {
 			t.Errorf("candidate got %d %s events", n, typ)
 		}
 	}
-	if strings.Contains(string(c1.eventsOf("joined")[0].Data), `"c2"`) || strings.Contains(string(c1.eventsOf("joined")[0].Data), `"p"`) {
-		t.Errorf("candidate's roster names others: %s", c1.eventsOf("joined")[0].Data)
+	if strings.Contains(string(c1.EventsOf("joined")[0].Data), `"c2"`) || strings.Contains(string(c1.EventsOf("joined")[0].Data), `"p"`) {
+		t.Errorf("candidate's roster names others: %s", c1.EventsOf("joined")[0].Data)
 	}
 	keepsFlowing(t, p, "c2/camera")
 
 	for _, tc := range []struct{ who, role string }{{"c1", "proctor"}, {"p", "candidate"}} {
 		status, body := admin(t, srv, "PATCH", "/v1/rooms/exam/participants/"+tc.who, map[string]any{"role": tc.role})
-		if status != 403 || errorCode(t, body) != "forbidden" {
+		if status != 403 || vigiltest.ErrorCode(t, body) != "forbidden" {
 			t.Errorf("%s to %s: %d %s", tc.who, tc.role, status, body)
 		}
 	}
@@ -588,7 +584,7 @@ func TestRevokeEndToEnd(t *testing.T) {
 	otherRoom := srv.Token(t, "other", "alice", "participant")
 	alice := dialQuiet(t, srv, "r", "alice", "participant")
 	bob := dialQuiet(t, srv, "r", "bob", "participant")
-	bob.waitEvent("joined", hasIdentity("alice"))
+	bob.WaitEvent("joined", hasIdentity("alice"))
 
 	status, body := admin(t, srv, "POST", "/v1/rooms/r/tokens/revoke", map[string]any{"identity": "alice"})
 	if status != 200 {
@@ -606,11 +602,11 @@ func TestRevokeEndToEnd(t *testing.T) {
 	if reason, _ := leftEvent(t, alice); reason != "token_revoked" {
 		t.Fatalf("alice left with %q", reason)
 	}
-	bob.waitEvent("participant_left", func(d json.RawMessage) bool {
+	bob.WaitEvent("participant_left", func(d json.RawMessage) bool {
 		return hasIdentity("alice")(d) && strings.Contains(string(d), "token_revoked")
 	})
 	status, body = srv.Do(t, "POST", "/v1/rooms/r/sessions", old, nil)
-	if status != 401 || errorCode(t, body) != "token_revoked" {
+	if status != 401 || vigiltest.ErrorCode(t, body) != "token_revoked" {
 		t.Fatalf("revoked token: %d %s", status, body)
 	}
 	// A token minted now (most likely within the same second) works, and
@@ -621,7 +617,7 @@ func TestRevokeEndToEnd(t *testing.T) {
 	if _, err := srv.OpenSession(t, "other", otherRoom); err != nil {
 		t.Fatalf("token for another room: %v", err)
 	}
-	if len(bob.eventsOf("left")) != 0 {
+	if len(bob.EventsOf("left")) != 0 {
 		t.Error("bob left")
 	}
 	// Revoking an identity that is not connected.
@@ -650,7 +646,7 @@ func TestExpiredTokenRefused(t *testing.T) {
 	}](t, body).Token
 	clk.advance(61 * time.Second)
 	status, body = srv.Do(t, "POST", "/v1/rooms/r/sessions", tok, nil)
-	if status != 401 || errorCode(t, body) != "token_expired" {
+	if status != 401 || vigiltest.ErrorCode(t, body) != "token_expired" {
 		t.Fatalf("expired token: %d %s", status, body)
 	}
 }

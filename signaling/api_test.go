@@ -49,7 +49,7 @@ func TestAdminAPIErrors(t *testing.T) {
 			if status != tt.status {
 				t.Fatalf("status %d, want %d: %s", status, tt.status, body)
 			}
-			if got := errorCode(t, body); got != tt.code {
+			if got := vigiltest.ErrorCode(t, body); got != tt.code {
 				t.Fatalf("code %q, want %q", got, tt.code)
 			}
 		})
@@ -154,7 +154,7 @@ func TestJoinTokenChecks(t *testing.T) {
 			if status != tt.status {
 				t.Fatalf("status %d, want %d: %s", status, tt.status, body)
 			}
-			if got := errorCode(t, body); got != tt.code {
+			if got := vigiltest.ErrorCode(t, body); got != tt.code {
 				t.Fatalf("code %q, want %q", got, tt.code)
 			}
 		})
@@ -163,7 +163,7 @@ func TestJoinTokenChecks(t *testing.T) {
 	// A valid token for a room that was never created: 404.
 	ghost, _, _ := srv.Sig.Tokens().Mint("ghost", "x", "participant", time.Minute)
 	status, body := srv.Do(t, "POST", "/v1/rooms/ghost/sessions", ghost, nil)
-	if status != 404 || errorCode(t, body) != "room_not_found" {
+	if status != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 		t.Fatalf("unknown room: %d %s", status, body)
 	}
 	// And the good token works.
@@ -182,7 +182,7 @@ func TestRoomFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	status, body = srv.Do(t, "POST", "/v1/rooms/small/sessions", srv.Token(t, "small", "b", "participant"), nil)
-	if status != 409 || errorCode(t, body) != "room_full" {
+	if status != 409 || vigiltest.ErrorCode(t, body) != "room_full" {
 		t.Fatalf("second join: %d %s", status, body)
 	}
 	// The same identity again replaces the first session rather than

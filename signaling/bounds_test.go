@@ -178,15 +178,15 @@ func TestIncidentsReachWebhooksAndMetrics(t *testing.T) {
 	}
 	syn := newSynthetic(t, "cand")
 	proctor, candidate := examRoom(t, srv, "exam-hooks", "cand", map[string]webrtc.TrackLocal{"camera": syn.video, "microphone": syn.audio})
-	if status, body, _ := candidate.post(mustJSON(map[string]any{"type": "report_incident", "data": map[string]string{"type": "tab_hidden"}}), ""); status != http.StatusOK {
+	if status, body, _ := candidate.Post(vigiltest.MustJSON(map[string]any{"type": "report_incident", "data": map[string]string{"type": "tab_hidden"}}), ""); status != http.StatusOK {
 		t.Fatalf("report_incident: %d %s", status, body)
 	}
-	if status, body, _ := proctor.post(mustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": "cand", "note": "look"}}), ""); status != http.StatusOK {
+	if status, body, _ := proctor.Post(vigiltest.MustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": "cand", "note": "look"}}), ""); status != http.StatusOK {
 		t.Fatalf("flag_incident: %d %s", status, body)
 	}
 	reported := incidentEvent(t, proctor, 10*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.TabHidden })
 	flagged := incidentEvent(t, proctor, 10*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.Manual })
-	waitFor(t, 20*time.Second, "incident.created webhooks", func() bool {
+	vigiltest.WaitFor(t, 20*time.Second, "incident.created webhooks", func() bool {
 		got := map[string]bool{}
 		for _, inc := range sink.incidents() {
 			got[inc.ID] = inc.Room == "exam-hooks" && inc.Identity == "cand"
@@ -234,16 +234,16 @@ func rss() uint64 {
 func TestOfferMadeUpMidsBounded(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "stage", "broadcast")
-	viewer := dial(t, srv, "stage", "viewer", "viewer")
-	viewer.waitEvent("joined", nil)
-	if _, err := viewer.pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+	viewer := vigiltest.Dial(t, srv, "stage", "viewer", "viewer")
+	viewer.WaitEvent("joined", nil)
+	if _, err := viewer.PC.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
 		t.Fatal(err)
 	}
-	offer, err := viewer.pc.CreateOffer(nil)
+	offer, err := viewer.PC.CreateOffer(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := viewer.pc.SetLocalDescription(offer); err != nil {
+	if err := viewer.PC.SetLocalDescription(offer); err != nil {
 		t.Fatal(err)
 	}
 	heapBefore, rssBefore := heapInUse(), rss()
@@ -253,11 +253,11 @@ func TestOfferMadeUpMidsBounded(t *testing.T) {
 		for j := range 2500 {
 			sources[fmt.Sprintf("%03d-%04d", i, j)] = "camera"
 		}
-		status, body, _ := viewer.post(mustJSON(map[string]any{"type": "offer", "data": map[string]any{"sdp": offer.SDP, "sources": sources}}), "")
+		status, body, _ := viewer.Post(vigiltest.MustJSON(map[string]any{"type": "offer", "data": map[string]any{"sdp": offer.SDP, "sources": sources}}), "")
 		if status != http.StatusBadRequest {
 			t.Fatalf("offer %d with made-up mids: %d %s", i, status, body)
 		}
-		codes[errorCode(t, body)]++
+		codes[vigiltest.ErrorCode(t, body)]++
 	}
 	heapAfter, rssAfter := heapInUse(), rss()
 	t.Logf("200 offers x 2500 made-up mids: refusals %v; heap %d -> %d KiB (%+d KiB); RSS %d -> %d KiB (%+d KiB)",
@@ -274,11 +274,11 @@ func TestOfferMadeUpMidsBounded(t *testing.T) {
 
 	// The server goes on serving the viewer: its honest offer is
 	// answered and connects.
-	if status, body, _ := viewer.post(mustJSON(map[string]any{"type": "offer", "data": map[string]any{"sdp": offer.SDP, "sources": map[string]string{}}}), ""); status != http.StatusOK {
+	if status, body, _ := viewer.Post(vigiltest.MustJSON(map[string]any{"type": "offer", "data": map[string]any{"sdp": offer.SDP, "sources": map[string]string{}}}), ""); status != http.StatusOK {
 		t.Fatalf("honest offer: %d %s", status, body)
 	}
-	waitFor(t, 20*time.Second, "the viewer connected", func() bool {
-		return viewer.pc.ConnectionState() == webrtc.PeerConnectionStateConnected
+	vigiltest.WaitFor(t, 20*time.Second, "the viewer connected", func() bool {
+		return viewer.PC.ConnectionState() == webrtc.PeerConnectionStateConnected
 	})
 }
 
@@ -325,23 +325,23 @@ func TestRateLimitIPv6PerPrefix(t *testing.T) {
 func TestIdempotencyBoundedPerSession(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "r", "conference")
-	a := dialVia(t, srv, "r", "alice", "participant", "longpoll")
-	b := dialVia(t, srv, "r", "bob", "participant", "longpoll")
-	a.waitEvent("joined", nil)
-	b.waitEvent("joined", nil)
+	a := vigiltest.DialVia(t, srv, "r", "alice", "participant", "longpoll")
+	b := vigiltest.DialVia(t, srv, "r", "bob", "participant", "longpoll")
+	a.WaitEvent("joined", nil)
+	b.WaitEvent("joined", nil)
 	bad := []byte(`{"type":"answer","data":{"sdp":"v=0"}}`) // invalid_state: cheap, and changes nothing
-	if s, body, _ := a.post(bad, "alice-key"); s != http.StatusConflict {
+	if s, body, _ := a.Post(bad, "alice-key"); s != http.StatusConflict {
 		t.Fatalf("alice: %d %s", s, body)
 	}
 	const flood = 1000
 	for i := range flood {
-		if s, body, replayed := b.post(bad, fmt.Sprint("bob-", i)); s != http.StatusConflict || replayed {
+		if s, body, replayed := b.Post(bad, fmt.Sprint("bob-", i)); s != http.StatusConflict || replayed {
 			t.Fatalf("bob's key %d: %d %s replayed=%v", i, s, body, replayed)
 		}
 	}
-	_, _, aliceReplayed := a.post(bad, "alice-key")
-	_, _, bobOldest := b.post(bad, "bob-0")
-	_, _, bobNewest := b.post(bad, fmt.Sprint("bob-", flood-1))
+	_, _, aliceReplayed := a.Post(bad, "alice-key")
+	_, _, bobOldest := b.Post(bad, "bob-0")
+	_, _, bobNewest := b.Post(bad, fmt.Sprint("bob-", flood-1))
 	t.Logf("after %d keys of bob: alice's reply replayed=%v, bob's oldest replayed=%v, bob's newest replayed=%v", flood, aliceReplayed, bobOldest, bobNewest)
 	if !aliceReplayed {
 		t.Error("another session's flood evicted alice's reply")

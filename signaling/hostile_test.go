@@ -45,7 +45,7 @@ func joinedICEServers(t *testing.T, srv *vigiltest.Server, room, identity string
 		t.Fatalf("poll: %d %s", status, body)
 	}
 	var reply struct {
-		Events []event `json:"events"`
+		Events []vigiltest.Event `json:"events"`
 	}
 	if err := json.Unmarshal(body, &reply); err != nil || len(reply.Events) == 0 || reply.Events[0].Type != "joined" {
 		t.Fatalf("first events: %s", body)
@@ -59,17 +59,17 @@ func joinedICEServers(t *testing.T, srv *vigiltest.Server, room, identity string
 	return sid, joined.ICEServers
 }
 
-// attach makes a wsClient of an open session with a pion connection of
+// attach makes a vigiltest.Client of an open session with a pion connection of
 // api and cfg, and drains its events over a WebSocket.
-func attach(t *testing.T, srv *vigiltest.Server, sid string, api *webrtc.API, cfg webrtc.Configuration) *wsClient {
+func attach(t *testing.T, srv *vigiltest.Server, sid string, api *webrtc.API, cfg webrtc.Configuration) *vigiltest.Client {
 	t.Helper()
-	return attachVia(t, srv, sid, api, cfg, "ws")
+	return vigiltest.Attach(t, srv, sid, api, cfg, "ws")
 }
 
 // selectedPair is the candidate pair the client's media goes over.
-func selectedPair(t *testing.T, c *wsClient) *webrtc.ICECandidatePair {
+func selectedPair(t *testing.T, c *vigiltest.Client) *webrtc.ICECandidatePair {
 	t.Helper()
-	for _, tx := range c.pc.GetTransceivers() {
+	for _, tx := range c.PC.GetTransceivers() {
 		var dts []*webrtc.DTLSTransport
 		if tx.Sender() != nil {
 			dts = append(dts, tx.Sender().Transport())
@@ -106,11 +106,11 @@ func TestICEOverTCP(t *testing.T) {
 	sub := attach(t, srv, subID, api, webrtc.Configuration{})
 	pub := attach(t, srv, pubID, api, webrtc.Configuration{})
 	media := newSynthetic(t, "pub")
-	pub.publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
-	waitFor(t, 15*time.Second, "media over TCP at the subscriber", func() bool {
-		return sub.packets("pub/camera") > 50 && sub.packets("pub/microphone") > 50
+	pub.Publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
+	vigiltest.WaitFor(t, 15*time.Second, "media over TCP at the subscriber", func() bool {
+		return sub.Packets("pub/camera") > 50 && sub.Packets("pub/microphone") > 50
 	})
-	for name, c := range map[string]*wsClient{"pub": pub, "sub": sub} {
+	for name, c := range map[string]*vigiltest.Client{"pub": pub, "sub": sub} {
 		p := selectedPair(t, c)
 		if p.Local.Protocol != webrtc.ICEProtocolTCP || p.Remote.Protocol != webrtc.ICEProtocolTCP ||
 			int(p.Remote.Port) != srv.SFU.TCPAddr().(*net.TCPAddr).Port {
@@ -143,7 +143,7 @@ func TestRelayOnlyClients(t *testing.T) {
 	turnSrv.SetMediaPorts(srv.SFU.LocalAddr().(*net.UDPAddr).Port, 0)
 	srv.CreateRoom(t, "relay", "conference")
 	api := restrictedAPI(t, webrtc.NetworkTypeUDP4, webrtc.NetworkTypeTCP4)
-	clients := map[string]*wsClient{}
+	clients := map[string]*vigiltest.Client{}
 	for _, c := range []struct{ identity, transport string }{{"sub", "udp"}, {"pub", "tcp"}} {
 		sid, servers := joinedICEServers(t, srv, "relay", c.identity)
 		if len(servers) != 1 || len(servers[0].URLs) != 2 || !strings.HasSuffix(servers[0].Username, ":"+c.identity) || servers[0].Credential == "" {
@@ -162,9 +162,9 @@ func TestRelayOnlyClients(t *testing.T) {
 		clients[c.identity] = attach(t, srv, sid, api, webrtc.Configuration{ICEServers: servers, ICETransportPolicy: webrtc.ICETransportPolicyRelay})
 	}
 	media := newSynthetic(t, "pub")
-	clients["pub"].publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
-	waitFor(t, 15*time.Second, "media through TURN at the subscriber", func() bool {
-		return clients["sub"].packets("pub/camera") > 50 && clients["sub"].packets("pub/microphone") > 50
+	clients["pub"].Publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
+	vigiltest.WaitFor(t, 15*time.Second, "media through TURN at the subscriber", func() bool {
+		return clients["sub"].Packets("pub/camera") > 50 && clients["sub"].Packets("pub/microphone") > 50
 	})
 	for name, c := range clients {
 		p := selectedPair(t, c)
@@ -189,11 +189,11 @@ func TestRelayOnlyClients(t *testing.T) {
 	if err := pc.SetLocalDescription(offer); err != nil {
 		t.Fatal(err)
 	}
-	resp, body := whipRequest(t, http.MethodPost, srv.URL+"/whep/live", srv.Token(t, "live", "viewer", "viewer"), "application/sdp", offer.SDP, nil)
+	resp, body := vigiltest.WHIPRequest(t, http.MethodPost, srv.URL+"/whep/live", srv.Token(t, "live", "viewer", "viewer"), "application/sdp", offer.SDP, nil)
 	links := strings.Join(resp.Header.Values("Link"), "\n")
 	if resp.StatusCode != http.StatusCreated || !strings.Contains(links, "?transport=udp>") || !strings.Contains(links, "?transport=tcp>") ||
 		!strings.Contains(links, `:viewer"; credential="`) {
 		t.Fatalf("WHEP %d %s, Link headers:\n%s", resp.StatusCode, body, links)
 	}
-	whipRequest(t, http.MethodDelete, srv.URL+resp.Header.Get("Location"), srv.Token(t, "live", "viewer", "viewer"), "", "", nil)
+	vigiltest.WHIPRequest(t, http.MethodDelete, srv.URL+resp.Header.Get("Location"), srv.Token(t, "live", "viewer", "viewer"), "", "", nil)
 }

@@ -3,31 +3,18 @@ package signaling_test
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"image/jpeg"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pion/webrtc/v4"
-	"github.com/pion/webrtc/v4/pkg/media"
-	"github.com/pion/webrtc/v4/pkg/media/ivfreader"
 	"github.com/vigil-media/vigil/incidents"
 	"github.com/vigil-media/vigil/signaling/vigiltest"
-	"go.uber.org/goleak"
 )
-
-// leakCheck fails the test if it leaves goroutines behind once every
-// cleanup (the server's included) has run.
-func leakCheck(t *testing.T) {
-	opts := []goleak.Option{goleak.IgnoreCurrent()}
-	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
-}
 
 // incidentOf decodes an incident event or REST body.
 func incidentOf(t *testing.T, b []byte) incidents.Incident {
@@ -60,37 +47,37 @@ func listIncidents(t *testing.T, srv *vigiltest.Server, room, query, bearer stri
 
 // examRoom makes a proctoring room with a proctor on a WebSocket and an
 // admitted candidate who publishes tracks (source -> track).
-func examRoom(t *testing.T, srv *vigiltest.Server, room, cand string, tracks map[string]webrtc.TrackLocal) (proctor, candidate *wsClient) {
+func examRoom(t *testing.T, srv *vigiltest.Server, room, cand string, tracks map[string]webrtc.TrackLocal) (proctor, candidate *vigiltest.Client) {
 	t.Helper()
 	srv.CreateRoom(t, room, "proctoring")
-	proctor = dial(t, srv, room, "proc", "proctor")
-	proctor.waitEvent("joined", nil)
-	candidate = dial(t, srv, room, cand, "candidate")
-	candidate.waitEvent("joined", nil)
-	candidate.publish(tracks)
-	waitFor(t, 10*time.Second, "candidate connected", func() bool {
-		return candidate.pc.ConnectionState() == webrtc.PeerConnectionStateConnected
+	proctor = vigiltest.Dial(t, srv, room, "proc", "proctor")
+	proctor.WaitEvent("joined", nil)
+	candidate = vigiltest.Dial(t, srv, room, cand, "candidate")
+	candidate.WaitEvent("joined", nil)
+	candidate.Publish(tracks)
+	vigiltest.WaitFor(t, 10*time.Second, "candidate connected", func() bool {
+		return candidate.PC.ConnectionState() == webrtc.PeerConnectionStateConnected
 	})
 	for src := range tracks {
-		proctor.waitEvent("track_published", func(d json.RawMessage) bool {
+		proctor.WaitEvent("track_published", func(d json.RawMessage) bool {
 			var e struct {
-				Track trackInfo `json:"track"`
+				Track vigiltest.TrackInfo `json:"track"`
 			}
 			_ = json.Unmarshal(d, &e)
 			return e.Track.Identity == cand && e.Track.Source == src
 		})
 	}
-	proctor.send("admit", "admit", map[string]string{"identity": cand})
-	candidate.waitEvent("admission", nil)
+	proctor.Send("admit", "admit", map[string]string{"identity": cand})
+	candidate.WaitEvent("admission", nil)
 	return proctor, candidate
 }
 
 // incidentEvent waits for the proctor's incident event matching cond.
-func incidentEvent(t *testing.T, c *wsClient, d time.Duration, cond func(incidents.Incident) bool) incidents.Incident {
+func incidentEvent(t *testing.T, c *vigiltest.Client, d time.Duration, cond func(incidents.Incident) bool) incidents.Incident {
 	t.Helper()
 	var found incidents.Incident
-	waitFor(t, d, "incident event", func() bool {
-		for _, e := range c.eventsOf("incident") {
+	vigiltest.WaitFor(t, d, "incident event", func() bool {
+		for _, e := range c.EventsOf("incident") {
 			if inc := incidentOf(t, e.Data); cond(inc) {
 				found = inc
 				return true
@@ -106,13 +93,13 @@ func incidentEvent(t *testing.T, c *wsClient, d time.Duration, cond func(inciden
 // over its WebSocket within 5 s of the last frame, and the REST API lists
 // it.
 func TestVideoFrozen(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	srv := vigiltest.Start(t)
 	f := newSynthetic(t, "cand")
 	proctor, candidate := examRoom(t, srv, "exam-frozen", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
 
 	time.Sleep(1500 * time.Millisecond) // flowing, and admitted
-	if n := len(proctor.eventsOf("incident")); n != 0 {
+	if n := len(proctor.EventsOf("incident")); n != 0 {
 		t.Fatalf("incidents before the freeze: %d", n)
 	}
 	f.pauseVideo.Store(true)
@@ -134,7 +121,7 @@ func TestVideoFrozen(t *testing.T) {
 		t.Errorf("incident time %v, last video packet %v", inc.Time, last)
 	}
 	// Audio still flows and the connection is up: nothing else.
-	if candidate.pc.ConnectionState() != webrtc.PeerConnectionStateConnected {
+	if candidate.PC.ConnectionState() != webrtc.PeerConnectionStateConnected {
 		t.Fatal("candidate lost its connection")
 	}
 	status, list, body := listIncidents(t, srv, "exam-frozen", "?type=video_frozen", srv.AdminKey)
@@ -150,111 +137,21 @@ func TestVideoFrozen(t *testing.T) {
 	f.pauseVideo.Store(false)
 	time.Sleep(1500 * time.Millisecond)
 	f.pauseVideo.Store(true)
-	waitFor(t, 6*time.Second, "a second video_frozen", func() bool { return len(typed(proctor, incidents.VideoFrozen)) == 2 })
-	if n := len(candidate.eventsOf("incident")); n != 0 {
+	vigiltest.WaitFor(t, 6*time.Second, "a second video_frozen", func() bool { return len(typed(proctor, incidents.VideoFrozen)) == 2 })
+	if n := len(candidate.EventsOf("incident")); n != 0 {
 		t.Fatalf("the candidate got %d incident events", n)
 	}
 }
 
-func typed(c *wsClient, typ incidents.Type) []event {
-	var out []event
-	for _, e := range c.eventsOf("incident") {
+func typed(c *vigiltest.Client, typ incidents.Type) []vigiltest.Event {
+	var out []vigiltest.Event
+	for _, e := range c.EventsOf("incident") {
 		var inc incidents.Incident
 		if json.Unmarshal(e.Data, &inc) == nil && inc.Type == typ {
 			out = append(out, e)
 		}
 	}
 	return out
-}
-
-// vp8File makes 3 s of real VP8 with ffmpeg (a keyframe every second).
-func vp8File(t *testing.T) string {
-	t.Helper()
-	if _, err := exec.LookPath("ffmpeg"); err != nil {
-		t.Fatalf("ffmpeg is required (apt-get install ffmpeg): %v", err)
-	}
-	out := filepath.Join(t.TempDir(), "out.ivf")
-	cmd := exec.Command("ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15", "-t", "3",
-		"-c:v", "libvpx", "-g", "15", out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("ffmpeg: %v\n%s", err, b)
-	}
-	return out
-}
-
-// vp8Player sends the frames of an IVF file in a loop, at 15 fps, through
-// pion's VP8 packetizer, with Opus beside it. Once wantKey is set (by a
-// publisher that passes keyframe requests on: publishVP8), the next frame
-// sent is a keyframe (the file's next one), as an encoder would do.
-type vp8Player struct {
-	video, audio *webrtc.TrackLocalStaticSample
-	wantKey      atomic.Bool
-	stop, done   chan struct{}
-}
-
-func playVP8(t *testing.T, path, stream string) *vp8Player {
-	t.Helper()
-	fh, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fh.Close()
-	r, _, err := ivfreader.NewWith(fh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var frames [][]byte
-	for {
-		fr, _, err := r.ParseNextFrame()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		frames = append(frames, fr)
-	}
-	v, err := webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "v", stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &vp8Player{video: v, audio: a, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		vt := time.NewTicker(time.Second / 15)
-		defer vt.Stop()
-		at := time.NewTicker(20 * time.Millisecond)
-		defer at.Stop()
-		for i := 0; ; {
-			select {
-			case <-p.stop:
-				return
-			case <-vt.C:
-				if p.wantKey.Swap(false) {
-					for frames[i%len(frames)][0]&0x01 != 0 { // the P bit of the frame tag: 0 on a keyframe
-						i++
-					}
-				}
-				_ = v.WriteSample(media.Sample{Data: frames[i%len(frames)], Duration: time.Second / 15})
-				i++
-			case <-at.C:
-				_ = a.WriteSample(media.Sample{Data: []byte{0xf8, 0xff, 0xfe}, Duration: 20 * time.Millisecond})
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.stop:
-		default:
-			close(p.stop)
-		}
-		<-p.done
-	})
-	return p
 }
 
 // snapshotOf GETs an incident's snapshot and decodes it.
@@ -280,17 +177,17 @@ func snapshotOf(t *testing.T, srv *vigiltest.Server, room, id string) (int, int)
 
 // flagWithSnapshot has the proctor flag cand until an incident with a
 // snapshot comes back (the first keyframe may still be on its way).
-func flagWithSnapshot(t *testing.T, proctor *wsClient, cand, note string) incidents.Incident {
+func flagWithSnapshot(t *testing.T, proctor *vigiltest.Client, cand, note string) incidents.Incident {
 	t.Helper()
 	var inc incidents.Incident
 	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; ; i++ {
-		status, body, _ := proctor.post(mustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": cand, "note": note}}), "")
+		status, body, _ := proctor.Post(vigiltest.MustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": cand, "note": note}}), "")
 		if status != http.StatusOK {
 			t.Fatalf("flag_incident: %d %s", status, body)
 		}
 		n := i + 1
-		waitFor(t, 5*time.Second, "the manual incident", func() bool { return len(typed(proctor, incidents.Manual)) >= n })
+		vigiltest.WaitFor(t, 5*time.Second, "the manual incident", func() bool { return len(typed(proctor, incidents.Manual)) >= n })
 		evs := typed(proctor, incidents.Manual)
 		inc = incidentOf(t, evs[len(evs)-1].Data)
 		if inc.HasSnapshot || time.Now().After(deadline) {
@@ -303,10 +200,10 @@ func flagWithSnapshot(t *testing.T, proctor *wsClient, cand, note string) incide
 // TestIncidentSnapshotJPEG: a candidate publishes real VP8; a proctor
 // flags it; the incident's snapshot is a JPEG of the camera's size.
 func TestIncidentSnapshotJPEG(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	srv := vigiltest.Start(t)
-	p := playVP8(t, vp8File(t), "cand")
-	proctor, _ := examRoom(t, srv, "exam-snap", "cand", map[string]webrtc.TrackLocal{"camera": p.video, "microphone": p.audio})
+	p := vigiltest.PlayVP8(t, vigiltest.VP8File(t), "cand")
+	proctor, _ := examRoom(t, srv, "exam-snap", "cand", map[string]webrtc.TrackLocal{"camera": p.Video, "microphone": p.Audio})
 	inc := flagWithSnapshot(t, proctor, "cand", "looked away")
 	if !inc.HasSnapshot || inc.SnapshotTime == nil || inc.Type != incidents.Manual || inc.Source != incidents.SourceProctor ||
 		inc.Reporter != "proc" || inc.Note != "looked away" {
@@ -324,13 +221,13 @@ func TestIncidentSnapshotJPEG(t *testing.T) {
 // snapshot), stops, starts again on the same data directory, and lists
 // them, snapshot and all, for a room that no longer exists.
 func TestIncidentsSurviveRestart(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	dir := t.TempDir()
 	srv := vigiltest.StartWith(t, vigiltest.Options{DataDir: dir})
-	p := playVP8(t, vp8File(t), "cand")
-	proctor, candidate := examRoom(t, srv, "exam-restart", "cand", map[string]webrtc.TrackLocal{"camera": p.video, "microphone": p.audio})
+	p := vigiltest.PlayVP8(t, vigiltest.VP8File(t), "cand")
+	proctor, candidate := examRoom(t, srv, "exam-restart", "cand", map[string]webrtc.TrackLocal{"camera": p.Video, "microphone": p.Audio})
 	flagged := flagWithSnapshot(t, proctor, "cand", "second person in view")
-	status, body, _ := candidate.post(mustJSON(map[string]any{"type": "report_incident", "data": map[string]string{"type": "tab_hidden"}}), "")
+	status, body, _ := candidate.Post(vigiltest.MustJSON(map[string]any{"type": "report_incident", "data": map[string]string{"type": "tab_hidden"}}), "")
 	if status != http.StatusOK {
 		t.Fatalf("report_incident: %d %s", status, body)
 	}
@@ -365,59 +262,61 @@ func TestIncidentsSurviveRestart(t *testing.T) {
 // filters, the rate limit, what candidates may not do, proctor tokens on
 // the REST API, and unknown incidents.
 func TestIncidentMessagesAndAPI(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	srv := vigiltest.Start(t)
 	f := newSynthetic(t, "cand")
 	proctor, candidate := examRoom(t, srv, "exam-api", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
-	msg := func(typ string, data any) []byte { return mustJSON(map[string]any{"type": typ, "data": data}) }
+	msg := func(typ string, data any) []byte {
+		return vigiltest.MustJSON(map[string]any{"type": typ, "data": data})
+	}
 
 	// The candidate's page reports; the proctor gets each one live.
 	for _, typ := range []string{"tab_hidden", "window_blur", "fullscreen_exit"} {
-		if status, body, _ := candidate.post(msg("report_incident", map[string]string{"type": typ, "note": "page says " + typ}), ""); status != http.StatusOK {
+		if status, body, _ := candidate.Post(msg("report_incident", map[string]string{"type": typ, "note": "page says " + typ}), ""); status != http.StatusOK {
 			t.Fatalf("report %s: %d %s", typ, status, body)
 		}
 	}
-	waitFor(t, 5*time.Second, "three client incidents", func() bool { return len(proctor.eventsOf("incident")) >= 3 })
-	first := incidentOf(t, proctor.eventsOf("incident")[0].Data)
+	vigiltest.WaitFor(t, 5*time.Second, "three client incidents", func() bool { return len(proctor.EventsOf("incident")) >= 3 })
+	first := incidentOf(t, proctor.EventsOf("incident")[0].Data)
 	if first.Type != incidents.TabHidden || first.Source != incidents.SourceClient || first.Reporter != "cand" || first.Note != "page says tab_hidden" {
 		t.Fatalf("client incident %+v", first)
 	}
 
 	// One of a type a second: the same type at once is refused.
-	status, body, _ := candidate.post(msg("report_incident", map[string]string{"type": "tab_hidden"}), "")
-	if status != http.StatusTooManyRequests || errorCode(t, body) != "rate_limited" {
+	status, body, _ := candidate.Post(msg("report_incident", map[string]string{"type": "tab_hidden"}), "")
+	if status != http.StatusTooManyRequests || vigiltest.ErrorCode(t, body) != "rate_limited" {
 		t.Fatalf("second tab_hidden at once: %d %s", status, body)
 	}
 	// Types the page may not report, and malformed ones.
 	for _, data := range []any{map[string]string{"type": "video_frozen"}, map[string]string{"type": "manual"}, map[string]string{}} {
-		status, body, _ := candidate.post(msg("report_incident", data), "")
-		if status != http.StatusBadRequest || errorCode(t, body) != "invalid_message" {
+		status, body, _ := candidate.Post(msg("report_incident", data), "")
+		if status != http.StatusBadRequest || vigiltest.ErrorCode(t, body) != "invalid_message" {
 			t.Fatalf("report %v: %d %s", data, status, body)
 		}
 	}
 	// A candidate cannot flag; a proctor cannot report; nor flag a stranger.
-	status, body, _ = candidate.post(msg("flag_incident", map[string]string{"identity": "cand", "note": "me"}), "")
-	if status != http.StatusForbidden || errorCode(t, body) != "forbidden" {
+	status, body, _ = candidate.Post(msg("flag_incident", map[string]string{"identity": "cand", "note": "me"}), "")
+	if status != http.StatusForbidden || vigiltest.ErrorCode(t, body) != "forbidden" {
 		t.Fatalf("candidate flag: %d %s", status, body)
 	}
-	status, body, _ = proctor.post(msg("report_incident", map[string]string{"type": "tab_hidden"}), "")
-	if status != http.StatusForbidden || errorCode(t, body) != "forbidden" {
+	status, body, _ = proctor.Post(msg("report_incident", map[string]string{"type": "tab_hidden"}), "")
+	if status != http.StatusForbidden || vigiltest.ErrorCode(t, body) != "forbidden" {
 		t.Fatalf("proctor report: %d %s", status, body)
 	}
-	status, body, _ = proctor.post(msg("flag_incident", map[string]string{"identity": "nobody"}), "")
-	if status != http.StatusNotFound || errorCode(t, body) != "participant_not_found" {
+	status, body, _ = proctor.Post(msg("flag_incident", map[string]string{"identity": "nobody"}), "")
+	if status != http.StatusNotFound || vigiltest.ErrorCode(t, body) != "participant_not_found" {
 		t.Fatalf("flag of no one: %d %s", status, body)
 	}
 	// Over the WebSocket, a refusal is an error event with the ref.
-	candidate.send("flag_incident", "f1", map[string]string{"identity": "cand"})
-	candidate.waitEvent("error", func(d json.RawMessage) bool {
+	candidate.Send("flag_incident", "f1", map[string]string{"identity": "cand"})
+	candidate.WaitEvent("error", func(d json.RawMessage) bool {
 		var e struct{ Code, Ref string }
 		_ = json.Unmarshal(d, &e)
 		return e.Ref == "f1" && e.Code == "forbidden"
 	})
 
 	// A manual incident.
-	proctor.send("flag_incident", "m1", map[string]string{"identity": "cand", "note": "talking"})
+	proctor.Send("flag_incident", "m1", map[string]string{"identity": "cand", "note": "talking"})
 	manual := incidentEvent(t, proctor, 5*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.Manual })
 	if manual.Source != incidents.SourceProctor || manual.Reporter != "proc" || manual.Note != "talking" || manual.HasSnapshot {
 		t.Fatalf("manual %+v (synthetic VP8 does not decode: no snapshot)", manual)
@@ -453,7 +352,7 @@ func TestIncidentMessagesAndAPI(t *testing.T) {
 		}
 	}
 	for _, q := range []string{"?type=bogus", "?candidate=" + "%2F..", "?limit=0", "?limit=1001"} {
-		if status, _, body := listIncidents(t, srv, "exam-api", q, srv.AdminKey); status != http.StatusBadRequest || errorCode(t, body) != "invalid_request" {
+		if status, _, body := listIncidents(t, srv, "exam-api", q, srv.AdminKey); status != http.StatusBadRequest || vigiltest.ErrorCode(t, body) != "invalid_request" {
 			t.Fatalf("list %s: %d %s", q, status, body)
 		}
 	}
@@ -463,18 +362,18 @@ func TestIncidentMessagesAndAPI(t *testing.T) {
 	candToken := srv.Token(t, "exam-api", "cand", "candidate")
 	for _, path := range []string{"", "/" + manual.ID, "/" + manual.ID + "/snapshot"} {
 		status, body := srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents"+path, candToken, nil)
-		if status != http.StatusForbidden || errorCode(t, body) != "forbidden" {
+		if status != http.StatusForbidden || vigiltest.ErrorCode(t, body) != "forbidden" {
 			t.Fatalf("candidate GET %s: %d %s", path, status, body)
 		}
 	}
-	if n := len(candidate.eventsOf("incident")); n != 0 {
+	if n := len(candidate.EventsOf("incident")); n != 0 {
 		t.Fatalf("the candidate got %d incident events", n)
 	}
 	// A proctor's token for another room, no key, a wrong key.
 	srv.CreateRoom(t, "other", "proctoring")
 	for bearer, want := range map[string]string{srv.Token(t, "other", "proc", "proctor"): "forbidden", "": "unauthorized", "wrong": "unauthorized"} {
 		status, body := srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents", bearer, nil)
-		if errorCode(t, body) != want {
+		if vigiltest.ErrorCode(t, body) != want {
 			t.Fatalf("bearer %q: %d %s, want %s", bearer, status, body, want)
 		}
 	}
@@ -482,17 +381,17 @@ func TestIncidentMessagesAndAPI(t *testing.T) {
 	// Unknown incidents, and one without a snapshot.
 	for _, path := range []string{"/inc_000000000000000000000000", "/nonsense", "/inc_000000000000000000000000/snapshot"} {
 		status, body := srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents"+path, srv.AdminKey, nil)
-		if status != http.StatusNotFound || errorCode(t, body) != "incident_not_found" {
+		if status != http.StatusNotFound || vigiltest.ErrorCode(t, body) != "incident_not_found" {
 			t.Fatalf("GET %s: %d %s", path, status, body)
 		}
 	}
 	status, body = srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/incidents/"+manual.ID+"/snapshot", srv.AdminKey, nil)
-	if status != http.StatusNotFound || errorCode(t, body) != "snapshot_not_found" {
+	if status != http.StatusNotFound || vigiltest.ErrorCode(t, body) != "snapshot_not_found" {
 		t.Fatalf("no snapshot: %d %s", status, body)
 	}
 	// Another room's incident is not found through this one.
 	status, body = srv.Do(t, http.MethodGet, "/v1/rooms/other/incidents/"+manual.ID, srv.AdminKey, nil)
-	if status != http.StatusNotFound || errorCode(t, body) != "incident_not_found" {
+	if status != http.StatusNotFound || vigiltest.ErrorCode(t, body) != "incident_not_found" {
 		t.Fatalf("cross-room GET: %d %s", status, body)
 	}
 
@@ -502,8 +401,8 @@ func TestIncidentMessagesAndAPI(t *testing.T) {
 		t.Fatalf("feed: %d %s", status, body)
 	}
 	time.Sleep(1100 * time.Millisecond) // one flag of a candidate a second
-	proctor.send("flag_incident", "m2", map[string]string{"identity": "cand", "note": "again"})
-	waitFor(t, 5*time.Second, "incident on the admin feed", func() bool {
+	proctor.Send("flag_incident", "m2", map[string]string{"identity": "cand", "note": "again"})
+	vigiltest.WaitFor(t, 5*time.Second, "incident on the admin feed", func() bool {
 		_, body := srv.Do(t, http.MethodGet, "/v1/rooms/exam-api/events/poll", srv.AdminKey, nil)
 		return bytes.Contains(body, []byte(`"type":"incident"`))
 	})
@@ -514,20 +413,20 @@ func TestIncidentMessagesAndAPI(t *testing.T) {
 // (track_missing, 10 s after admission, is tested with a short delay in
 // the incidents package.)
 func TestTrackEnded(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	srv := vigiltest.Start(t)
 	f := newSynthetic(t, "cand")
 	proctor, candidate := examRoom(t, srv, "exam-ended", "cand", map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
 	var mic *webrtc.RTPSender
-	for _, s := range candidate.pc.GetSenders() {
+	for _, s := range candidate.PC.GetSenders() {
 		if s.Track() == f.audio {
 			mic = s
 		}
 	}
-	if err := candidate.pc.RemoveTrack(mic); err != nil {
+	if err := candidate.PC.RemoveTrack(mic); err != nil {
 		t.Fatal(err)
 	}
-	candidate.offer(map[string]webrtc.TrackLocal{"camera": f.video})
+	candidate.Offer(map[string]webrtc.TrackLocal{"camera": f.video})
 	start := time.Now()
 	inc := incidentEvent(t, proctor, 8*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.TrackEnded })
 	t.Logf("track_ended pushed %v after the renegotiation", time.Since(start).Round(time.Millisecond))
@@ -535,11 +434,11 @@ func TestTrackEnded(t *testing.T) {
 		t.Fatalf("incident %+v", inc)
 	}
 	// Leaving is neither a lost connection nor an ended track.
-	before := len(proctor.eventsOf("incident"))
-	candidate.send("leave", "", map[string]string{})
-	proctor.waitEvent("participant_left", nil)
+	before := len(proctor.EventsOf("incident"))
+	candidate.Send("leave", "", map[string]string{})
+	proctor.WaitEvent("participant_left", nil)
 	time.Sleep(2500 * time.Millisecond)
-	if evs := proctor.eventsOf("incident"); len(evs) != before {
+	if evs := proctor.EventsOf("incident"); len(evs) != before {
 		t.Fatalf("incidents after leaving: %s", evs[before].Data)
 	}
 }

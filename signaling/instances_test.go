@@ -43,13 +43,13 @@ func runCohort(t *testing.T, srv *vigiltest.Server, room, cand string) cohort {
 	if err := json.Unmarshal(body, &tok); status != http.StatusCreated || err != nil || tok.Instance != r.Instance {
 		t.Fatalf("mint: %d %s", status, body)
 	}
-	waitFor(t, 10*time.Second, "the candidate's recording", func() bool {
+	vigiltest.WaitFor(t, 10*time.Second, "the candidate's recording", func() bool {
 		var l struct{ Recordings []recordingJSON }
 		_ = json.Unmarshal(mustDo(t, srv, "GET", "/v1/recordings?room="+room+"&identity="+cand, nil), &l)
 		return len(l.Recordings) == 1 && len(l.Recordings[0].Segments) > 0
 	})
 	time.Sleep(1500 * time.Millisecond) // some of it on disk
-	if status, body, _ := proctor.post(mustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": cand, "note": "cohort " + r.Instance}}), ""); status != http.StatusOK {
+	if status, body, _ := proctor.Post(vigiltest.MustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": cand, "note": "cohort " + r.Instance}}), ""); status != http.StatusOK {
 		t.Fatalf("flag_incident: %d %s", status, body)
 	}
 	inc := incidentEvent(t, proctor, 5*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.Manual })
@@ -99,7 +99,7 @@ func recordingIDs(t *testing.T, srv *vigiltest.Server, query string) map[string]
 // reads none of the old ones; the admin key still lists both instances.
 // Once the room is gone, its proctor's tokens can still be revoked.
 func TestRoomInstancesKeepCohortsApart(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	dir := t.TempDir()
 	srv := vigiltest.StartWith(t, vigiltest.Options{RecordingsDir: dir})
 
@@ -122,7 +122,7 @@ func TestRoomInstancesKeepCohortsApart(t *testing.T) {
 
 	// The old proctor's token does not join the new room.
 	status, body := srv.Do(t, "POST", "/v1/rooms/exam/sessions", old.proctorTok, nil)
-	if status != http.StatusForbidden || errorCode(t, body) != "token_room_instance" {
+	if status != http.StatusForbidden || vigiltest.ErrorCode(t, body) != "token_room_instance" {
 		t.Fatalf("old proctor token joins the new room: %d %s", status, body)
 	}
 
@@ -139,13 +139,13 @@ func TestRoomInstancesKeepCohortsApart(t *testing.T) {
 		t.Logf("%s lists %d incident(s) of room exam", tc.name, len(ids))
 		for _, q := range []string{"?instance=" + tc.them.instance, "?instance=all"} {
 			status, _, body := incidentIDs(t, srv, "exam", q, tc.own.proctorTok)
-			if status != http.StatusForbidden || errorCode(t, body) != "token_room_instance" {
+			if status != http.StatusForbidden || vigiltest.ErrorCode(t, body) != "token_room_instance" {
 				t.Errorf("%s lists %s: %d %s", tc.name, q, status, body)
 			}
 		}
 		for _, path := range []string{"/v1/rooms/exam/incidents/" + tc.them.incident.ID, "/v1/rooms/exam/incidents/" + tc.them.incident.ID + "/snapshot"} {
 			status, body, _ := fetchAs(t, srv, path, tc.own.proctorTok, "")
-			if status != http.StatusNotFound || errorCode(t, body) != "incident_not_found" {
+			if status != http.StatusNotFound || vigiltest.ErrorCode(t, body) != "incident_not_found" {
 				t.Errorf("%s reads %s: %d %.200s", tc.name, path, status, body)
 			}
 		}
@@ -157,7 +157,7 @@ func TestRoomInstancesKeepCohortsApart(t *testing.T) {
 		// nor a file.
 		for _, path := range []string{"/v1/recordings/" + tc.them.recording, "/v1/recordings/" + tc.them.recording + "/files/" + tc.them.file} {
 			status, body, _ := fetchAs(t, srv, path, tc.own.proctorTok, "")
-			if status != http.StatusForbidden || errorCode(t, body) != "token_room_instance" {
+			if status != http.StatusForbidden || vigiltest.ErrorCode(t, body) != "token_room_instance" {
 				t.Errorf("%s reads %s: %d %.200s", tc.name, path, status, body)
 			}
 		}
@@ -172,10 +172,10 @@ func TestRoomInstancesKeepCohortsApart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if status, _, body := incidentIDs(t, srv, "exam", "", unbound); status != http.StatusForbidden || errorCode(t, body) != "token_room_instance" {
+	if status, _, body := incidentIDs(t, srv, "exam", "", unbound); status != http.StatusForbidden || vigiltest.ErrorCode(t, body) != "token_room_instance" {
 		t.Errorf("unbound proctor token lists incidents: %d %s", status, body)
 	}
-	if status, body, _ := fetchAs(t, srv, "/v1/recordings/"+cur.recording, unbound, ""); status != http.StatusForbidden || errorCode(t, body) != "token_room_instance" {
+	if status, body, _ := fetchAs(t, srv, "/v1/recordings/"+cur.recording, unbound, ""); status != http.StatusForbidden || vigiltest.ErrorCode(t, body) != "token_room_instance" {
 		t.Errorf("unbound proctor token reads a recording: %d %s", status, body)
 	}
 
@@ -195,7 +195,7 @@ func TestRoomInstancesKeepCohortsApart(t *testing.T) {
 			}
 		}
 	}
-	if status, _, body := incidentIDs(t, srv, "exam", "?instance=nope", srv.AdminKey); status != http.StatusBadRequest || errorCode(t, body) != "invalid_request" {
+	if status, _, body := incidentIDs(t, srv, "exam", "?instance=nope", srv.AdminKey); status != http.StatusBadRequest || vigiltest.ErrorCode(t, body) != "invalid_request" {
 		t.Errorf("admin lists a malformed instance: %d %s", status, body)
 	}
 	if recs := recordingIDs(t, srv, "?room=exam&instance="+old.instance); len(recs) != 1 || recs[old.recording] != old.instance {
@@ -204,7 +204,7 @@ func TestRoomInstancesKeepCohortsApart(t *testing.T) {
 	if recs := recordingIDs(t, srv, "?room=exam&instance=all"); len(recs) != 2 || recs[old.recording] != old.instance || recs[cur.recording] != cur.instance {
 		t.Errorf("admin recordings of every instance: %v", recs)
 	}
-	if status, body := srv.Do(t, "GET", "/v1/recordings?room=exam&instance=x", srv.AdminKey, nil); status != http.StatusBadRequest || errorCode(t, body) != "invalid_request" {
+	if status, body := srv.Do(t, "GET", "/v1/recordings?room=exam&instance=x", srv.AdminKey, nil); status != http.StatusBadRequest || vigiltest.ErrorCode(t, body) != "invalid_request" {
 		t.Errorf("admin recordings of a malformed instance: %d %s", status, body)
 	}
 	if status, body, _ := fetchAs(t, srv, "/v1/recordings/"+old.recording, srv.AdminKey, ""); status != http.StatusOK {
@@ -229,11 +229,11 @@ func TestRoomInstancesKeepCohortsApart(t *testing.T) {
 		t.Fatalf("revoke in a deleted room: %d %s", status, body)
 	}
 	for _, c := range []cohort{old, cur} {
-		if status, _, body := incidentIDs(t, srv, "exam", "", c.proctorTok); status != http.StatusUnauthorized || errorCode(t, body) != "token_revoked" {
+		if status, _, body := incidentIDs(t, srv, "exam", "", c.proctorTok); status != http.StatusUnauthorized || vigiltest.ErrorCode(t, body) != "token_revoked" {
 			t.Errorf("revoked token of instance %s: %d %s", c.instance, status, body)
 		}
 	}
-	if status, body := srv.Do(t, "POST", "/v1/rooms/bad%20name/tokens/revoke", srv.AdminKey, map[string]any{"identity": "proc"}); status != http.StatusBadRequest || errorCode(t, body) != "invalid_request" {
+	if status, body := srv.Do(t, "POST", "/v1/rooms/bad%20name/tokens/revoke", srv.AdminKey, map[string]any{"identity": "proc"}); status != http.StatusBadRequest || vigiltest.ErrorCode(t, body) != "invalid_request" {
 		t.Errorf("revoke in a malformed room name: %d %s", status, body)
 	}
 }

@@ -39,7 +39,7 @@ func request(t *testing.T, srv *vigiltest.Server, method, path string, header ma
 
 func wantRateLimited(t *testing.T, what string, resp *http.Response, body []byte) {
 	t.Helper()
-	if resp.StatusCode != http.StatusTooManyRequests || errorCode(t, body) != "rate_limited" {
+	if resp.StatusCode != http.StatusTooManyRequests || vigiltest.ErrorCode(t, body) != "rate_limited" {
 		t.Fatalf("%s: %d %s, want 429 rate_limited", what, resp.StatusCode, body)
 	}
 	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || s < 1 {
@@ -57,7 +57,7 @@ func TestMaxRoomsAndParticipants(t *testing.T) {
 		t.Fatalf("room b: %d %s", status, body)
 	}
 	status, body := srv.Do(t, "POST", "/v1/rooms", srv.AdminKey, map[string]any{"name": "c", "kind": "conference"})
-	if status != http.StatusConflict || errorCode(t, body) != "too_many_rooms" {
+	if status != http.StatusConflict || vigiltest.ErrorCode(t, body) != "too_many_rooms" {
 		t.Fatalf("third room: %d %s", status, body)
 	}
 	if status, body := srv.Do(t, "DELETE", "/v1/rooms/a", srv.AdminKey, nil); status != 204 {
@@ -77,37 +77,37 @@ func TestMaxRoomsAndParticipants(t *testing.T) {
 func TestMaxTracks(t *testing.T) {
 	srv := vigiltest.StartWith(t, vigiltest.Options{SFU: sfu.Config{MaxTracks: 2}})
 	srv.CreateRoom(t, "class", "conference")
-	alice := dial(t, srv, "class", "alice", "participant")
-	bob := dial(t, srv, "class", "bob", "participant")
-	alice.waitEvent("joined", nil)
+	alice := vigiltest.Dial(t, srv, "class", "alice", "participant")
+	bob := vigiltest.Dial(t, srv, "class", "bob", "participant")
+	alice.WaitEvent("joined", nil)
 	sources := map[string]string{}
 	for i, src := range []string{"camera", "screen", "camera"} {
 		tr, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, fmt.Sprint("v", i), "s")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := alice.pc.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+		if _, err := alice.PC.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
 			t.Fatal(err)
 		}
 		sources[fmt.Sprint(i)] = src
 	}
-	offer, err := alice.pc.CreateOffer(nil)
+	offer, err := alice.PC.CreateOffer(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := alice.pc.SetLocalDescription(offer); err != nil {
+	if err := alice.PC.SetLocalDescription(offer); err != nil {
 		t.Fatal(err)
 	}
-	alice.send("offer", "o1", map[string]any{"sdp": offer.SDP, "sources": sources})
-	e := alice.waitEvent("error", func(d json.RawMessage) bool { return strings.Contains(string(d), `"ref":"o1"`) })
+	alice.Send("offer", "o1", map[string]any{"sdp": offer.SDP, "sources": sources})
+	e := alice.WaitEvent("error", func(d json.RawMessage) bool { return strings.Contains(string(d), `"ref":"o1"`) })
 	if !strings.Contains(string(e.Data), `"code":"too_many_tracks"`) {
 		t.Fatalf("three tracks with a limit of two: %s", e.Data)
 	}
-	if n := len(bob.eventsOf("track_published")); n != 0 {
+	if n := len(bob.EventsOf("track_published")); n != 0 {
 		t.Fatalf("bob saw %d tracks published", n)
 	}
-	alice.send("chat", "c1", map[string]string{"text": "still here"})
-	bob.waitEvent("chat", nil)
+	alice.Send("chat", "c1", map[string]string{"text": "still here"})
+	bob.WaitEvent("chat", nil)
 }
 
 // TestMessageRate: a session over its message rate gets rate_limited
@@ -116,20 +116,20 @@ func TestMaxTracks(t *testing.T) {
 func TestMessageRate(t *testing.T) {
 	srv := vigiltest.StartWith(t, vigiltest.Options{Configure: func(c *signaling.Config) { c.MessageRate = 5 }})
 	srv.CreateRoom(t, "class", "conference")
-	noisy := dial(t, srv, "class", "noisy", "participant")
-	calm := dial(t, srv, "class", "calm", "participant")
-	noisy.waitEvent("joined", nil)
+	noisy := vigiltest.Dial(t, srv, "class", "noisy", "participant")
+	calm := vigiltest.Dial(t, srv, "class", "calm", "participant")
+	noisy.WaitEvent("joined", nil)
 	start := time.Now()
 	for i := range 30 {
-		noisy.send("chat", fmt.Sprint("m", i), map[string]string{"text": "spam"})
+		noisy.Send("chat", fmt.Sprint("m", i), map[string]string{"text": "spam"})
 	}
-	e := noisy.waitEvent("error", func(d json.RawMessage) bool { return strings.Contains(string(d), `"code":"rate_limited"`) })
+	e := noisy.WaitEvent("error", func(d json.RawMessage) bool { return strings.Contains(string(d), `"code":"rate_limited"`) })
 	if !strings.Contains(string(e.Data), `"ref":"m`) {
 		t.Errorf("rate_limited without the message's ref: %s", e.Data)
 	}
-	count := func(c *wsClient, typ, substr string) int {
+	count := func(c *vigiltest.Client, typ, substr string) int {
 		n := 0
-		for _, e := range c.eventsOf(typ) {
+		for _, e := range c.EventsOf(typ) {
 			if strings.Contains(string(e.Data), substr) {
 				n++
 			}
@@ -137,7 +137,7 @@ func TestMessageRate(t *testing.T) {
 		return n
 	}
 	// Each of the 30 is either delivered to calm or refused to noisy.
-	waitFor(t, 10*time.Second, "the 30 messages delivered or refused", func() bool {
+	vigiltest.WaitFor(t, 10*time.Second, "the 30 messages delivered or refused", func() bool {
 		return count(calm, "chat", "spam")+count(noisy, "error", `"code":"rate_limited"`) == 30
 	})
 	elapsed := time.Since(start)
@@ -147,7 +147,7 @@ func TestMessageRate(t *testing.T) {
 	msg := `{"type":"chat","data":{"text":"hi"}}`
 	var limited bool
 	for range 30 {
-		resp, body := request(t, srv, "POST", "/v1/sessions/"+noisy.session+"/messages", map[string]string{"Content-Type": "application/json"}, msg)
+		resp, body := request(t, srv, "POST", "/v1/sessions/"+noisy.Session+"/messages", map[string]string{"Content-Type": "application/json"}, msg)
 		if resp.StatusCode == http.StatusTooManyRequests {
 			wantRateLimited(t, "POST over the rate", resp, body)
 			limited = true
@@ -157,7 +157,7 @@ func TestMessageRate(t *testing.T) {
 	if !limited {
 		t.Fatal("30 POSTs at once were never limited")
 	}
-	resp, body := request(t, srv, "POST", "/v1/sessions/"+calm.session+"/messages", map[string]string{"Content-Type": "application/json"}, msg)
+	resp, body := request(t, srv, "POST", "/v1/sessions/"+calm.Session+"/messages", map[string]string{"Content-Type": "application/json"}, msg)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("the other session's POST: %d %s", resp.StatusCode, body)
 	}
@@ -249,7 +249,7 @@ func TestCORS(t *testing.T) {
 				t.Fatal(err)
 			}
 			for origin, want := range map[string]bool{"https://evil.example": false, "https://app.example": configured, srv.URL: true} {
-				conn, resp, err := websocket.DefaultDialer.Dial(wsURL(srv, sid, 0), http.Header{"Origin": {origin}})
+				conn, resp, err := websocket.DefaultDialer.Dial(vigiltest.WSURL(srv, sid, 0), http.Header{"Origin": {origin}})
 				if (err == nil) != want {
 					t.Errorf("WebSocket from %s: %v (%v), want allowed=%v", origin, err, resp, want)
 				}

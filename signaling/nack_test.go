@@ -71,10 +71,10 @@ func TestLossyLinkNACK(t *testing.T) {
 			mu.Unlock()
 		}
 	})
-	pub := dial(t, srv, "class", "pub", "participant")
+	pub := vigiltest.Dial(t, srv, "class", "pub", "participant")
 	media := newSynthetic(t, "pub")
-	pub.publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
-	waitFor(t, 10*time.Second, "video at the subscriber", func() bool {
+	pub.Publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
+	vigiltest.WaitFor(t, 10*time.Second, "video at the subscriber", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return got > 20

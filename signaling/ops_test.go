@@ -54,7 +54,7 @@ func scrape(t *testing.T, srv *vigiltest.Server) map[string]float64 {
 // interceptors, so it sends receiver reports (jitter, loss, and what RTT
 // is computed from) as a browser does; it also records the SSRC of each
 // track it receives, by "identity/source".
-func dialReporting(t *testing.T, srv *vigiltest.Server, room, identity, role string) (*wsClient, func(key string) webrtc.SSRC) {
+func dialReporting(t *testing.T, srv *vigiltest.Server, room, identity, role string) (*vigiltest.Client, func(key string) webrtc.SSRC) {
 	t.Helper()
 	sid, err := srv.OpenSession(t, room, srv.Token(t, room, identity, role))
 	if err != nil {
@@ -76,7 +76,7 @@ func dialReporting(t *testing.T, srv *vigiltest.Server, room, identity, role str
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &wsClient{t: t, srv: srv, session: sid, pc: pc, received: map[string]int{}, byMid: map[string]trackInfo{}, closed: make(chan struct{})}
+	c := vigiltest.NewClient(t, srv, sid, pc)
 	var smu sync.Mutex
 	ssrcs := map[string]webrtc.SSRC{}
 	pc.OnTrack(func(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
@@ -99,11 +99,8 @@ func dialReporting(t *testing.T, srv *vigiltest.Server, room, identity, role str
 			if _, _, err := tr.ReadRTP(); err != nil {
 				return
 			}
-			c.mu.Lock()
-			info := c.byMid[mid]
+			info := c.CountPacket(mid)
 			key := info.Identity + "/" + info.Source
-			c.received[key]++
-			c.mu.Unlock()
 			smu.Lock()
 			ssrcs[key] = tr.SSRC()
 			smu.Unlock()
@@ -111,11 +108,11 @@ func dialReporting(t *testing.T, srv *vigiltest.Server, room, identity, role str
 	})
 	pc.OnICECandidate(func(cand *webrtc.ICECandidate) {
 		if cand != nil {
-			c.send("candidate", "", cand.ToJSON())
+			c.Send("candidate", "", cand.ToJSON())
 		}
 	})
-	c.connect(0)
-	t.Cleanup(c.close)
+	c.Connect(0)
+	t.Cleanup(c.Close)
 	return c, func(key string) webrtc.SSRC {
 		smu.Lock()
 		defer smu.Unlock()
@@ -136,10 +133,10 @@ func TestMetricsDuringSession(t *testing.T) {
 	srv.CreateRoom(t, "m", "conference")
 	alice := dialQuiet(t, srv, "m", "alice", "participant")
 	am := newSynthetic(t, "alice")
-	alice.publish(map[string]webrtc.TrackLocal{"camera": am.video, "microphone": am.audio})
+	alice.Publish(map[string]webrtc.TrackLocal{"camera": am.video, "microphone": am.audio})
 	bob, ssrcOf := dialReporting(t, srv, "m", "bob", "participant")
-	waitFor(t, 10*time.Second, "bob receives alice", func() bool {
-		return bob.packets("alice/camera") > 0 && bob.packets("alice/microphone") > 0
+	vigiltest.WaitFor(t, 10*time.Second, "bob receives alice", func() bool {
+		return bob.Packets("alice/camera") > 0 && bob.Packets("alice/microphone") > 0
 	})
 	first := scrape(t, srv)
 	gauges := map[string]float64{
@@ -162,12 +159,12 @@ func TestMetricsDuringSession(t *testing.T) {
 	// loss.
 	ssrc := uint32(ssrcOf("alice/camera"))
 	for range 3 {
-		if err := bob.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}}); err != nil {
+		if err := bob.PC.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for range 2 {
-		if err := bob.pc.WriteRTCP([]rtcp.Packet{&rtcp.TransportLayerNack{MediaSSRC: ssrc, Nacks: []rtcp.NackPair{{PacketID: 1}}}}); err != nil {
+		if err := bob.PC.WriteRTCP([]rtcp.Packet{&rtcp.TransportLayerNack{MediaSSRC: ssrc, Nacks: []rtcp.NackPair{{PacketID: 1}}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -179,7 +176,7 @@ func TestMetricsDuringSession(t *testing.T) {
 			}
 		}
 	}()
-	waitFor(t, 15*time.Second, "counters moving", func() bool {
+	vigiltest.WaitFor(t, 15*time.Second, "counters moving", func() bool {
 		second = scrape(t, srv)
 		return second["vigil_forwarded_packets_total"] > first["vigil_forwarded_packets_total"] &&
 			second["vigil_forwarded_bytes_total"] > first["vigil_forwarded_bytes_total"] &&
@@ -202,10 +199,10 @@ func TestMetricsDuringSession(t *testing.T) {
 		second[`vigil_rtt_seconds{quantile="0.5"}`], second[`vigil_jitter_seconds{quantile="0.5"}`])
 
 	// Bob leaves: his down-tracks end, the counters keep what they sent.
-	if status, body := srv.Do(t, "DELETE", "/v1/sessions/"+bob.session, "", nil); status != http.StatusNoContent {
+	if status, body := srv.Do(t, "DELETE", "/v1/sessions/"+bob.Session, "", nil); status != http.StatusNoContent {
 		t.Fatalf("leave: %d %s", status, body)
 	}
-	waitFor(t, 10*time.Second, "bob's down-tracks retired", func() bool { return scrape(t, srv)["vigil_subscribed_tracks"] == 0 })
+	vigiltest.WaitFor(t, 10*time.Second, "bob's down-tracks retired", func() bool { return scrape(t, srv)["vigil_subscribed_tracks"] == 0 })
 	third := scrape(t, srv)
 	for _, k := range []string{"vigil_forwarded_packets_total", "vigil_forwarded_bytes_total", "vigil_rtcp_plis_total", "vigil_rtcp_nacks_total", "vigil_rtt_seconds_count", "vigil_received_packets_total"} {
 		if third[k] < second[k] {
@@ -280,15 +277,15 @@ func TestWebhooksEndToEnd(t *testing.T) {
 	}
 	cand := dialQuiet(t, srv, "exam", "cand-1", "participant")
 	media := newSynthetic(t, "cand-1")
-	cand.publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
-	waitFor(t, 15*time.Second, "recording.started", func() bool { return slices.Contains(rc.types(), webhooks.RecordingStarted) })
+	cand.Publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
+	vigiltest.WaitFor(t, 15*time.Second, "recording.started", func() bool { return slices.Contains(rc.types(), webhooks.RecordingStarted) })
 	if status, body := admin(t, srv, "DELETE", "/v1/rooms/exam/recordings", nil); status != http.StatusOK {
 		t.Fatalf("stop recording: %d %s", status, body)
 	}
 	if status, body := admin(t, srv, "DELETE", "/v1/rooms/exam", nil); status != http.StatusNoContent {
 		t.Fatalf("end room: %d %s", status, body)
 	}
-	waitFor(t, 10*time.Second, "room.closed", func() bool { return slices.Contains(rc.types(), webhooks.RoomClosed) })
+	vigiltest.WaitFor(t, 10*time.Second, "room.closed", func() bool { return slices.Contains(rc.types(), webhooks.RoomClosed) })
 
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
@@ -341,7 +338,7 @@ func TestDrainEndToEnd(t *testing.T) {
 	srv.CreateRoom(t, "idle", "conference")
 	alice := dialQuiet(t, srv, "busy", "alice", "participant")
 	am := newSynthetic(t, "alice")
-	alice.publish(map[string]webrtc.TrackLocal{"camera": am.video})
+	alice.Publish(map[string]webrtc.TrackLocal{"camera": am.video})
 	if status, _ := srv.Do(t, "GET", "/readyz", "", nil); status != 200 {
 		t.Fatalf("readyz before drain: %d", status)
 	}
@@ -360,17 +357,17 @@ func TestDrainEndToEnd(t *testing.T) {
 		t.Errorf("healthz while draining: %d", status)
 	}
 	status, body = admin(t, srv, "POST", "/v1/rooms", map[string]any{"name": "new", "kind": "conference"})
-	if status != http.StatusServiceUnavailable || errorCode(t, body) != "draining" {
+	if status != http.StatusServiceUnavailable || vigiltest.ErrorCode(t, body) != "draining" {
 		t.Errorf("new room while draining: %d %s", status, body)
 	}
-	waitFor(t, 5*time.Second, "the idle room ended", func() bool {
+	vigiltest.WaitFor(t, 5*time.Second, "the idle room ended", func() bool {
 		status, _ := admin(t, srv, "GET", "/v1/rooms/idle", nil)
 		return status == http.StatusNotFound
 	})
 
 	// The busy room goes on: someone joins it and gets the media.
 	bob := dialQuiet(t, srv, "busy", "bob", "participant")
-	waitFor(t, 10*time.Second, "bob receives alice while draining", func() bool { return bob.packets("alice/camera") > 10 })
+	vigiltest.WaitFor(t, 10*time.Second, "bob receives alice while draining", func() bool { return bob.Packets("alice/camera") > 10 })
 	select {
 	case <-srv.Sig.Drained():
 		t.Fatal("drained while a room is in use")
@@ -380,8 +377,8 @@ func TestDrainEndToEnd(t *testing.T) {
 		t.Errorf("metrics while draining: draining %v rooms %v", m["vigil_draining"], m["vigil_rooms"])
 	}
 
-	for _, c := range []*wsClient{alice, bob} {
-		if status, body := srv.Do(t, "DELETE", "/v1/sessions/"+c.session, "", nil); status != http.StatusNoContent {
+	for _, c := range []*vigiltest.Client{alice, bob} {
+		if status, body := srv.Do(t, "DELETE", "/v1/sessions/"+c.Session, "", nil); status != http.StatusNoContent {
 			t.Fatalf("leave: %d %s", status, body)
 		}
 	}

@@ -118,7 +118,7 @@ type pxClient struct {
 
 	mu     sync.Mutex
 	conn   *websocket.Conn
-	events []event
+	events []vigiltest.Event
 	done   chan struct{} // closed when the current socket's reader ends
 	offers int           // server offers answered
 	// dropped: the test closed the socket on purpose; a reply the reader
@@ -166,7 +166,7 @@ func dialProxiedWith(t *testing.T, srv *vigiltest.Server, px *udpProxy, room, id
 }
 
 func (c *pxClient) connect(cursor uint64) {
-	conn, _, err := websocket.DefaultDialer.Dial(wsURL(c.srv, c.session, cursor), nil)
+	conn, _, err := websocket.DefaultDialer.Dial(vigiltest.WSURL(c.srv, c.session, cursor), nil)
 	if err != nil {
 		c.t.Fatalf("dial ws: %v", err)
 	}
@@ -177,7 +177,7 @@ func (c *pxClient) connect(cursor uint64) {
 	go func() {
 		defer close(done)
 		for {
-			var ev event
+			var ev vigiltest.Event
 			if err := conn.ReadJSON(&ev); err != nil {
 				return
 			}
@@ -224,7 +224,7 @@ func (c *pxClient) send(typ string, data any) {
 }
 
 // handle applies a server offer (the polite peer) or answer.
-func (c *pxClient) handle(ev event) {
+func (c *pxClient) handle(ev vigiltest.Event) {
 	var d struct {
 		SDP string `json:"sdp"`
 	}
@@ -298,10 +298,10 @@ func (c *pxClient) publish(m *synthetic) {
 	c.offer(false, sources)
 }
 
-func (c *pxClient) eventsOf(typ string) []event {
+func (c *pxClient) eventsOf(typ string) []vigiltest.Event {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []event
+	var out []vigiltest.Event
 	for _, e := range c.events {
 		if e.Type == typ {
 			out = append(out, e)
@@ -325,9 +325,9 @@ func (c *pxClient) exactlyOnce() {
 
 // connectionUpdates returns the connection states of identity's
 // participant_updated events seen by c, in order.
-func connectionUpdates(c *wsClient, identity string) []string {
+func connectionUpdates(c *vigiltest.Client, identity string) []string {
 	var out []string
-	for _, e := range c.eventsOf("participant_updated") {
+	for _, e := range c.EventsOf("participant_updated") {
 		var d struct {
 			Participant sfu.ParticipantInfo `json:"participant"`
 		}
@@ -376,10 +376,10 @@ func TestReconnectByICERestart(t *testing.T) {
 			cand := dialProxied(t, srv, px, "exam", "cand", "candidate")
 			media := newSynthetic(t, "cand")
 			cand.publish(media)
-			proctor.send("admit", "a1", map[string]string{"identity": "cand"})
-			waitFor(t, 10*time.Second, "proctor receives the candidate", func() bool { return proctor.packets("cand/camera") > 20 })
+			proctor.Send("admit", "a1", map[string]string{"identity": "cand"})
+			vigiltest.WaitFor(t, 10*time.Second, "proctor receives the candidate", func() bool { return proctor.Packets("cand/camera") > 20 })
 			tracksBefore := getParticipant(t, srv, "exam", "cand").Tracks
-			waitFor(t, 10*time.Second, "a recording", func() bool {
+			vigiltest.WaitFor(t, 10*time.Second, "a recording", func() bool {
 				return len(srv.Recordings.List(recordings.Filter{Room: "exam"})) == 1
 			})
 
@@ -387,7 +387,7 @@ func TestReconnectByICERestart(t *testing.T) {
 			px.drop.Store(true)
 			cand.dropSocket()
 			lost := time.Now()
-			waitFor(t, 10*time.Second, "proctor sees reconnecting", func() bool {
+			vigiltest.WaitFor(t, 10*time.Second, "proctor sees reconnecting", func() bool {
 				return equalStrings(connectionUpdates(proctor, "cand"), []string{"reconnecting"})
 			})
 			t.Logf("reconnecting shown %v after the network went away", time.Since(lost).Round(time.Millisecond))
@@ -396,10 +396,10 @@ func TestReconnectByICERestart(t *testing.T) {
 			}
 			candP := participant(t, srv, "exam", "cand")
 			ufrag := candP.RemoteICEUfrag()
-			waitFor(t, 10*time.Second, "ICE failed", func() bool {
+			vigiltest.WaitFor(t, 10*time.Second, "ICE failed", func() bool {
 				return candP.ConnectionState() == webrtc.PeerConnectionStateFailed
 			})
-			stalled := proctor.packets("cand/camera")
+			stalled := proctor.Packets("cand/camera")
 
 			// The socket comes back first, resuming from its cursor.
 			cand.connect(cand.lastSeq())
@@ -407,7 +407,7 @@ func TestReconnectByICERestart(t *testing.T) {
 				cand.offer(true, nil)
 			}
 			if who == "server" {
-				waitFor(t, 10*time.Second, "the server's ICE restart offer", func() bool {
+				vigiltest.WaitFor(t, 10*time.Second, "the server's ICE restart offer", func() bool {
 					cand.mu.Lock()
 					defer cand.mu.Unlock()
 					return cand.offers > 0
@@ -415,9 +415,9 @@ func TestReconnectByICERestart(t *testing.T) {
 			}
 			px.drop.Store(false)
 			restored := time.Now()
-			waitFor(t, 15*time.Second, "media flows again", func() bool { return proctor.packets("cand/camera") > stalled+20 })
+			vigiltest.WaitFor(t, 15*time.Second, "media flows again", func() bool { return proctor.Packets("cand/camera") > stalled+20 })
 			t.Logf("media again %v after the network came back (ICE restart by the %s)", time.Since(restored).Round(time.Millisecond), who)
-			waitFor(t, 10*time.Second, "proctor sees connected", func() bool {
+			vigiltest.WaitFor(t, 10*time.Second, "proctor sees connected", func() bool {
 				return equalStrings(connectionUpdates(proctor, "cand"), []string{"reconnecting", "connected"})
 			})
 
@@ -428,11 +428,11 @@ func TestReconnectByICERestart(t *testing.T) {
 			if n := len(cand.eventsOf("joined")); n != 1 {
 				t.Errorf("%d joined events", n)
 			}
-			if n := len(proctor.eventsOf("participant_left")) + len(proctor.eventsOf("track_unpublished")); n != 0 {
+			if n := len(proctor.EventsOf("participant_left")) + len(proctor.EventsOf("track_unpublished")); n != 0 {
 				t.Errorf("proctor saw %d participant_left/track_unpublished", n)
 			}
 			joins := 0
-			for _, e := range proctor.eventsOf("participant_joined") {
+			for _, e := range proctor.EventsOf("participant_joined") {
 				if strings.Contains(string(e.Data), `"identity":"cand"`) {
 					joins++
 				}
@@ -469,20 +469,20 @@ func TestVanishedPublisher(t *testing.T) {
 	pub := dialProxied(t, srv, px, "class", "pub", "participant")
 	media := newSynthetic(t, "pub")
 	pub.publish(media)
-	waitFor(t, 10*time.Second, "subscriber receives", func() bool { return sub.packets("pub/camera") > 20 })
+	vigiltest.WaitFor(t, 10*time.Second, "subscriber receives", func() bool { return sub.Packets("pub/camera") > 20 })
 
 	px.drop.Store(true)
 	vanished := time.Now()
-	waitFor(t, 10*time.Second, "both tracks unpublished", func() bool { return len(sub.eventsOf("track_unpublished")) == 2 })
+	vigiltest.WaitFor(t, 10*time.Second, "both tracks unpublished", func() bool { return len(sub.EventsOf("track_unpublished")) == 2 })
 	cleaned := time.Since(vanished)
 	t.Logf("tracks unpublished %v after the publisher vanished", cleaned.Round(time.Millisecond))
 	if p := participant(t, srv, "class", "pub"); !p.Reconnecting() || len(p.Tracks()) != 0 {
 		t.Errorf("vanished publisher: %+v", p.Info())
 	}
-	if n := len(sub.eventsOf("participant_left")); n != 0 {
+	if n := len(sub.EventsOf("participant_left")); n != 0 {
 		t.Fatalf("left before the grace period ended")
 	}
-	e := sub.waitEventWithin(grace+5*time.Second, "participant_left", nil)
+	e := sub.WaitEventWithin(grace+5*time.Second, "participant_left", nil)
 	gone := time.Since(vanished)
 	t.Logf("participant_left %v after the publisher vanished: %s", gone.Round(time.Millisecond), e.Data)
 	if !strings.Contains(string(e.Data), `"reason":"timeout"`) {
@@ -509,40 +509,24 @@ func TestSilentTrackComesBack(t *testing.T) {
 	pub := dialProxied(t, srv, px, "class", "pub", "participant")
 	media := newSynthetic(t, "pub")
 	pub.publish(media)
-	waitFor(t, 10*time.Second, "subscriber receives", func() bool { return sub.packets("pub/camera") > 20 })
-	waitFor(t, 10*time.Second, "a recording", func() bool {
+	vigiltest.WaitFor(t, 10*time.Second, "subscriber receives", func() bool { return sub.Packets("pub/camera") > 20 })
+	vigiltest.WaitFor(t, 10*time.Second, "a recording", func() bool {
 		return len(srv.Recordings.List(recordings.Filter{Room: "class"})) == 1
 	})
 
 	px.drop.Store(true)
-	waitFor(t, 10*time.Second, "tracks unpublished", func() bool { return len(sub.eventsOf("track_unpublished")) == 2 })
-	before := sub.packets("pub/camera")
+	vigiltest.WaitFor(t, 10*time.Second, "tracks unpublished", func() bool { return len(sub.EventsOf("track_unpublished")) == 2 })
+	before := sub.Packets("pub/camera")
 	px.drop.Store(false)
-	waitFor(t, 15*time.Second, "tracks published again", func() bool { return len(sub.eventsOf("track_published")) == 4 })
-	waitFor(t, 10*time.Second, "media again", func() bool { return sub.packets("pub/camera") > before+20 })
-	if n := len(sub.eventsOf("participant_left")); n != 0 {
+	vigiltest.WaitFor(t, 15*time.Second, "tracks published again", func() bool { return len(sub.EventsOf("track_published")) == 4 })
+	vigiltest.WaitFor(t, 10*time.Second, "media again", func() bool { return sub.Packets("pub/camera") > before+20 })
+	if n := len(sub.EventsOf("participant_left")); n != 0 {
 		t.Errorf("%d participant_left", n)
 	}
-	waitFor(t, 10*time.Second, "a second segment", func() bool {
+	vigiltest.WaitFor(t, 10*time.Second, "a second segment", func() bool {
 		recs := srv.Recordings.List(recordings.Filter{Room: "class"})
 		return len(recs) == 1 && len(recs[0].Segments) == 2
 	})
-}
-
-// waitEventWithin is waitEvent with a deadline of d.
-func (c *wsClient) waitEventWithin(d time.Duration, typ string, cond func(json.RawMessage) bool) event {
-	c.t.Helper()
-	var found event
-	waitFor(c.t, d, "event "+typ, func() bool {
-		for _, e := range c.eventsOf(typ) {
-			if cond == nil || cond(e.Data) {
-				found = e
-				return true
-			}
-		}
-		return false
-	})
-	return found
 }
 
 func participant(t *testing.T, srv *vigiltest.Server, room, identity string) *sfu.Participant {

@@ -59,7 +59,7 @@ type signedFile struct {
 // minutes. A candidate's token, a proctor's token for another room, no
 // key, a forged, re-dated, re-targeted or expired signed URL are refused.
 func TestProctorReadsRoomRecordings(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	var skew atomic.Int64 // the server's clock runs this far ahead
 	dir := t.TempDir()
 	srv := vigiltest.StartWith(t, vigiltest.Options{RecordingsDir: dir, Now: func() time.Time {
@@ -74,13 +74,13 @@ func TestProctorReadsRoomRecordings(t *testing.T) {
 
 	// The candidate is recorded from its admission; a flag then is placed
 	// in the recording.
-	waitFor(t, 10*time.Second, "the candidate's recording", func() bool {
+	vigiltest.WaitFor(t, 10*time.Second, "the candidate's recording", func() bool {
 		var l struct{ Recordings []recordingJSON }
 		_ = json.Unmarshal(mustDo(t, srv, "GET", "/v1/recordings?room=exam&identity=cand", nil), &l)
 		return len(l.Recordings) == 1 && len(l.Recordings[0].Segments) > 0
 	})
 	time.Sleep(1500 * time.Millisecond) // some of it on disk
-	if status, body, _ := proctor.post(mustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": "cand", "note": "looked away"}}), ""); status != http.StatusOK {
+	if status, body, _ := proctor.Post(vigiltest.MustJSON(map[string]any{"type": "flag_incident", "data": map[string]string{"identity": "cand", "note": "looked away"}}), ""); status != http.StatusOK {
 		t.Fatalf("flag_incident: %d %s", status, body)
 	}
 	inc := incidentEvent(t, proctor, 5*time.Second, func(i incidents.Incident) bool { return i.Type == incidents.Manual })
@@ -179,7 +179,7 @@ func TestProctorReadsRoomRecordings(t *testing.T) {
 		{"a forged signature with a candidate's token", filePath + "?" + exp + "&sig=" + flip(sig), candTok, 403, "forbidden"},
 	} {
 		status, body, _ := fetchAs(t, srv, tt.path, tt.bearer, "")
-		if status != tt.status || errorCode(t, body) != tt.code {
+		if status != tt.status || vigiltest.ErrorCode(t, body) != tt.code {
 			t.Errorf("%s: GET %s: %d %s, want %d %s", tt.what, tt.path, status, body, tt.status, tt.code)
 		}
 	}
@@ -188,7 +188,7 @@ func TestProctorReadsRoomRecordings(t *testing.T) {
 	// a proctor token valid then) gives a fresh URL.
 	skew.Store(int64(signaling.RecordingURLTTL + time.Second))
 	status, body, _ = fetchAs(t, srv, sf.URL, "", "bytes=0-99")
-	if status != 403 || errorCode(t, body) != "forbidden" || !bytes.Contains(body, []byte("expired")) {
+	if status != 403 || vigiltest.ErrorCode(t, body) != "forbidden" || !bytes.Contains(body, []byte("expired")) {
 		t.Fatalf("expired signed URL: %d %s", status, body)
 	}
 	later := srv.Token(t, "exam", "proc-2", "proctor")
@@ -206,7 +206,7 @@ func TestProctorReadsRoomRecordings(t *testing.T) {
 
 	// A revoked proctor token no longer reads.
 	mustDo(t, srv, "POST", "/v1/rooms/exam/tokens/revoke", map[string]string{"identity": "proc"})
-	if status, body, _ := fetchAs(t, srv, filePath, proctorTok, "bytes=0-9"); status != 401 || errorCode(t, body) != "token_revoked" {
+	if status, body, _ := fetchAs(t, srv, filePath, proctorTok, "bytes=0-9"); status != 401 || vigiltest.ErrorCode(t, body) != "token_revoked" {
 		t.Fatalf("revoked proctor token: %d %s", status, body)
 	}
 }

@@ -26,7 +26,7 @@ type adminFeed struct {
 	srv    *vigiltest.Server
 	room   string
 	mu     sync.Mutex
-	events []event
+	events []vigiltest.Event
 	cursor uint64
 }
 
@@ -39,8 +39,8 @@ func (f *adminFeed) poll(wait time.Duration) {
 		f.t.Fatalf("poll the feed: %d %s", status, body)
 	}
 	var r struct {
-		Events []event `json:"events"`
-		Cursor uint64  `json:"cursor"`
+		Events []vigiltest.Event `json:"events"`
+		Cursor uint64            `json:"cursor"`
 	}
 	if err := json.Unmarshal(body, &r); err != nil {
 		f.t.Fatal(err)
@@ -52,7 +52,7 @@ func (f *adminFeed) poll(wait time.Duration) {
 }
 
 // waitEvent polls until an event of type typ matching cond is on the feed.
-func (f *adminFeed) waitEvent(typ string, d time.Duration, cond func(json.RawMessage) bool) event {
+func (f *adminFeed) waitEvent(typ string, d time.Duration, cond func(json.RawMessage) bool) vigiltest.Event {
 	f.t.Helper()
 	deadline := time.Now().Add(d)
 	for seen := 0; ; {
@@ -101,7 +101,7 @@ func recordingOf(identity string, out *recordingEventData) func(json.RawMessage)
 // receiver gets recording.failed too: the recordings' events have two
 // subscribers.
 func TestRecordingFailedOnRoomFeed(t *testing.T) {
-	leakCheck(t)
+	vigiltest.LeakCheck(t)
 	if _, err := os.Stat("/dev/full"); err != nil {
 		t.Skip("no /dev/full on this system")
 	}
@@ -129,21 +129,21 @@ func TestRecordingFailedOnRoomFeed(t *testing.T) {
 	rf := &adminFeed{t: t, srv: srv, room: "exam-rec"}
 	rf.waitEvent("room_snapshot", 5*time.Second, nil)
 
-	proctor := dial(t, srv, "exam-rec", "proc", "proctor")
-	proctor.waitEvent("joined", nil)
-	cands := map[string]*wsClient{}
+	proctor := vigiltest.Dial(t, srv, "exam-rec", "proc", "proctor")
+	proctor.WaitEvent("joined", nil)
+	cands := map[string]*vigiltest.Client{}
 	for _, id := range []string{"full", "fine"} {
 		f := newSynthetic(t, id)
-		c := dial(t, srv, "exam-rec", id, "candidate")
-		c.waitEvent("joined", nil)
-		c.publish(map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
+		c := vigiltest.Dial(t, srv, "exam-rec", id, "candidate")
+		c.WaitEvent("joined", nil)
+		c.Publish(map[string]webrtc.TrackLocal{"camera": f.video, "microphone": f.audio})
 		cands[id] = c
 	}
 	for id, c := range cands {
-		waitFor(t, 10*time.Second, id+" connected", func() bool {
-			return c.pc.ConnectionState() == webrtc.PeerConnectionStateConnected
+		vigiltest.WaitFor(t, 10*time.Second, id+" connected", func() bool {
+			return c.PC.ConnectionState() == webrtc.PeerConnectionStateConnected
 		})
-		proctor.send("admit", "admit-"+id, map[string]string{"identity": id})
+		proctor.Send("admit", "admit-"+id, map[string]string{"identity": id})
 	}
 
 	var failed, started, completed recordingEventData
@@ -166,7 +166,7 @@ func TestRecordingFailedOnRoomFeed(t *testing.T) {
 		t.Fatalf("manifest of the failed recording: %s", body)
 	}
 
-	waitFor(t, 5*time.Second, "recording.failed webhook", func() bool { return slices.Contains(rc.types(), webhooks.RecordingFailed) })
+	vigiltest.WaitFor(t, 5*time.Second, "recording.failed webhook", func() bool { return slices.Contains(rc.types(), webhooks.RecordingFailed) })
 
 	// Media goes on: the proctor still receives both candidates.
 	for _, key := range []string{"full/camera", "full/microphone", "fine/camera", "fine/microphone"} {
@@ -191,7 +191,7 @@ func TestRecordingFailedOnRoomFeed(t *testing.T) {
 	}
 	rf.mu.Unlock()
 	for _, c := range cands {
-		c.close()
+		c.Close()
 	}
-	proctor.close()
+	proctor.Close()
 }

@@ -154,7 +154,7 @@ func TestRecordingsAPI(t *testing.T) {
 	srv.CreateRoom(t, "talk", "conference")
 	video, audio := recMedia(t, 3)
 
-	alice := dial(t, srv, "talk", "alice", "participant")
+	alice := vigiltest.Dial(t, srv, "talk", "alice", "participant")
 	vt, err := webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "v", "alice")
 	if err != nil {
 		t.Fatal(err)
@@ -163,13 +163,13 @@ func TestRecordingsAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	alice.publish(map[string]webrtc.TrackLocal{"camera": vt, "microphone": at})
-	waitFor(t, 10*time.Second, "alice connected", func() bool { return alice.pc.ConnectionState() == webrtc.PeerConnectionStateConnected })
+	alice.Publish(map[string]webrtc.TrackLocal{"camera": vt, "microphone": at})
+	vigiltest.WaitFor(t, 10*time.Second, "alice connected", func() bool { return alice.PC.ConnectionState() == webrtc.PeerConnectionStateConnected })
 	// Tracks are announced to the server when their first packets arrive.
 	done := make(chan struct{}, 2)
 	go sendRealTime(vt, video, done)
 	go sendRealTime(at, audio, done)
-	waitFor(t, 10*time.Second, "alice's tracks", func() bool {
+	vigiltest.WaitFor(t, 10*time.Second, "alice's tracks", func() bool {
 		p := srv.SFU.Rooms()[0].Participant("alice")
 		return p != nil && len(p.Tracks()) == 2
 	})
@@ -260,7 +260,7 @@ func TestRecordingsAPI(t *testing.T) {
 			t.Errorf("GET %s: %d %s", p, resp.StatusCode, b)
 			continue
 		}
-		if code := errorCode(t, b); code != "file_not_found" && code != "recording_not_found" && code != "not_found" {
+		if code := vigiltest.ErrorCode(t, b); code != "file_not_found" && code != "recording_not_found" && code != "not_found" {
 			t.Errorf("GET %s: code %q", p, code)
 		}
 	}
@@ -286,7 +286,7 @@ func TestRecordingsAPI(t *testing.T) {
 		t.Fatalf("start all: %s", body)
 	}
 	status, body = srv.Do(t, "DELETE", "/v1/recordings/"+all.Recordings[0].ID, srv.AdminKey, nil)
-	if status != 409 || errorCode(t, body) != "recording_active" {
+	if status != 409 || vigiltest.ErrorCode(t, body) != "recording_active" {
 		t.Fatalf("delete active: %d %s", status, body)
 	}
 	<-done
@@ -303,7 +303,7 @@ func TestRecordingsAPI(t *testing.T) {
 		t.Fatalf("files still on disk: %v", err)
 	}
 	status, body = srv.Do(t, "GET", "/v1/recordings/"+id, srv.AdminKey, nil)
-	if status != 404 || errorCode(t, body) != "recording_not_found" {
+	if status != 404 || vigiltest.ErrorCode(t, body) != "recording_not_found" {
 		t.Fatalf("get deleted: %d %s", status, body)
 	}
 
@@ -324,11 +324,11 @@ func TestRecordingsAPI(t *testing.T) {
 		{"GET", "/v1/recordings/nope", nil, 404, "recording_not_found"},
 	} {
 		status, body := srv.Do(t, tt.method, tt.path, srv.AdminKey, tt.body)
-		if status != tt.status || errorCode(t, body) != tt.code {
+		if status != tt.status || vigiltest.ErrorCode(t, body) != tt.code {
 			t.Errorf("%s %s: %d %s, want %d %s", tt.method, tt.path, status, body, tt.status, tt.code)
 		}
 	}
-	alice.close()
+	alice.Close()
 }
 
 func mustDo(t *testing.T, srv *vigiltest.Server, method, path string, body any) []byte {

@@ -92,7 +92,7 @@ func TestFutureIssuedAtRefused(t *testing.T) {
 		return tok
 	}
 	status, body := srv.Do(t, "POST", "/v1/rooms/a/sessions", mint("later", 10*time.Minute), nil)
-	if status != 401 || errorCode(t, body) != "invalid_token" {
+	if status != 401 || vigiltest.ErrorCode(t, body) != "invalid_token" {
 		t.Fatalf("iat 10 minutes ahead: %d %s, want 401 invalid_token", status, body)
 	}
 	if status, body := srv.Do(t, "POST", "/v1/rooms/a/sessions", mint("skewed", 20*time.Second), nil); status != 201 {
@@ -125,7 +125,7 @@ func TestRevocationsSurviveRestart(t *testing.T) {
 	second := vigiltest.StartWith(t, vigiltest.Options{DataDir: dir})
 	second.CreateRoom(t, "exam", "proctoring")
 	status, body := second.Do(t, "POST", "/v1/rooms/exam/sessions", revoked, nil)
-	if status != 401 || errorCode(t, body) != "token_revoked" {
+	if status != 401 || vigiltest.ErrorCode(t, body) != "token_revoked" {
 		t.Fatalf("the revoked token after a restart: %d %s, want 401 token_revoked", status, body)
 	}
 	for name, tok := range map[string]string{"another identity's token": other, "a token minted after the revocation": after} {

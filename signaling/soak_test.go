@@ -111,13 +111,13 @@ func TestSoakJoinLeave(t *testing.T) {
 		openedAt := time.Now()
 		stay := time.Duration(100+rng.IntN(300)) * time.Millisecond
 		if n%2 == 0 { // WebSocket: read until joined, stay, close
-			conn, _, err := dialer.Dial(wsURL(srv, opened.SessionID, 0), nil)
+			conn, _, err := dialer.Dial(vigiltest.WSURL(srv, opened.SessionID, 0), nil)
 			if err != nil {
 				fail("ws: %v", err)
 				return
 			}
 			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-			var ev event
+			var ev vigiltest.Event
 			if err := conn.ReadJSON(&ev); err != nil || ev.Type != "joined" {
 				fail("ws first event: %v %s", err, ev.Type)
 			}
@@ -162,7 +162,7 @@ func TestSoakJoinLeave(t *testing.T) {
 	}
 	settled := func() {
 		t.Helper()
-		waitFor(t, 20*time.Second, "every participant gone", func() bool {
+		vigiltest.WaitFor(t, 20*time.Second, "every participant gone", func() bool {
 			for _, r := range srv.SFU.Rooms() {
 				if len(r.Participants()) > 0 {
 					return false

@@ -17,11 +17,9 @@ import (
 )
 
 // checkExactlyOnce fails unless c's events are seq 1, 2, 3, ... in order.
-func checkExactlyOnce(t *testing.T, c *wsClient) {
+func checkExactlyOnce(t *testing.T, c *vigiltest.Client) {
 	t.Helper()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, e := range c.events {
+	for i, e := range c.Events() {
 		if e.Seq != uint64(i+1) {
 			t.Fatalf("event %d has seq %d (type %s): want every event exactly once, in order", i, e.Seq, e.Type)
 		}
@@ -33,25 +31,23 @@ func TestEveryTransportCarriesAWholeSession(t *testing.T) {
 		t.Run(transport, func(t *testing.T) {
 			srv := vigiltest.Start(t)
 			srv.CreateRoom(t, "r", "conference")
-			pub := dial(t, srv, "r", "alice", "participant")
-			sub := dialVia(t, srv, "r", "bob", "participant", transport)
-			sub.waitEvent("joined", nil)
+			pub := vigiltest.Dial(t, srv, "r", "alice", "participant")
+			sub := vigiltest.DialVia(t, srv, "r", "bob", "participant", transport)
+			sub.WaitEvent("joined", nil)
 
 			media := newSynthetic(t, "alice")
-			pub.publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
-			waitFor(t, 10*time.Second, transport+" subscriber receives media", func() bool {
-				return sub.packets("alice/camera") > 20 && sub.packets("alice/microphone") > 20
+			pub.Publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
+			vigiltest.WaitFor(t, 10*time.Second, transport+" subscriber receives media", func() bool {
+				return sub.Packets("alice/camera") > 20 && sub.Packets("alice/microphone") > 20
 			})
 			// And the other way: bob publishes through POSTed offers.
 			bm := newSynthetic(t, "bob")
-			sub.publish(map[string]webrtc.TrackLocal{"camera": bm.video})
-			waitFor(t, 10*time.Second, "publisher over "+transport+" reaches alice", func() bool {
-				return pub.packets("bob/camera") > 20
+			sub.Publish(map[string]webrtc.TrackLocal{"camera": bm.video})
+			vigiltest.WaitFor(t, 10*time.Second, "publisher over "+transport+" reaches alice", func() bool {
+				return pub.Packets("bob/camera") > 20
 			})
 			if transport != "ws" {
-				sub.mu.Lock()
-				posts, refused := sub.posts, len(sub.postErrors)
-				sub.mu.Unlock()
+				posts, refused := sub.Posts()
 				if posts == 0 || refused != 0 {
 					t.Fatalf("over %s: %d messages POSTed, %d refused", transport, posts, refused)
 				}
@@ -64,9 +60,9 @@ func TestEveryTransportCarriesAWholeSession(t *testing.T) {
 func TestResumeOnAnotherTransportExactlyOnce(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "r", "conference")
-	talker := dial(t, srv, "r", "talker", "participant")
-	c := dialVia(t, srv, "r", "listener", "participant", "ws")
-	c.waitEvent("joined", nil)
+	talker := vigiltest.Dial(t, srv, "r", "talker", "participant")
+	c := vigiltest.DialVia(t, srv, "r", "listener", "participant", "ws")
+	c.WaitEvent("joined", nil)
 
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -74,21 +70,21 @@ func TestResumeOnAnotherTransportExactlyOnce(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for i := 0; i < chats; i++ {
-			talker.send("chat", "", map[string]string{"text": fmt.Sprintf("m%03d", i)})
+			talker.Send("chat", "", map[string]string{"text": fmt.Sprintf("m%03d", i)})
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
 	// Switch transports mid-stream, each time from the last event seen.
 	for _, next := range []string{"sse", "longpoll", "poll", "ws", "sse"} {
 		time.Sleep(100 * time.Millisecond)
-		c.disconnect()
-		c.connectVia(next, c.lastSeq())
+		c.Disconnect()
+		c.ConnectVia(next, c.LastSeq())
 	}
 	wg.Wait()
-	waitFor(t, 10*time.Second, "every chat", func() bool { return len(c.eventsOf("chat")) >= chats })
+	vigiltest.WaitFor(t, 10*time.Second, "every chat", func() bool { return len(c.EventsOf("chat")) >= chats })
 	time.Sleep(200 * time.Millisecond)
 	checkExactlyOnce(t, c)
-	got := c.eventsOf("chat")
+	got := c.EventsOf("chat")
 	if len(got) != chats {
 		t.Fatalf("%d chat events, want %d", len(got), chats)
 	}
@@ -102,14 +98,14 @@ func TestResumeOnAnotherTransportExactlyOnce(t *testing.T) {
 func TestIdempotentPost(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "r", "conference")
-	a := dialVia(t, srv, "r", "alice", "participant", "longpoll")
-	b := dial(t, srv, "r", "bob", "participant")
-	a.waitEvent("joined", nil)
-	b.waitEvent("joined", nil)
+	a := vigiltest.DialVia(t, srv, "r", "alice", "participant", "longpoll")
+	b := vigiltest.Dial(t, srv, "r", "bob", "participant")
+	a.WaitEvent("joined", nil)
+	b.WaitEvent("joined", nil)
 
 	msg := []byte(`{"type":"chat","data":{"text":"hello once"}}`)
-	s1, body1, replayed1 := a.post(msg, "key-1")
-	s2, body2, replayed2 := a.post(msg, "key-1")
+	s1, body1, replayed1 := a.Post(msg, "key-1")
+	s2, body2, replayed2 := a.Post(msg, "key-1")
 	if s1 != 200 || s2 != 200 || string(body1) != string(body2) {
 		t.Fatalf("replies differ: %d %s / %d %s", s1, body1, s2, body2)
 	}
@@ -117,25 +113,25 @@ func TestIdempotentPost(t *testing.T) {
 		t.Fatalf("replayed flags %v %v, want false then true", replayed1, replayed2)
 	}
 	// Same key, another body: refused.
-	s3, body3, _ := a.post([]byte(`{"type":"chat","data":{"text":"something else"}}`), "key-1")
-	if s3 != 422 || errorCode(t, body3) != "idempotency_key_reused" {
+	s3, body3, _ := a.Post([]byte(`{"type":"chat","data":{"text":"something else"}}`), "key-1")
+	if s3 != 422 || vigiltest.ErrorCode(t, body3) != "idempotency_key_reused" {
 		t.Fatalf("reused key: %d %s", s3, body3)
 	}
 	// A refused message is replayed as refused, not re-run.
 	bad := []byte(`{"type":"answer","data":{"sdp":"v=0"}}`)
-	s4, body4, _ := a.post(bad, "key-2")
-	s5, body5, r5 := a.post(bad, "key-2")
-	if s4 != 409 || s5 != 409 || string(body4) != string(body5) || !r5 || errorCode(t, body4) != "invalid_state" {
+	s4, body4, _ := a.Post(bad, "key-2")
+	s5, body5, r5 := a.Post(bad, "key-2")
+	if s4 != 409 || s5 != 409 || string(body4) != string(body5) || !r5 || vigiltest.ErrorCode(t, body4) != "invalid_state" {
 		t.Fatalf("refused message: %d %s / %d %s replayed=%v", s4, body4, s5, body5, r5)
 	}
 	// Without a key, each POST acts.
-	a.post([]byte(`{"type":"chat","data":{"text":"twice"}}`), "")
-	a.post([]byte(`{"type":"chat","data":{"text":"twice"}}`), "")
+	a.Post([]byte(`{"type":"chat","data":{"text":"twice"}}`), "")
+	a.Post([]byte(`{"type":"chat","data":{"text":"twice"}}`), "")
 
-	waitFor(t, 5*time.Second, "chats at bob", func() bool { return len(b.eventsOf("chat")) >= 3 })
+	vigiltest.WaitFor(t, 5*time.Second, "chats at bob", func() bool { return len(b.EventsOf("chat")) >= 3 })
 	time.Sleep(200 * time.Millisecond)
 	counts := map[string]int{}
-	for _, e := range b.eventsOf("chat") {
+	for _, e := range b.EventsOf("chat") {
 		var d struct{ Text string }
 		_ = json.Unmarshal(e.Data, &d)
 		counts[d.Text]++
@@ -148,23 +144,23 @@ func TestIdempotentPost(t *testing.T) {
 func TestCursorTooOldOnEveryTransport(t *testing.T) {
 	srv := vigiltest.StartWith(t, vigiltest.Options{OutboxCapacity: 8})
 	srv.CreateRoom(t, "r", "conference")
-	talker := dial(t, srv, "r", "talker", "participant")
-	c := dialVia(t, srv, "r", "late", "participant", "poll")
-	c.waitEvent("joined", nil)
-	c.disconnect()
+	talker := vigiltest.Dial(t, srv, "r", "talker", "participant")
+	c := vigiltest.DialVia(t, srv, "r", "late", "participant", "poll")
+	c.WaitEvent("joined", nil)
+	c.Disconnect()
 	for i := 0; i < 20; i++ {
-		talker.send("chat", "", map[string]string{"text": "x"})
+		talker.Send("chat", "", map[string]string{"text": "x"})
 	}
 	var status int
 	var body []byte
-	waitFor(t, 5*time.Second, "the late client's outbox to overflow", func() bool {
-		status, body = srv.Do(t, "GET", "/v1/sessions/"+c.session+"/poll?cursor=1", "", nil)
+	vigiltest.WaitFor(t, 5*time.Second, "the late client's outbox to overflow", func() bool {
+		status, body = srv.Do(t, "GET", "/v1/sessions/"+c.Session+"/poll?cursor=1", "", nil)
 		return status != http.StatusOK
 	})
-	if status != http.StatusGone || errorCode(t, body) != "cursor_too_old" {
+	if status != http.StatusGone || vigiltest.ErrorCode(t, body) != "cursor_too_old" {
 		t.Fatalf("poll: %d %s", status, body)
 	}
-	req, _ := http.NewRequest("GET", srv.URL+"/v1/sessions/"+c.session+"/events", nil)
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/sessions/"+c.Session+"/events", nil)
 	req.Header.Set("Last-Event-ID", "1")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -172,15 +168,15 @@ func TestCursorTooOldOnEveryTransport(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusGone || errorCode(t, b) != "cursor_too_old" {
+	if resp.StatusCode != http.StatusGone || vigiltest.ErrorCode(t, b) != "cursor_too_old" {
 		t.Fatalf("sse: %d %s", resp.StatusCode, b)
 	}
-	conn, _, err := websocket.DefaultDialer.Dial(wsURL(srv, c.session, 1), nil)
+	conn, _, err := websocket.DefaultDialer.Dial(vigiltest.WSURL(srv, c.Session, 1), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	var first event
+	var first vigiltest.Event
 	if err := conn.ReadJSON(&first); err != nil || first.Type != "error" || !strings.Contains(string(first.Data), "cursor_too_old") {
 		t.Fatalf("ws first frame %+v %v", first, err)
 	}
@@ -188,8 +184,8 @@ func TestCursorTooOldOnEveryTransport(t *testing.T) {
 		t.Fatalf("ws close: %v, want 4410", err)
 	}
 	// The client's way out: a new session, which starts at seq 1.
-	again := dialVia(t, srv, "r", "late", "participant", "poll")
-	if e := again.waitEvent("joined", nil); e.Seq != 1 {
+	again := vigiltest.DialVia(t, srv, "r", "late", "participant", "poll")
+	if e := again.WaitEvent("joined", nil); e.Seq != 1 {
 		t.Fatalf("rejoined at seq %d", e.Seq)
 	}
 }
@@ -222,8 +218,8 @@ func TestShortPollETagAndLongPollLimits(t *testing.T) {
 	if resp, _ = get("cursor=1", etag); resp.StatusCode != http.StatusNotModified {
 		t.Fatalf("If-None-Match with nothing new: %d, want 304", resp.StatusCode)
 	}
-	dial(t, srv, "r", "bob", "participant") // a new event for alice
-	waitFor(t, 5*time.Second, "a new event", func() bool {
+	vigiltest.Dial(t, srv, "r", "bob", "participant") // a new event for alice
+	vigiltest.WaitFor(t, 5*time.Second, "a new event", func() bool {
 		resp, _ := get("cursor=1", etag)
 		return resp.StatusCode == 200
 	})
@@ -242,7 +238,7 @@ func TestShortPollETagAndLongPollLimits(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond) // let the first one be held
 	resp, body = get("cursor=2&wait=2", "")
-	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || errorCode(t, body) != "too_many_waiters" {
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || vigiltest.ErrorCode(t, body) != "too_many_waiters" {
 		t.Fatalf("second long poll over the cap: %d retry=%q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
 	<-held
@@ -258,34 +254,34 @@ func TestSlowSubscriberDoesNotStallOthers(t *testing.T) {
 	// not for one that never reads.
 	srv := vigiltest.StartWith(t, vigiltest.Options{OutboxCapacity: 256})
 	srv.CreateRoom(t, "r", "conference")
-	talker := dial(t, srv, "r", "talker", "participant")
-	fast := dial(t, srv, "r", "fast", "participant")
+	talker := vigiltest.Dial(t, srv, "r", "talker", "participant")
+	fast := vigiltest.Dial(t, srv, "r", "fast", "participant")
 	slowSID, err := srv.OpenSession(t, "r", srv.Token(t, "r", "slow", "participant"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The slow client opens a socket and never reads from it.
-	slow, _, err := websocket.DefaultDialer.Dial(wsURL(srv, slowSID, 0), nil)
+	slow, _, err := websocket.DefaultDialer.Dial(vigiltest.WSURL(srv, slowSID, 0), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer slow.Close()
-	fast.waitEvent("joined", nil)
+	fast.WaitEvent("joined", nil)
 
 	text := strings.Repeat("z", 2000)
 	const n = 400
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		talker.send("chat", "", map[string]string{"text": text})
+		talker.Send("chat", "", map[string]string{"text": text})
 	}
-	waitFor(t, 10*time.Second, "fast subscriber gets every chat", func() bool { return len(fast.eventsOf("chat")) == n })
+	vigiltest.WaitFor(t, 10*time.Second, "fast subscriber gets every chat", func() bool { return len(fast.EventsOf("chat")) == n })
 	t.Logf("fast subscriber got %d chats of 2 KB in %v while another never read", n, time.Since(start))
 	checkExactlyOnce(t, fast)
 
 	// The policy for the slow one: its outbox keeps the last 256 events;
 	// resuming from where it stopped is refused as too old.
 	status, body := srv.Do(t, "GET", "/v1/sessions/"+slowSID+"/poll?cursor=2", "", nil)
-	if status != http.StatusGone || errorCode(t, body) != "cursor_too_old" {
+	if status != http.StatusGone || vigiltest.ErrorCode(t, body) != "cursor_too_old" {
 		t.Fatalf("slow subscriber resuming: %d %s", status, body)
 	}
 }
@@ -293,13 +289,13 @@ func TestSlowSubscriberDoesNotStallOthers(t *testing.T) {
 func TestAdminRoomFeed(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "r", "conference")
-	a := dial(t, srv, "r", "alice", "participant")
-	a.waitEvent("joined", nil)
+	a := vigiltest.Dial(t, srv, "r", "alice", "participant")
+	a.WaitEvent("joined", nil)
 
-	if status, body := srv.Do(t, "GET", "/v1/rooms/r/events/poll", "", nil); status != 401 || errorCode(t, body) != "unauthorized" {
+	if status, body := srv.Do(t, "GET", "/v1/rooms/r/events/poll", "", nil); status != 401 || vigiltest.ErrorCode(t, body) != "unauthorized" {
 		t.Fatalf("feed without key: %d %s", status, body)
 	}
-	if status, body := srv.Do(t, "GET", "/v1/rooms/ghost/events/poll", srv.AdminKey, nil); status != 404 || errorCode(t, body) != "room_not_found" {
+	if status, body := srv.Do(t, "GET", "/v1/rooms/ghost/events/poll", srv.AdminKey, nil); status != 404 || vigiltest.ErrorCode(t, body) != "room_not_found" {
 		t.Fatalf("feed of unknown room: %d %s", status, body)
 	}
 	// SSE from the start.
@@ -316,19 +312,19 @@ func TestAdminRoomFeed(t *testing.T) {
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-				var ev event
+				var ev vigiltest.Event
 				_ = json.Unmarshal([]byte(d), &ev)
 				types <- ev.Type
 			}
 		}
 		close(types)
 	}()
-	b := dial(t, srv, "r", "bob", "participant")
+	b := vigiltest.Dial(t, srv, "r", "bob", "participant")
 	media := newSynthetic(t, "bob")
-	b.publish(map[string]webrtc.TrackLocal{"microphone": media.audio})
-	waitFor(t, 10*time.Second, "alice hears bob", func() bool { return a.packets("bob/microphone") > 0 })
-	b.send("chat", "", map[string]string{"text": "hi"})
-	b.send("leave", "", map[string]any{})
+	b.Publish(map[string]webrtc.TrackLocal{"microphone": media.audio})
+	vigiltest.WaitFor(t, 10*time.Second, "alice hears bob", func() bool { return a.Packets("bob/microphone") > 0 })
+	b.Send("chat", "", map[string]string{"text": "hi"})
+	b.Send("leave", "", map[string]any{})
 
 	want := []string{"room_snapshot", "participant_joined", "track_published", "chat", "track_unpublished", "participant_left"}
 	var got []string

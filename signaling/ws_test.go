@@ -20,49 +20,47 @@ func TestMain(m *testing.M) {
 func TestMediaOverWebSocket(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "class", "conference")
-	alice := dial(t, srv, "class", "alice", "participant")
-	bob := dial(t, srv, "class", "bob", "participant")
-	carol := dial(t, srv, "class", "carol", "participant")
+	alice := vigiltest.Dial(t, srv, "class", "alice", "participant")
+	bob := vigiltest.Dial(t, srv, "class", "bob", "participant")
+	carol := vigiltest.Dial(t, srv, "class", "carol", "participant")
 
-	joined := alice.waitEvent("joined", nil)
+	joined := alice.WaitEvent("joined", nil)
 	if joined.Seq != 1 {
 		t.Fatalf("joined is seq %d, want 1", joined.Seq)
 	}
 	media := newSynthetic(t, "alice")
-	alice.publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
+	alice.Publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
 
-	for _, sub := range []*wsClient{bob, carol} {
-		waitFor(t, 10*time.Second, "media from alice", func() bool {
-			return sub.packets("alice/camera") > 20 && sub.packets("alice/microphone") > 20
+	for _, sub := range []*vigiltest.Client{bob, carol} {
+		vigiltest.WaitFor(t, 10*time.Second, "media from alice", func() bool {
+			return sub.Packets("alice/camera") > 20 && sub.Packets("alice/microphone") > 20
 		})
 	}
 	// Rosters: bob saw alice's track published and carol join.
-	bob.waitEvent("track_published", func(d json.RawMessage) bool { return strings.Contains(string(d), `"identity":"alice"`) })
-	bob.waitEvent("participant_joined", func(d json.RawMessage) bool { return strings.Contains(string(d), `"identity":"carol"`) })
+	bob.WaitEvent("track_published", func(d json.RawMessage) bool { return strings.Contains(string(d), `"identity":"alice"`) })
+	bob.WaitEvent("participant_joined", func(d json.RawMessage) bool { return strings.Contains(string(d), `"identity":"carol"`) })
 
 	// Sequence numbers of every client's events are 1, 2, 3, ...
-	for _, c := range []*wsClient{alice, bob, carol} {
-		c.mu.Lock()
-		for i, e := range c.events {
+	for _, c := range []*vigiltest.Client{alice, bob, carol} {
+		for i, e := range c.Events() {
 			if e.Seq != uint64(i+1) {
 				t.Errorf("event %d has seq %d", i, e.Seq)
 			}
 		}
-		c.mu.Unlock()
 	}
 
 	// alice leaves: the others are told, and alice's session ends.
-	alice.send("leave", "", map[string]any{})
-	alice.waitEvent("left", nil)
-	bob.waitEvent("participant_left", func(d json.RawMessage) bool { return strings.Contains(string(d), `"identity":"alice"`) })
-	bob.waitEvent("track_unpublished", nil)
+	alice.Send("leave", "", map[string]any{})
+	alice.WaitEvent("left", nil)
+	bob.WaitEvent("participant_left", func(d json.RawMessage) bool { return strings.Contains(string(d), `"identity":"alice"`) })
+	bob.WaitEvent("track_unpublished", nil)
 }
 
 func TestSocketBadInputKeepsSocketUsable(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "r", "conference")
-	c := dial(t, srv, "r", "alice", "participant")
-	c.waitEvent("joined", nil)
+	c := vigiltest.Dial(t, srv, "r", "alice", "participant")
+	c.WaitEvent("joined", nil)
 
 	cases := []struct {
 		frame string
@@ -80,11 +78,11 @@ func TestSocketBadInputKeepsSocketUsable(t *testing.T) {
 		{`{"type":"leave","id":"x8","data":{},"more":true}`, "invalid_message"},
 	}
 	for i, tc := range cases {
-		c.sendRaw([]byte(tc.frame))
+		c.SendRaw([]byte(tc.frame))
 		n := i + 1
-		e := c.waitEvent("error", func(json.RawMessage) bool { return len(c.eventsOf("error")) >= n })
+		e := c.WaitEvent("error", func(json.RawMessage) bool { return len(c.EventsOf("error")) >= n })
 		_ = e
-		errs := c.eventsOf("error")
+		errs := c.EventsOf("error")
 		var got struct {
 			Code, Message, Ref string
 		}
@@ -102,25 +100,23 @@ func TestSocketBadInputKeepsSocketUsable(t *testing.T) {
 		}
 	}
 	// A binary frame is refused too.
-	c.wmu.Lock()
-	_ = c.conn.WriteMessage(websocket.BinaryMessage, []byte{0, 1, 2})
-	c.wmu.Unlock()
-	waitFor(t, 5*time.Second, "binary refused", func() bool { return len(c.eventsOf("error")) == len(cases)+1 })
+	c.WriteMessage(websocket.BinaryMessage, []byte{0, 1, 2})
+	vigiltest.WaitFor(t, 5*time.Second, "binary refused", func() bool { return len(c.EventsOf("error")) == len(cases)+1 })
 
 	// The socket still works: the participant can still publish.
 	media := newSynthetic(t, "alice")
-	c.publish(map[string]webrtc.TrackLocal{"camera": media.video})
-	c.waitEvent("answer", nil)
+	c.Publish(map[string]webrtc.TrackLocal{"camera": media.video})
+	c.WaitEvent("answer", nil)
 }
 
 func TestOversizedFrameClosesOnlyThatSocket(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "r", "conference")
-	a := dial(t, srv, "r", "alice", "participant")
-	b := dial(t, srv, "r", "bob", "participant")
-	a.waitEvent("joined", nil)
-	end := a.socketEnd()
-	a.sendRaw([]byte(`{"type":"leave","data":{"x":"` + strings.Repeat("a", 300<<10) + `"}}`))
+	a := vigiltest.Dial(t, srv, "r", "alice", "participant")
+	b := vigiltest.Dial(t, srv, "r", "bob", "participant")
+	a.WaitEvent("joined", nil)
+	end := a.SocketEnd()
+	a.SendRaw([]byte(`{"type":"leave","data":{"x":"` + strings.Repeat("a", 300<<10) + `"}}`))
 	select {
 	case err := <-end:
 		if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseMessageTooBig {
@@ -130,37 +126,33 @@ func TestOversizedFrameClosesOnlyThatSocket(t *testing.T) {
 		t.Fatal("oversized frame did not close the socket")
 	}
 	// bob is unaffected, and alice can resume on a new socket.
-	a.connect(1)
-	c := dial(t, srv, "r", "carol", "participant")
-	b.waitEvent("participant_joined", func(d json.RawMessage) bool { return strings.Contains(string(d), "carol") })
-	a.waitEvent("participant_joined", func(d json.RawMessage) bool { return strings.Contains(string(d), "carol") })
+	a.Connect(1)
+	c := vigiltest.Dial(t, srv, "r", "carol", "participant")
+	b.WaitEvent("participant_joined", func(d json.RawMessage) bool { return strings.Contains(string(d), "carol") })
+	a.WaitEvent("participant_joined", func(d json.RawMessage) bool { return strings.Contains(string(d), "carol") })
 	_ = c
 }
 
 func TestResumeFromCursor(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "r", "conference")
-	a := dial(t, srv, "r", "alice", "participant")
-	a.waitEvent("joined", nil)
-	dial(t, srv, "r", "bob", "participant")
-	a.waitEvent("participant_joined", nil)
+	a := vigiltest.Dial(t, srv, "r", "alice", "participant")
+	a.WaitEvent("joined", nil)
+	vigiltest.Dial(t, srv, "r", "bob", "participant")
+	a.WaitEvent("participant_joined", nil)
 
 	// Drop alice's socket; events keep coming into her outbox.
-	a.mu.Lock()
-	_ = a.conn.Close()
-	seen := len(a.events)
-	last := a.events[seen-1].Seq
-	a.mu.Unlock()
-	dial(t, srv, "r", "carol", "participant")
-	dial(t, srv, "r", "dave", "participant")
+	evs := a.DropSocket()
+	seen := len(evs)
+	last := evs[seen-1].Seq
+	vigiltest.Dial(t, srv, "r", "carol", "participant")
+	vigiltest.Dial(t, srv, "r", "dave", "participant")
 	time.Sleep(100 * time.Millisecond)
 
-	a.connect(last)
-	waitFor(t, 5*time.Second, "resumed events", func() bool { return len(a.eventsOf("participant_joined")) == 3 })
+	a.Connect(last)
+	vigiltest.WaitFor(t, 5*time.Second, "resumed events", func() bool { return len(a.EventsOf("participant_joined")) == 3 })
 	time.Sleep(100 * time.Millisecond)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for i, e := range a.events {
+	for i, e := range a.Events() {
 		if e.Seq != uint64(i+1) {
 			t.Fatalf("after resume, event %d has seq %d: every event exactly once, in order", i, e.Seq)
 		}
@@ -170,10 +162,10 @@ func TestResumeFromCursor(t *testing.T) {
 func TestCursorAheadAndReplacedSocket(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "r", "conference")
-	a := dial(t, srv, "r", "alice", "participant")
-	a.waitEvent("joined", nil)
+	a := vigiltest.Dial(t, srv, "r", "alice", "participant")
+	a.WaitEvent("joined", nil)
 
-	conn, _, err := websocket.DefaultDialer.Dial(wsURL(srv, a.session, 999), nil)
+	conn, _, err := websocket.DefaultDialer.Dial(vigiltest.WSURL(srv, a.Session, 999), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,8 +182,8 @@ func TestCursorAheadAndReplacedSocket(t *testing.T) {
 	}
 
 	// A second socket replaces the first, which is closed with 4000.
-	end := a.socketEnd()
-	second, _, err := websocket.DefaultDialer.Dial(wsURL(srv, a.session, 0), nil)
+	end := a.SocketEnd()
+	second, _, err := websocket.DefaultDialer.Dial(vigiltest.WSURL(srv, a.Session, 0), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +196,7 @@ func TestCursorAheadAndReplacedSocket(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("replaced socket was not closed")
 	}
-	var ev event
+	var ev vigiltest.Event
 	if err := second.ReadJSON(&ev); err != nil || ev.Seq != 1 || ev.Type != "joined" {
 		t.Fatalf("new socket from cursor 0: %+v %v", ev, err)
 	}
@@ -218,10 +210,10 @@ func mustString(v any) string {
 func TestUnknownSessionIs404(t *testing.T) {
 	srv := vigiltest.Start(t)
 	status, body := srv.Do(t, http.MethodGet, "/v1/sessions/nope/ws", "", nil)
-	if status != http.StatusNotFound || errorCode(t, body) != "session_not_found" {
+	if status != http.StatusNotFound || vigiltest.ErrorCode(t, body) != "session_not_found" {
 		t.Fatalf("got %d %s", status, body)
 	}
-	_, _, err := websocket.DefaultDialer.Dial(wsURL(srv, "nope", 0), nil)
+	_, _, err := websocket.DefaultDialer.Dial(vigiltest.WSURL(srv, "nope", 0), nil)
 	if err == nil {
 		t.Fatal("dial to an unknown session succeeded")
 	}
@@ -230,12 +222,12 @@ func TestUnknownSessionIs404(t *testing.T) {
 func TestGracePeriodEndsAbandonedSession(t *testing.T) {
 	srv := vigiltest.StartWith(t, vigiltest.Options{GracePeriod: 200 * time.Millisecond})
 	srv.CreateRoom(t, "r", "conference")
-	watcher := dial(t, srv, "r", "watcher", "participant")
+	watcher := vigiltest.Dial(t, srv, "r", "watcher", "participant")
 	if _, err := srv.OpenSession(t, "r", srv.Token(t, "r", "ghost", "participant")); err != nil {
 		t.Fatal(err)
 	}
-	watcher.waitEvent("participant_joined", func(d json.RawMessage) bool { return strings.Contains(string(d), "ghost") })
-	watcher.waitEvent("participant_left", func(d json.RawMessage) bool {
+	watcher.WaitEvent("participant_joined", func(d json.RawMessage) bool { return strings.Contains(string(d), "ghost") })
+	watcher.WaitEvent("participant_left", func(d json.RawMessage) bool {
 		return strings.Contains(string(d), "ghost") && strings.Contains(string(d), "timeout")
 	})
 }
@@ -243,40 +235,40 @@ func TestGracePeriodEndsAbandonedSession(t *testing.T) {
 func TestViewerCannotPublish(t *testing.T) {
 	srv := vigiltest.Start(t)
 	srv.CreateRoom(t, "show", "broadcast")
-	host := dial(t, srv, "show", "host1", "host")
-	viewer := dial(t, srv, "show", "v1", "viewer")
-	viewer2 := dial(t, srv, "show", "v2", "viewer")
+	host := vigiltest.Dial(t, srv, "show", "host1", "host")
+	viewer := vigiltest.Dial(t, srv, "show", "v1", "viewer")
+	viewer2 := vigiltest.Dial(t, srv, "show", "v2", "viewer")
 
 	media := newSynthetic(t, "host1")
-	host.publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
-	waitFor(t, 10*time.Second, "viewer receives host", func() bool { return viewer.packets("host1/camera") > 10 })
+	host.Publish(map[string]webrtc.TrackLocal{"camera": media.video, "microphone": media.audio})
+	vigiltest.WaitFor(t, 10*time.Second, "viewer receives host", func() bool { return viewer.Packets("host1/camera") > 10 })
 
 	vm := newSynthetic(t, "v1")
-	viewer.publish(map[string]webrtc.TrackLocal{"camera": vm.video})
-	e := viewer.waitEvent("error", nil)
+	viewer.Publish(map[string]webrtc.TrackLocal{"camera": vm.video})
+	e := viewer.WaitEvent("error", nil)
 	if !strings.Contains(string(e.Data), `"code":"forbidden"`) {
 		t.Fatalf("viewer offer: %s", e.Data)
 	}
 	// An undeclared sending m-line is refused as well.
-	viewer.send("offer", "sneaky", map[string]any{"sdp": viewer.pc.LocalDescription().SDP, "sources": map[string]string{}})
-	viewer.waitEvent("error", func(d json.RawMessage) bool {
+	viewer.Send("offer", "sneaky", map[string]any{"sdp": viewer.PC.LocalDescription().SDP, "sources": map[string]string{}})
+	viewer.WaitEvent("error", func(d json.RawMessage) bool {
 		return strings.Contains(string(d), "sneaky") && strings.Contains(string(d), "forbidden")
 	})
 
 	// Viewers do not see each other; the host does not see viewers.
-	for _, ev := range viewer2.eventsOf("participant_joined") {
+	for _, ev := range viewer2.EventsOf("participant_joined") {
 		if !strings.Contains(string(ev.Data), `"role":"host"`) {
 			t.Errorf("viewer saw a non-host join: %s", ev.Data)
 		}
 	}
-	joined := viewer2.waitEvent("joined", nil)
+	joined := viewer2.WaitEvent("joined", nil)
 	if strings.Contains(string(joined.Data), `"v1"`) {
 		t.Errorf("viewer roster lists another viewer: %s", joined.Data)
 	}
-	if n := len(host.eventsOf("participant_joined")); n != 0 {
+	if n := len(host.EventsOf("participant_joined")); n != 0 {
 		t.Errorf("host saw %d viewers join", n)
 	}
-	if n := viewer.packets("v1/camera") + host.packets("v1/camera"); n != 0 {
+	if n := viewer.Packets("v1/camera") + host.Packets("v1/camera"); n != 0 {
 		t.Errorf("viewer media was forwarded: %d packets", n)
 	}
 }

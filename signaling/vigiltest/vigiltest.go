@@ -1,6 +1,9 @@
 // Package vigiltest starts a whole Vigil server in-process for tests: the
 // media core on a loopback UDP port and the HTTP API on a loopback TCP
-// port, closed when the test ends.
+// port, closed when the test ends. It also holds the clients those tests
+// drive it with: a participant over every transport (Client, client.go
+// and transports.go), WHIP/WHEP peers (whip.go), real VP8 media and a
+// goroutine-leak check (media.go).
 package vigiltest
 
 import (

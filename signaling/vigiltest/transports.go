@@ -1,4 +1,4 @@
-package signaling_test
+package vigiltest
 
 import (
 	"bufio"
@@ -14,30 +14,32 @@ import (
 	"time"
 
 	"github.com/pion/webrtc/v4"
-	"github.com/vigil-media/vigil/signaling/vigiltest"
 )
 
-// dialVia joins room and drains the session over transport: "ws", "sse",
-// "longpoll" or "poll". Client messages go over the socket for ws and by
-// POST otherwise.
-func dialVia(t *testing.T, srv *vigiltest.Server, room, identity, role, transport string) *wsClient {
+// DialVia joins room as identity/role and drains the session over
+// transport: "ws", "sse", "longpoll" or "poll". Client messages go over
+// the socket for ws and by POST otherwise. The client is closed when the
+// test ends.
+func DialVia(t *testing.T, srv *Server, room, identity, role, transport string) *Client {
 	t.Helper()
 	sid, err := srv.OpenSession(t, room, srv.Token(t, room, identity, role))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return attachVia(t, srv, sid, vigiltest.PionAPI(t), webrtc.Configuration{}, transport)
+	return Attach(t, srv, sid, PionAPI(t), webrtc.Configuration{}, transport)
 }
 
-// attachVia makes a wsClient of an open session with a pion connection
-// of api and cfg, and drains its events over transport.
-func attachVia(t *testing.T, srv *vigiltest.Server, sid string, api *webrtc.API, cfg webrtc.Configuration, transport string) *wsClient {
+// Attach makes a Client of an open session with a pion connection of api
+// and cfg, counting the packets it receives and trickling its ICE
+// candidates, and drains its events over transport. The client is closed
+// when the test ends.
+func Attach(t *testing.T, srv *Server, sid string, api *webrtc.API, cfg webrtc.Configuration, transport string) *Client {
 	t.Helper()
 	pc, err := api.NewPeerConnection(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &wsClient{t: t, srv: srv, session: sid, pc: pc, received: map[string]int{}, byMid: map[string]trackInfo{}, closed: make(chan struct{})}
+	c := NewClient(t, srv, sid, pc)
 	pc.OnTrack(func(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
 		var mid string
 		for _, tx := range pc.GetTransceivers() {
@@ -49,35 +51,22 @@ func attachVia(t *testing.T, srv *vigiltest.Server, sid string, api *webrtc.API,
 			if _, _, err := tr.ReadRTP(); err != nil {
 				return
 			}
-			c.mu.Lock()
-			info := c.byMid[mid]
-			c.received[info.Identity+"/"+info.Source]++
-			c.mu.Unlock()
+			c.CountPacket(mid)
 		}
 	})
 	pc.OnICECandidate(func(cand *webrtc.ICECandidate) {
 		if cand != nil {
-			c.send("candidate", "", cand.ToJSON())
+			c.Send("candidate", "", cand.ToJSON())
 		}
 	})
-	c.connectVia(transport, 0)
-	t.Cleanup(c.close)
+	c.ConnectVia(transport, 0)
+	t.Cleanup(c.Close)
 	return c
 }
 
-// lastSeq is the sequence number of the last event received.
-func (c *wsClient) lastSeq() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.events) == 0 {
-		return 0
-	}
-	return c.events[len(c.events)-1].Seq
-}
-
-// disconnect ends the current transport and waits until it stopped
+// Disconnect ends the current transport and waits until it stopped
 // delivering events.
-func (c *wsClient) disconnect() {
+func (c *Client) Disconnect() {
 	c.mu.Lock()
 	conn, stop, end := c.conn, c.stopHTTP, c.connEnd
 	c.conn, c.stopHTTP = nil, nil
@@ -97,10 +86,10 @@ func (c *wsClient) disconnect() {
 	}
 }
 
-// connectVia resumes the session from cursor over transport.
-func (c *wsClient) connectVia(transport string, cursor uint64) {
+// ConnectVia resumes the session from cursor over transport.
+func (c *Client) ConnectVia(transport string, cursor uint64) {
 	if transport == "ws" {
-		c.connect(cursor)
+		c.Connect(cursor)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -124,7 +113,7 @@ func (c *wsClient) connectVia(transport string, cursor uint64) {
 	}
 }
 
-func (c *wsClient) deliver(ev event) {
+func (c *Client) deliver(ev Event) {
 	c.mu.Lock()
 	c.events = append(c.events, ev)
 	c.mu.Unlock()
@@ -132,8 +121,8 @@ func (c *wsClient) deliver(ev event) {
 }
 
 // sseLoop reads Server-Sent Events from cursor until ctx ends.
-func (c *wsClient) sseLoop(ctx context.Context, cursor uint64) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.srv.URL+"/v1/sessions/"+c.session+"/events", nil)
+func (c *Client) sseLoop(ctx context.Context, cursor uint64) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.Server.URL+"/v1/sessions/"+c.Session+"/events", nil)
 	req.Header.Set("Accept", "text/event-stream")
 	req.Header.Set("Last-Event-ID", strconv.FormatUint(cursor, 10))
 	resp, err := http.DefaultClient.Do(req)
@@ -153,7 +142,7 @@ func (c *wsClient) sseLoop(ctx context.Context, cursor uint64) error {
 		switch {
 		case line == "":
 			if data != "" {
-				var ev event
+				var ev Event
 				if err := json.Unmarshal([]byte(data), &ev); err != nil {
 					return err
 				}
@@ -172,18 +161,20 @@ func (c *wsClient) sseLoop(ctx context.Context, cursor uint64) error {
 	return sc.Err()
 }
 
-type pollReply struct {
-	Events []event `json:"events"`
+// PollReply is the body of a poll reply: the events after the cursor,
+// the cursor to poll from next, and whether the stream has closed.
+type PollReply struct {
+	Events []Event `json:"events"`
 	Cursor uint64  `json:"cursor"`
 	Closed bool    `json:"closed"`
 }
 
 // pollLoop polls from cursor until ctx ends or the stream closes: held
 // for up to wait (long polling), or every 50ms with If-None-Match.
-func (c *wsClient) pollLoop(ctx context.Context, cursor uint64, wait time.Duration) error {
+func (c *Client) pollLoop(ctx context.Context, cursor uint64, wait time.Duration) error {
 	etag := ""
 	for ctx.Err() == nil {
-		url := fmt.Sprintf("%s/v1/sessions/%s/poll?cursor=%d", c.srv.URL, c.session, cursor)
+		url := fmt.Sprintf("%s/v1/sessions/%s/poll?cursor=%d", c.Server.URL, c.Session, cursor)
 		if wait > 0 {
 			url += fmt.Sprintf("&wait=%g", wait.Seconds())
 		}
@@ -200,7 +191,7 @@ func (c *wsClient) pollLoop(ctx context.Context, cursor uint64, wait time.Durati
 		switch resp.StatusCode {
 		case http.StatusNotModified:
 		case http.StatusOK:
-			var r pollReply
+			var r PollReply
 			if err := json.Unmarshal(b, &r); err != nil {
 				return err
 			}
@@ -225,9 +216,12 @@ func (c *wsClient) pollLoop(ctx context.Context, cursor uint64, wait time.Durati
 	return ctx.Err()
 }
 
-// post sends one client message by request-response.
-func (c *wsClient) post(b []byte, key string) (int, []byte, bool) {
-	req, _ := http.NewRequest(http.MethodPost, c.srv.URL+"/v1/sessions/"+c.session+"/messages", bytes.NewReader(b))
+// Post sends one client message by request-response, with an
+// Idempotency-Key unless key is empty. It returns the status, the body
+// and whether the reply was a replay. A refusal's error is kept (see
+// Posts), not turned into an error event.
+func (c *Client) Post(b []byte, key string) (int, []byte, bool) {
+	req, _ := http.NewRequest(http.MethodPost, c.Server.URL+"/v1/sessions/"+c.Session+"/messages", bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
 	if key != "" {
 		req.Header.Set("Idempotency-Key", key)
@@ -253,4 +247,12 @@ func (c *wsClient) post(b []byte, key string) (int, []byte, bool) {
 		c.mu.Unlock()
 	}
 	return resp.StatusCode, body, resp.Header.Get("Idempotent-Replayed") == "true"
+}
+
+// Posts is how many messages were sent by POST and how many of them were
+// refused.
+func (c *Client) Posts() (sent, refused int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.posts, len(c.postErrors)
 }
