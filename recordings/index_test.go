@@ -76,7 +76,7 @@ func TestIndexRebuiltFromManifests(t *testing.T) {
 		t.Fatalf("complete recording: %+v %v", got, err)
 	}
 	// The one cut short by a crash is marked, its open file unverified
-	// (sized, not hashed: issue 16), on disk too.
+	// (sized, not hashed), on disk too.
 	got, err = m.Get(crashed.ID)
 	if err != nil || got.Status != recordings.StatusInterrupted || got.Segments[0].SHA256 != "" || !got.Segments[0].Unverified ||
 		got.Segments[0].Bytes != 7 || got.EndedAt == nil {

@@ -290,7 +290,7 @@ func TestKillLeavesPlayableFile(t *testing.T) {
 
 	// A restart rebuilds the index: the recording is interrupted, and its
 	// open file unverified: the server never hashed it and does not vouch
-	// for what is there now (issue 16), so it gives no hash.
+	// for what is there now, so it gives no hash.
 	m, err := recordings.New(recordings.Config{Dir: dir, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)

@@ -57,7 +57,7 @@ func randomHex(n int) string {
 }
 
 // TestHTTPMetricsBoundedUnderMadeUpMethodsAndPaths is the attack of
-// issue 16: anyone, without a key, sends 600 requests with made-up
+// the metrics: anyone, without a key, sends 600 requests with made-up
 // methods and 600 to random paths. The latency histogram labels methods
 // from a fixed set and routes from the router's patterns, so /metrics
 // gains at most a few series (route "unmatched", method "other"), not
@@ -226,7 +226,7 @@ func rss() uint64 {
 	return 0
 }
 
-// TestOfferMadeUpMidsBounded is the attack of issue 16: a broadcast
+// TestOfferMadeUpMidsBounded is the attack on declared sources: a broadcast
 // viewer sends 200 offers, each declaring 2,500 made-up mids in sources.
 // Each is refused (400 invalid_sdp: the offer sends on none of them) and
 // nothing of it is kept, so the server's heap does not grow with them;

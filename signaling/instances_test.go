@@ -91,7 +91,7 @@ func recordingIDs(t *testing.T, srv *vigiltest.Server, query string) map[string]
 	return out
 }
 
-// TestRoomInstancesKeepCohortsApart performs the attack of issue 16 on a
+// TestRoomInstancesKeepCohortsApart performs the cohort attack on a
 // real server (real SQLite, real recordings on disk): a proctoring room
 // is deleted and created again under the same name for a new cohort.
 // The old cohort's proctor token joins nothing and reads none of the new

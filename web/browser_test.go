@@ -96,10 +96,13 @@ const instrument = `(() => {
         throw new DOMException('WebSocket blocked by the test', 'SecurityError');
       }
       // A socket to a URL containing window.__blockedURL, or any socket
-      // with "block-websocket" in the URL fragment, fails to connect.
+      // with "block-websocket" in the URL fragment, fails to connect: it
+      // goes to a path of the same server that is no WebSocket (a 404 to
+      // the handshake), as the page's Content-Security-Policy allows no
+      // other host.
       if ((window.__blockedURL && String(args[0]).includes(window.__blockedURL)) ||
           location.hash.includes('block-websocket')) {
-        args[0] = 'ws://127.0.0.1:9/';
+        args[0] = location.origin.replace(/^http/, 'ws') + '/blocked-by-the-test';
       }
       super(...args);
       window.__sockets.push(this);

@@ -149,6 +149,10 @@ func TestDashboardListsIncidents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Only an admitted candidate reports incidents.
+	if status, body := srv.Do(t, "POST", "/v1/rooms/"+room+"/participants/cand-tab/admit", srv.AdminKey, nil); status != 200 {
+		t.Fatalf("admit cand-tab: %d %s", status, body)
+	}
 	reported := time.Now()
 	postSessionMessage(t, srv, cand, "report_incident", map[string]string{"type": "tab_hidden", "note": "switched to another tab"})
 	waitFor(t, 6*time.Second, "the reported incident on the dashboard", func() (bool, string) {

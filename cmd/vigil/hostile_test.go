@@ -124,7 +124,7 @@ func TestHostileNetworkSettings(t *testing.T) {
 		_ = conn.Close()
 	}
 	// Revoked: the credentials allocate nothing more.
-	if code, body := p.do(t, "POST", "/v1/rooms/r/tokens/revoke", "k", `{"identity":"alice"}`); code != 200 {
+	if code, body := p.do(t, "POST", "/v1/rooms/r/tokens/revoke", testAdminKey, `{"identity":"alice"}`); code != 200 {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")

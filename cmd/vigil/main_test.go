@@ -201,7 +201,7 @@ func TestTokenOffline(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("-instance: exit %d: %s", code, errOut)
 	}
-	if claims, err := signaling.NewTokens("the-admin-key", nil).Verify(strings.TrimSpace(out)); err != nil || claims.Instance != "0123456789abcdef" {
+	if claims, err := signaling.NewTokens(testTokenSecret, nil).Verify(strings.TrimSpace(out)); err != nil || claims.Instance != "0123456789abcdef" {
 		t.Errorf("-instance: claims %+v, %v", claims, err)
 	}
 	code, out, _ = runCLI(t, "token", "-room", "r", "-identity", "a", "-role", "participant", "-url", "https://v.example/")

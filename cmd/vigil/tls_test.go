@@ -98,7 +98,7 @@ func TestTLS(t *testing.T) {
 func TestClusterHTTPSNodes(t *testing.T) {
 	cert, key, _ := selfSigned(t)
 	rd := vigiltest.StartRedis(t)
-	cluster := []string{"-redis-url", rd.URL, "-cluster-heartbeat", testHeartbeat.String(), "-cluster-lease", testLease.String()}
+	cluster := []string{"-redis-url", rd.URL, "-token-secret", testTokenSecret, "-cluster-heartbeat", testHeartbeat.String(), "-cluster-lease", testLease.String()}
 	a := startVigil(t, append(cluster, "-node-id", "a", "-tls-cert", cert, "-tls-key", key)...)
 	b := startVigil(t, append(cluster, "-node-id", "b", "-peer-ca-file", cert)...)
 	c := startVigil(t, append(cluster, "-node-id", "c")...)
@@ -106,14 +106,14 @@ func TestClusterHTTPSNodes(t *testing.T) {
 		t.Fatalf("a printed %s, want an https URL", a.url)
 	}
 	time.Sleep(3 * testHeartbeat) // every node has seen the others
-	code, body := b.do(t, "POST", "/v1/rooms", "k", `{"name":"r","kind":"conference"}`)
+	code, body := b.do(t, "POST", "/v1/rooms", testAdminKey, `{"name":"r","kind":"conference"}`)
 	if code != 201 || !strings.Contains(body, `"node":"a"`) {
 		t.Fatalf("create a room through b: %d %s, want it placed on a", code, body)
 	}
-	if code, body := b.do(t, "GET", "/v1/rooms/r", "k", ""); code != 200 || !strings.Contains(body, `"name":"r"`) {
+	if code, body := b.do(t, "GET", "/v1/rooms/r", testAdminKey, ""); code != 200 || !strings.Contains(body, `"name":"r"`) {
 		t.Errorf("the room through b: %d %s", code, body)
 	}
-	if code, body := c.do(t, "GET", "/v1/rooms/r", "k", ""); code != 503 || !strings.Contains(body, "node_unavailable") {
+	if code, body := c.do(t, "GET", "/v1/rooms/r", testAdminKey, ""); code != 503 || !strings.Contains(body, "node_unavailable") {
 		t.Errorf("the room through c, which does not trust a's certificate: %d %s, want 503 node_unavailable", code, body)
 	}
 

@@ -22,10 +22,11 @@ import (
 	"time"
 
 	"github.com/pion/webrtc/v4"
+	"github.com/vigil-media/vigil/signaling"
 )
 
-// Attacks on the HTTP server and on the secrets (issue 16, items 5 and
-// 6), each against the built binary.
+// Attacks on the HTTP server and on the secrets (docs/operations.md,
+// "HTTP limits" and "Secrets"), each against the built binary.
 
 // hostPort is the HTTP address of p.
 func (p *proc) hostPort() string { return strings.TrimPrefix(p.url, "http://") }
@@ -335,6 +336,10 @@ func TestSecretsAcrossRestart(t *testing.T) {
 		return minted.Token
 	}
 	kept, revoked := mint(p, "alice"), mint(p, "mallory")
+	offline, _, err := signaling.NewTokens(secret, nil).Mint("exam", "bob", "participant", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// TURN credentials handed at join: HMAC-SHA1 with the secret
 	// derived from the token secret.
@@ -405,9 +410,18 @@ func TestSecretsAcrossRestart(t *testing.T) {
 	if code, body := p.do(t, "POST", "/v1/rooms/exam/sessions", mint(p, "alice-2"), ""); code != 201 {
 		t.Fatalf("a token minted after the restart: %d %s", code, body)
 	}
+	// A token minted before the restart is for the room's instance of
+	// then: refused by the room made again, but as token_room_instance,
+	// not invalid_token: its signature still verifies (the kept token
+	// secret). One bound to no instance, minted offline with the secret
+	// read from the data directory before the restart, joins.
 	code, body = p.do(t, "POST", "/v1/rooms/exam/sessions", kept, "")
+	if code != 403 || !strings.Contains(body, `"token_room_instance"`) {
+		t.Fatalf("a token minted before the restart (the kept token secret): %d %s, want 403 token_room_instance", code, body)
+	}
+	code, body = p.do(t, "POST", "/v1/rooms/exam/sessions", offline, "")
 	if code != 201 {
-		t.Fatalf("a token minted before the restart (the kept token secret): %d %s", code, body)
+		t.Fatalf("a token minted offline with the kept token secret: %d %s", code, body)
 	}
 	t.Logf("generated admin key: %d hex characters (%.0f bits by estimate); token secret kept in %s (mode %v)", len(key), secretBits(key), tokenSecretFile, st.Mode().Perm())
 }
