@@ -29,9 +29,12 @@ type Runner struct {
 	ProgOut io.Writer // progress lines
 	Vigil   *spawn.Spawner
 	base    *spawn.Spawner
-	tokens  map[string]string // identity -> Vigil token (valid on every fresh Vigil)
-	tokMu   sync.Mutex        // guards tokens; no other lock is taken while holding it
-	Room    string
+	// tokens are the join tokens minted, by target and identity/role: a
+	// token is bound to the instance of the room it was minted for, so a
+	// fresh server (a new instance of the room) needs its own.
+	tokens map[tokenKey]string
+	tokMu  sync.Mutex // guards tokens; no other lock is taken while holding it
+	Room   string
 	// Cluster, with vigil-load cluster: the steps' nodes (package
 	// clusterbench); nil: one server per step.
 	Cluster Cluster
@@ -72,7 +75,7 @@ func NewRunner(ctx context.Context, out, prog io.Writer) (*Runner, error) {
 	}
 	return &Runner{
 		cert: cert, pubAPI: papi, HC: api.NewHTTPClient(nil, 256), Out: out, ProgOut: prog,
-		tokens: map[string]string{}, Room: fmt.Sprintf("load-%d", time.Now().Unix()),
+		tokens: map[tokenKey]string{}, Room: fmt.Sprintf("load-%d", time.Now().Unix()),
 	}, nil
 }
 

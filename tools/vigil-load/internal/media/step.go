@@ -100,13 +100,21 @@ func (sh *Runner) target(ctx context.Context, cfg *Config, tg string, n int) (*T
 	return &Target{api: &api.API{Base: base, AdminKey: sp.AdminKey, HC: sh.HC}, pid: srv.PID, udp: srv.UDP, srv: srv, base: base}, nil
 }
 
-// token mints (once per identity, for Vigil) a join token.
+// tokenKey names a minted token: the target's room instance, identity
+// and role.
+type tokenKey struct {
+	target         *Target
+	identity, role string
+}
+
+// token mints (once per target and identity, for Vigil) a join token.
 func (sh *Runner) token(ctx context.Context, t *Target, tg, identity, role string) (string, error) {
 	if tg == TgBaseline {
 		return identity, nil
 	}
+	key := tokenKey{t, identity, role}
 	sh.tokMu.Lock()
-	tk, ok := sh.tokens[identity+"/"+role]
+	tk, ok := sh.tokens[key]
 	sh.tokMu.Unlock()
 	if ok {
 		return tk, nil
@@ -116,7 +124,7 @@ func (sh *Runner) token(ctx context.Context, t *Target, tg, identity, role strin
 		return "", err
 	}
 	sh.tokMu.Lock()
-	sh.tokens[identity+"/"+role] = tk
+	sh.tokens[key] = tk
 	sh.tokMu.Unlock()
 	return tk, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/vigil-media/vigil/signaling"
 	"github.com/vigil-media/vigil/tools/vigil-load/internal/api"
 	"github.com/vigil-media/vigil/tools/vigil-load/internal/par"
 	"github.com/vigil-media/vigil/tools/vigil-load/internal/procstat"
@@ -213,13 +214,22 @@ func (r *runner) target(ctx context.Context) (*target, error) {
 	return t, nil
 }
 
-// ensureTokens mints join tokens up to n clients, and the driver's. A
-// token is valid on every server with the same admin key and room, so
-// the fresh server of each step accepts the first step's tokens.
+// ensureTokens mints join tokens up to n clients, and the driver's.
+// With servers spawned here, they are minted with the servers' token
+// secret and bound to no room instance (as `vigil token` without
+// -instance), so that the fresh server of each step, whose room is a new
+// instance, accepts the first step's tokens.
 func (r *runner) ensureTokens(ctx context.Context, a *api.API, n int) error {
 	driverRole, clientRole := r.cfg.roles()
+	mint := func(ctx context.Context, room, identity, role string) (string, error) {
+		if r.spawner != nil && r.spawner.TokenSecret != "" {
+			tk, _, err := signaling.NewTokens(r.spawner.TokenSecret, nil).Mint(room, identity, role, time.Hour)
+			return tk, err
+		}
+		return a.MintToken(ctx, room, identity, role)
+	}
 	if r.driverTk == "" {
-		tk, err := a.MintToken(ctx, r.room, "driver", driverRole)
+		tk, err := mint(ctx, r.room, "driver", driverRole)
 		if err != nil {
 			return err
 		}
@@ -231,7 +241,7 @@ func (r *runner) ensureTokens(ctx context.Context, a *api.API, n int) error {
 	}
 	r.tokens = append(r.tokens, make([]string, n-have)...)
 	return par.ForEach(ctx, n-have, r.cfg.Workers, func(i int) error {
-		tk, err := a.MintToken(ctx, r.room, clientName(have+i), clientRole)
+		tk, err := mint(ctx, r.room, clientName(have+i), clientRole)
 		r.tokens[have+i] = tk
 		return err
 	})
