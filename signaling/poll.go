@@ -88,7 +88,14 @@ func (h *sessionHub) servePoll(lookup lookupFunc) gin.HandlerFunc {
 			writeError(c, err)
 			return
 		}
-		resp := pollResponse{Events: evs, Cursor: cursor, Closed: out.Closed() && (len(evs) == 0 || evs[len(evs)-1].Seq == out.Last())}
+		// Closed only once this reply holds the last event: an outbox
+		// closed after the read above keeps its last events for the next
+		// poll.
+		next := cursor
+		if len(evs) > 0 {
+			next = evs[len(evs)-1].Seq
+		}
+		resp := pollResponse{Events: evs, Cursor: cursor, Closed: out.Closed() && next == out.Last()}
 		if resp.Events == nil {
 			resp.Events = []patterns.Event{}
 		}

@@ -76,6 +76,7 @@ func (h *sessionHub) serveSSE(lookup lookupFunc) gin.HandlerFunc {
 		beat := time.NewTicker(sseHeartbeat)
 		defer beat.Stop()
 		for {
+			closed := out.Closed() // before the read, as in the WebSocket's writeLoop
 			evs, err := out.ReadAfter(cursor, wsBatch)
 			if errors.Is(err, patterns.ErrCursorTooOld) {
 				write(func(w io.Writer) error { return writeSSEError(w, "cursor_too_old", err) })
@@ -96,7 +97,7 @@ func (h *sessionHub) serveSSE(lookup lookupFunc) gin.HandlerFunc {
 				cursor = evs[len(evs)-1].Seq
 				continue
 			}
-			if out.Closed() {
+			if closed {
 				return
 			}
 			select {

@@ -132,6 +132,10 @@ func (w *wsConn) writeLoop(cursor uint64) {
 	ping := time.NewTicker(wsPingPeriod)
 	defer ping.Stop()
 	for {
+		// Closed is read before the events: an outbox closed after the
+		// read (its last event, a left, appended just before) is drained
+		// at the next turn, never closed over.
+		closed := out.Closed()
 		evs, err := out.ReadAfter(cursor, wsBatch)
 		if errors.Is(err, patterns.ErrCursorTooOld) {
 			w.fail(closeCursorTooOld, err, "cursor_too_old")
@@ -147,7 +151,7 @@ func (w *wsConn) writeLoop(cursor uint64) {
 		if len(evs) > 0 {
 			continue
 		}
-		if out.Closed() {
+		if closed {
 			w.close(websocket.CloseNormalClosure, "session ended")
 			return
 		}
