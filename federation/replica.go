@@ -547,6 +547,14 @@ func (r *replica) apply(ev relayEvent) (done bool, reason string) {
 			break
 		}
 		if err := r.answer(d); err != nil {
+			if errors.Is(err, webrtc.ErrConnectionClosed) || r.pc.SignalingState() == webrtc.SignalingStateClosed {
+				// The owner closed the relay's connection as its room
+				// closed, after this offer (its host's tracks going)
+				// and before the left event that says why: that event,
+				// or the socket's end, decides the reason.
+				r.log.Debug("relay: the owner's offer came after the connection closed", "err", err)
+				break
+			}
 			r.log.Warn("relay: cannot answer the owner's offer", "err", err)
 			return true, signaling.ReasonRoomMoved
 		}

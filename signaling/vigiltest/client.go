@@ -162,9 +162,10 @@ func (c *Client) handle(ev Event) {
 			}
 		}
 		// pion closes the connection when the server's DTLS closes (the
-		// participant left): an offer sent just before is then moot.
+		// participant left): an offer sent just before is then moot, at
+		// whichever step the close lands.
 		failed := func(what string, err error) {
-			if !errors.Is(err, webrtc.ErrConnectionClosed) {
+			if !errors.Is(err, webrtc.ErrConnectionClosed) && c.PC.SignalingState() != webrtc.SignalingStateClosed {
 				c.t.Errorf("%s: %v", what, err)
 			}
 		}
